@@ -1,0 +1,3 @@
+from universal_neurons.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""Subcommands of the ``universal-neurons`` console script.
+
+Each module listed in ``COMMANDS`` defines ``NAME`` (the subcommand), ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. All of them are imported to build the
+parser, so a command module imports nothing heavy (torch, transformers, pandas) at module
+level: it imports the library inside ``run``.
+"""
+
+COMMANDS: list[str] = [
+    "universal_neurons.commands.models",
+    "universal_neurons.commands.tokenize",
+    "universal_neurons.commands.zoo",
+]
