@@ -35,7 +35,7 @@ class TrainConfig:
     d_mlp: int = 512
     n_head: int = 5
     n_ctx: int = 256
-    tokens: int = 10_000_000
+    tokens: int = 6_000_000
     """Training tokens per member."""
     batch_size: int = 16
     """Sequences per optimiser step."""
@@ -48,9 +48,9 @@ class TrainConfig:
     compile: bool = True
     threads: int = 1
     """Torch threads per member process."""
-    checkpoint_every: int = 1_000_000
-    snapshot_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000,
-                                        8_000_000)
+    checkpoint_every: int = 500_000
+    snapshot_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 3_000_000,
+                                        4_000_000)
     eval_tokens: int = 200_000
 
     def __post_init__(self) -> None:
@@ -245,3 +245,36 @@ def train_member(cfg: TrainConfig, index: int, work_dir: str | Path,
     (mdir / "card.json").write_text(json.dumps(card, indent=2))
     torch.save({"model": model.state_dict()}, mdir / "final.pt")
     return card
+
+
+def _train_member_job(args: tuple) -> dict:
+    cfg, index, work_dir, show_progress = args
+    work = Path(work_dir)
+    return train_member(cfg, index, work, work / "train_tokens.npy", work / "test_tokens.npy",
+                        work / "tokenizer", show_progress=show_progress)
+
+
+def train_suite(cfg: TrainConfig, work_dir: str | Path, corpus_dir: str | Path,
+                jobs: int | None = None, show_progress: bool = True) -> list[dict]:
+    """Train every member of the suite, ``jobs`` processes at a time (default: all at once).
+
+    ``work_dir`` must hold ``tokenizer/``; the token streams are made there on first use.
+    A re-run resumes every member from its last checkpoint.
+    """
+    import multiprocessing as mp
+
+    work = Path(work_dir)
+    if not (work / "tokenizer" / "tokenizer.json").exists():
+        raise FileNotFoundError(f"no tokenizer in {work / 'tokenizer'}; run "
+                                "`universal-neurons zoo tokenizer` first")
+    for split in ("train", "test"):
+        tokenize_split(work / "tokenizer", Path(corpus_dir) / f"corpus-{split}.jsonl.xz",
+                       work / f"{split}_tokens.npy")
+    (work / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    n = len(cfg.seeds)
+    jobs = n if jobs is None else max(1, min(jobs, n))
+    args = [(cfg, i, str(work), show_progress) for i in range(n)]
+    if jobs == 1:
+        return [_train_member_job(a) for a in args]
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        return pool.map(_train_member_job, args)

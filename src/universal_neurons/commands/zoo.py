@@ -1,0 +1,99 @@
+"""``universal-neurons zoo``: build the bundled corpus, tokenizer and model suite."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "zoo"
+HELP = "build the bundled corpus, tokenizer and small model suite (trained from several seeds)"
+DESCRIPTION = """\
+Re-create the bundled study material from scratch, offline:
+
+  universal-neurons zoo corpus                 # Debian texts -> data/bundled/corpus-*.jsonl.xz
+  universal-neurons zoo tokenizer --work W     # byte-level BPE on the train split
+  universal-neurons zoo train --work W         # five seeds, resumable, one process each
+  universal-neurons zoo export --work W        # fp16 HF folders into zoo/bundled/
+  universal-neurons zoo build --work W         # all of the above in order
+
+Same seeds on the same machine give the same weights. See docs/zoo.md.
+"""
+
+DEFAULT_WORK = "~/.cache/universal-neurons/zoo-tiny-gpt2"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from universal_neurons.zoo.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("action", choices=["corpus", "tokenizer", "train", "export", "build"])
+    p.add_argument("--work", default=DEFAULT_WORK,
+                   help="working folder for tokenizer, token streams, checkpoints "
+                   f"(default {DEFAULT_WORK})")
+    p.add_argument("--corpus-dir", default=None,
+                   help="corpus folder (default: the package's data/bundled)")
+    p.add_argument("--out", default=None,
+                   help="export: destination of the member folders (default: the package's "
+                   "zoo/bundled/<suite>-x)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size")
+    p.add_argument("--suite", default=d.suite, help="suite name; members are <suite>-a, -b, ...")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    p.add_argument("--layers", type=int, default=d.n_layer)
+    p.add_argument("--d-model", type=int, default=d.d_model)
+    p.add_argument("--d-mlp", type=int, default=d.d_mlp)
+    p.add_argument("--heads", type=int, default=d.n_head)
+    p.add_argument("--n-ctx", type=int, default=d.n_ctx)
+    p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens per member")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="member processes at once (default: one per seed)")
+
+
+def _config(args: argparse.Namespace):
+    from universal_neurons.zoo.train import TrainConfig
+
+    return TrainConfig(suite=args.suite, seeds=tuple(args.seeds), n_layer=args.layers,
+                       d_model=args.d_model, d_mlp=args.d_mlp, n_head=args.heads,
+                       n_ctx=args.n_ctx, tokens=args.tokens, batch_size=args.batch_size,
+                       lr=args.lr, compile=not args.no_compile)
+
+
+def run(args: argparse.Namespace) -> int:
+    from universal_neurons.data_paths import bundled_data_dir
+    from universal_neurons.zoo.corpus import build_corpus, read_corpus
+    from universal_neurons.zoo.export import bundled_root, export_member
+    from universal_neurons.zoo.tokenizer import train_tokenizer
+    from universal_neurons.zoo.train import train_suite
+
+    work = Path(args.work).expanduser()
+    corpus_dir = Path(args.corpus_dir) if args.corpus_dir else bundled_data_dir()
+    steps = ["corpus", "tokenizer", "train", "export"] if args.action == "build" else [args.action]
+    cfg = _config(args)
+    for step in steps:
+        if step == "corpus":
+            counts = build_corpus(corpus_dir)
+            print(f"corpus written to {corpus_dir}: " + json.dumps(counts))
+        elif step == "tokenizer":
+            texts = [r["text"] for r in read_corpus(corpus_dir / "corpus-train.jsonl.xz")]
+            tok = train_tokenizer(texts, work / "tokenizer", args.vocab_size)
+            print(f"tokenizer with {len(tok)} tokens written to {work / 'tokenizer'}")
+        elif step == "train":
+            cards = train_suite(cfg, work, corpus_dir, jobs=args.jobs,
+                                show_progress=not args.quiet)
+            for c in cards:
+                print(f"{c['name']}: {c['tokens_seen']:,} tokens, train loss "
+                      f"{c['train_loss_ema']:.3f}, test loss {c['test_loss']:.3f}")
+        elif step == "export":
+            out_root = Path(args.out) if args.out else bundled_root()
+            for name in cfg.member_names():
+                mdir = work / "members" / name
+                if not (mdir / "card.json").exists():
+                    raise FileNotFoundError(f"{name} has not finished training in {mdir}; "
+                                            "run `universal-neurons zoo train` first")
+                card = json.loads((mdir / "card.json").read_text())
+                export_member(mdir / "final.pt", card, work / "tokenizer", out_root / name)
+                print(f"exported {name} to {out_root / name}")
+    return 0
