@@ -62,14 +62,15 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.data_paths import bundled_data_dir
+    from universal_neurons.data.bundled import bundled_corpus_path
     from universal_neurons.zoo.corpus import build_corpus, read_corpus
     from universal_neurons.zoo.export import bundled_root, export_member
     from universal_neurons.zoo.tokenizer import train_tokenizer
     from universal_neurons.zoo.train import train_suite
 
     work = Path(args.work).expanduser()
-    corpus_dir = Path(args.corpus_dir) if args.corpus_dir else bundled_data_dir()
+    corpus_dir = (Path(args.corpus_dir) if args.corpus_dir
+                  else bundled_corpus_path("train").parent)
     steps = ["corpus", "tokenizer", "train", "export"] if args.action == "build" else [args.action]
     cfg = _config(args)
     for step in steps:
