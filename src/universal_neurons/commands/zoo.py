@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--snapshot", type=int, default=None, metavar="TOKENS",
+                   help="export: take the training snapshot at this many tokens instead of "
+                   "the final weights")
     p.add_argument("--jobs", type=int, default=None,
                    help="member processes at once (default: one per seed)")
 
@@ -63,8 +66,9 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from universal_neurons.data.bundled import bundled_corpus_path
+    from universal_neurons.models.registry import bundled_root
     from universal_neurons.zoo.corpus import build_corpus, read_corpus
-    from universal_neurons.zoo.export import bundled_root, export_member
+    from universal_neurons.zoo.export import export_member, snapshot_card
     from universal_neurons.zoo.tokenizer import train_tokenizer
     from universal_neurons.zoo.train import train_suite
 
@@ -91,10 +95,13 @@ def run(args: argparse.Namespace) -> int:
             out_root = Path(args.out) if args.out else bundled_root()
             for name in cfg.member_names():
                 mdir = work / "members" / name
-                if not (mdir / "card.json").exists():
-                    raise FileNotFoundError(f"{name} has not finished training in {mdir}; "
-                                            "run `universal-neurons zoo train` first")
-                card = json.loads((mdir / "card.json").read_text())
-                export_member(mdir / "final.pt", card, work / "tokenizer", out_root / name)
+                if args.snapshot is not None:
+                    card, source = snapshot_card(cfg, mdir, args.snapshot)
+                else:
+                    if not (mdir / "card.json").exists():
+                        raise FileNotFoundError(f"{name} has not finished training in {mdir}; "
+                                                "run `universal-neurons zoo train` first")
+                    card, source = json.loads((mdir / "card.json").read_text()), mdir / "final.pt"
+                export_member(source, card, work / "tokenizer", out_root / name)
                 print(f"exported {name} to {out_root / name}")
     return 0

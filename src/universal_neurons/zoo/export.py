@@ -12,14 +12,25 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def bundled_root() -> Path:
-    """Folder of the bundled suites inside the installed package."""
-    return Path(__file__).resolve().parent / "bundled"
+def load_member_state(path: str | Path) -> dict:
+    """Weights of a member from ``final.pt``/``state.pt`` or a training snapshot folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        state = load_file(str(path / "model.safetensors"))
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # tied
+        return {k: v.float() for k, v in state.items()}
+    return torch.load(path, weights_only=True)["model"]
 
 
 def export_member(state_path: str | Path, card: dict, tokenizer_dir: str | Path,
                   out_dir: str | Path) -> Path:
-    """Write one member as an HF folder with fp16 weights, tokenizer files and its card."""
+    """Write one member as an HF folder with fp16 weights, tokenizer files and its card.
+
+    ``state_path`` is a training checkpoint (``final.pt``) or a snapshot folder.
+    """
     import torch
 
     from .train import TrainConfig, build_model
@@ -28,10 +39,11 @@ def export_member(state_path: str | Path, card: dict, tokenizer_dir: str | Path,
                          for k, v in card["config"].items()})
     tok_files = [Path(tokenizer_dir) / f for f in TOKENIZER_FILES
                  if (Path(tokenizer_dir) / f).exists()]
-    state = torch.load(state_path, weights_only=True)["model"]
+    state = load_member_state(state_path)
     model = build_model(cfg, state["transformer.wte.weight"].shape[0], 0, card["seed"])
     model.load_state_dict(state)
     model = model.to(torch.float16)
+    model.config.n_ctx = cfg.n_ctx  # read by TransformerLens's config conversion
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -45,3 +57,28 @@ def export_member(state_path: str | Path, card: dict, tokenizer_dir: str | Path,
     tmp.rename(out)
     log.info("exported %s to %s", card["name"], out)
     return out
+
+
+def snapshot_card(cfg, member_dir: str | Path, tokens: int) -> tuple[dict, Path]:
+    """Card and weights folder of a member's training snapshot at ``tokens`` tokens."""
+    from dataclasses import asdict
+
+    import torch
+
+    mdir = Path(member_dir)
+    snap = mdir / "snapshots" / f"tokens-{tokens}"
+    if not (snap / "model.safetensors").exists():
+        have = sorted(p.name for p in (mdir / "snapshots").glob("tokens-*"))
+        raise FileNotFoundError(f"no snapshot at {tokens} tokens in {mdir}; have {have}")
+    state = torch.load(mdir / "state.pt", weights_only=True)
+    history = json.loads(state["history"])
+    row = next((h for h in history if h["tokens"] == tokens), {})
+    name = mdir.name
+    index = cfg.member_names().index(name)
+    card = {"name": name, "suite": cfg.suite, "seed": cfg.seeds[index], "config": asdict(cfg),
+            "tokens_seen": tokens, "train_loss_ema": row.get("train_loss_ema", float("nan")),
+            "test_loss": row.get("test_loss", float("nan")),
+            "history": [h for h in history if h["tokens"] <= tokens],
+            "note": f"snapshot at {tokens} of {cfg.tokens} planned training tokens "
+                    "(learning rate not yet decayed)"}
+    return card, snap
