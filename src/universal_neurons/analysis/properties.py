@@ -1,0 +1,276 @@
+"""Properties of universal neurons (paper §4.2, Fig. 3): how they differ from the rest.
+
+For each model's neuron table: every statistic is turned into a **within-layer percentile**
+(0-100, so that layers with different scales compare; the paper's Fig. 3 axis), and the
+universal neurons are compared with the others per model: medians of both groups (raw and
+percentile), the rank-biserial correlation ``r = 2U/(n_u n_o) - 1`` (``P(u > o) - P(u < o)``;
+> 0: universal neurons higher), Cohen's d, and a one-sided Mann-Whitney U test in the
+claimed direction (scipy), on the percentiles by default.
+
+The paper's five claims (:data:`CLAIMS`) are then marked ``held`` (p < alpha in the claimed
+direction), ``not held``, ``too few`` (fewer than ``min_universal`` universal neurons: use
+``--top-percent``) or ``missing`` (the statistic was not computed).
+
+The universal set is ``is_universal`` from correlate (``excess_corr > threshold``), or the
+top ``top_percent`` % of neurons by ``excess_corr`` per model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from universal_neurons.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PROPERTIES_DIR = "properties"
+STATISTICS = ("sparsity", "skew", "kurt", "input_bias", "l2_penalty", "mean", "var",
+              "w_in_norm", "w_out_norm", "in_out_sim", "vocab_mean", "vocab_var", "vocab_skew",
+              "vocab_kurt")
+"""Columns compared between universal and other neurons (those present in the table)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    statistic: str
+    direction: Literal["lower", "higher"]
+    text: str
+
+
+CLAIMS = (
+    Claim("sparsity", "lower", "universal neurons have lower activation frequency"),
+    Claim("skew", "higher", "universal neurons have higher pre-activation skew"),
+    Claim("kurt", "higher", "universal neurons have higher pre-activation kurtosis"),
+    Claim("input_bias", "lower", "universal neurons have a more negative input bias"),
+    Claim("l2_penalty", "higher", "universal neurons have a larger L2 weight penalty"),
+)
+
+
+@dataclass(frozen=True)
+class PropertiesConfig:
+    """Options of the properties stage (the CLI flags)."""
+
+    run: str
+    """Run directory holding ``neurons/<model>.parquet``."""
+    top_percent: float | None = None
+    """Universal = top P% by ``excess_corr`` per model instead of ``is_universal``."""
+    threshold: float = 0.5
+    """``excess_corr`` threshold, used only when a table has no ``is_universal`` column."""
+    alpha: float = 0.05
+    min_universal: int = 10
+    on: Literal["percentile", "raw"] = "percentile"
+    """Values the tests compare: within-layer percentiles (default) or raw values."""
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.top_percent is not None and not 0 < self.top_percent < 100:
+            raise ValueError(f"--top-percent must be in (0, 100), got {self.top_percent}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.on not in ("percentile", "raw"):
+            raise ValueError(f"on must be 'percentile' or 'raw', got {self.on!r}")
+
+
+@dataclass
+class PropertiesResult:
+    comparison: Any  # DataFrame: model x statistic
+    claims: Any  # DataFrame: model x claim
+    percentiles: Any  # DataFrame: model, layer, neuron, universal, <stat> percentiles
+    summary: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def universal_mask(df, threshold: float = 0.5, top_percent: float | None = None
+                   ) -> tuple[np.ndarray, str]:
+    """``Bool[n]`` universal neurons of one table and a description of the rule used."""
+    if "excess_corr" not in df.columns and (top_percent is not None or "is_universal" not in df):
+        raise UserError("the neuron table has no excess_corr column; run `universal-neurons "
+                        "correlate` on this run directory first")
+    if top_percent is not None:
+        excess = df["excess_corr"].to_numpy(dtype=np.float64)
+        valid = np.flatnonzero(~np.isnan(excess))
+        n = math.ceil(top_percent / 100 * len(valid))
+        mask = np.zeros(len(df), dtype=bool)
+        mask[valid[np.argsort(-excess[valid], kind="stable")[:n]]] = True
+        return mask, f"top {top_percent:g}% by excess_corr"
+    if "is_universal" in df.columns:
+        return df["is_universal"].fillna(False).to_numpy(dtype=bool), "is_universal (correlate)"
+    excess = df["excess_corr"].to_numpy(dtype=np.float64)
+    return np.nan_to_num(excess, nan=-np.inf) > threshold, f"excess_corr > {threshold:g}"
+
+
+def within_layer_percentiles(df, columns):
+    """Percentile (0-100, ties averaged) of each column within its layer; NaN stays NaN."""
+    present = [c for c in columns if c in df.columns]
+    return df.groupby("layer")[present].rank(pct=True) * 100
+
+
+def compare_groups(u: np.ndarray, o: np.ndarray, direction: str = "two-sided") -> dict[str, Any]:
+    """Effect sizes and Mann-Whitney U of ``u`` (universal) vs ``o`` (others), NaNs dropped.
+
+    ``direction``: ``higher``/``lower`` (one-sided, the claim's) or ``two-sided``.
+    """
+    from scipy.stats import mannwhitneyu
+
+    u, o = u[~np.isnan(u)], o[~np.isnan(o)]
+    out: dict[str, Any] = dict(n_universal=len(u), n_other=len(o), median_universal=np.nan,
+                               median_other=np.nan, rank_biserial=np.nan, cohens_d=np.nan,
+                               u_statistic=np.nan, p_value=np.nan)
+    if len(u):
+        out["median_universal"] = float(np.median(u))
+    if len(o):
+        out["median_other"] = float(np.median(o))
+    if len(u) and len(o):
+        alt = {"higher": "greater", "lower": "less"}.get(direction, "two-sided")
+        res = mannwhitneyu(u, o, alternative=alt)
+        out["u_statistic"] = float(res.statistic)
+        out["p_value"] = float(res.pvalue)
+        out["rank_biserial"] = 2 * float(res.statistic) / (len(u) * len(o)) - 1
+        if len(u) > 1 and len(o) > 1:
+            pooled = ((len(u) - 1) * u.var(ddof=1) + (len(o) - 1) * o.var(ddof=1)) / (
+                len(u) + len(o) - 2)
+            if pooled > 0:
+                out["cohens_d"] = float((u.mean() - o.mean()) / math.sqrt(pooled))
+    return out
+
+
+def analyse_table(model: str, df, config: PropertiesConfig):
+    """``(comparison rows, claim rows, percentile frame)`` for one model's table."""
+    import pandas as pd
+
+    mask, rule = universal_mask(df, config.threshold, config.top_percent)
+    pct = within_layer_percentiles(df, STATISTICS)
+    frame = pd.concat([df[["layer", "neuron"]], pct], axis=1).assign(model=model, universal=mask)
+    direction = {c.statistic: c.direction for c in CLAIMS}
+    comparison = []
+    for stat in pct.columns:
+        raw = df[stat].to_numpy(dtype=np.float64)
+        vals = pct[stat].to_numpy(dtype=np.float64) if config.on == "percentile" else raw
+        row = compare_groups(vals[mask], vals[~mask], direction.get(stat, "two-sided"))
+        p_u, p_o = pct[stat].to_numpy(dtype=np.float64)[mask], pct[stat].to_numpy()[~mask]
+        row.update(model=model, statistic=stat, universal_set=rule, tested_on=config.on,
+                   alternative=direction.get(stat, "two-sided"),
+                   median_universal=float(np.nanmedian(raw[mask])) if mask.any() else np.nan,
+                   median_other=float(np.nanmedian(raw[~mask])) if (~mask).any() else np.nan,
+                   pct_median_universal=_nanmedian(p_u), pct_median_other=_nanmedian(p_o))
+        comparison.append(row)
+    by_stat = {r["statistic"]: r for r in comparison}
+    claims = [_claim_row(model, c, by_stat.get(c.statistic), rule, int(mask.sum()), len(df),
+                         config) for c in CLAIMS]
+    return comparison, claims, frame
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(np.median(x)) if len(x) else np.nan
+
+
+def _claim_row(model: str, claim: Claim, stats: dict | None, rule: str, n_universal: int,
+               n: int, config: PropertiesConfig) -> dict[str, Any]:
+    row: dict[str, Any] = dict(model=model, claim=claim.text, statistic=claim.statistic,
+                               direction=claim.direction, universal_set=rule,
+                               n_universal=n_universal, n_other=n - n_universal)
+    if stats is None or (stats["n_universal"] == 0 and stats["n_other"] == 0):
+        return {**row, "status": "missing", "held": None,
+                "note": f"column {claim.statistic!r} not computed; run `universal-neurons "
+                        f"{'weights' if claim.statistic in ('input_bias', 'l2_penalty') else 'stats'}`"}
+    keys = ("median_universal", "median_other", "pct_median_universal", "pct_median_other",
+            "rank_biserial", "cohens_d", "p_value", "tested_on")
+    row.update({k: stats[k] for k in keys})
+    sign = 1 if claim.direction == "higher" else -1
+    held = bool(stats["p_value"] < config.alpha and sign * stats["rank_biserial"] > 0)
+    if n_universal < config.min_universal:
+        hint = "" if config.top_percent else "; rerun with --top-percent, e.g. 1"
+        return {**row, "status": "too few", "held": None,
+                "note": f"only {n_universal} universal neurons (< {config.min_universal}){hint}"}
+    return {**row, "status": "held" if held else "not held", "held": held,
+            "note": f"one-sided Mann-Whitney U on {stats['tested_on']} values, alpha {config.alpha:g}"}
+
+
+def run_properties(config: PropertiesConfig) -> PropertiesResult:
+    """Analyse every model of the run; write ``RUN/properties/`` and ``RUN/plots/``."""
+    import pandas as pd
+
+    from universal_neurons.analysis.neuron_table import refresh_neuron_table, table_models
+    from universal_neurons.rundir import RunDir, write_json, write_table
+
+    run = RunDir(config.run)
+    if not run.path.is_dir():
+        raise UserError(f"run directory {config.run} does not exist")
+    tables, skipped = {}, []
+    for model in table_models(run.path):
+        df = refresh_neuron_table(run.path, model)
+        if df is not None and ({"excess_corr", "is_universal"} & set(df.columns)):
+            tables[model] = df
+        else:
+            skipped.append(model)
+    if skipped:
+        log.info("no correlation columns (not a correlate reference model): %s", skipped)
+    if not tables:
+        raise UserError(f"{config.run} holds no neuron table with correlation columns; run "
+                        f"`universal-neurons correlate --out {config.run}` (and `weights`, "
+                        "`stats`) first")
+    comparison, claims, frames = [], [], []
+    for model, df in tables.items():
+        c, cl, f = analyse_table(model, df, config)
+        comparison += c
+        claims += cl
+        frames.append(f)
+    res = PropertiesResult(pd.DataFrame(comparison), pd.DataFrame(claims),
+                           pd.concat(frames, ignore_index=True))
+    res.summary = _summary(res.claims, config)
+    out = run.path / PROPERTIES_DIR
+    write_table(out / "claims.parquet", res.claims)
+    write_json(out / "claims.json", {"config": asdict(config), "summary": res.summary,
+                                     "claims": _records(res.claims)})
+    write_table(out / "comparison.parquet", res.comparison)
+    write_table(out / "percentiles.parquet", res.percentiles, csv=False)
+    res.files = [f"{PROPERTIES_DIR}/{n}" for n in ("claims.csv", "claims.json", "comparison.csv",
+                                                     "percentiles.parquet")]
+    if config.plots:
+        from universal_neurons.report.plots_properties import plot_properties
+
+        res.files += plot_properties(run.path, tables, res.percentiles, config.threshold)
+    run.record_stage("properties", asdict(config), models=list(tables), outputs=res.files,
+                     summary=res.summary)
+    return res
+
+
+def _summary(claims, config: PropertiesConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in CLAIMS:
+        rows = claims[claims.statistic == c.statistic]
+        out[c.statistic] = {"claim": c.text,
+                            "held_in": int((rows.status == "held").sum()),
+                            "tested_in": int(rows.status.isin(["held", "not held"]).sum()),
+                            "models": int(len(rows))}
+    out["universal_set"] = (f"top {config.top_percent:g}% by excess_corr" if config.top_percent
+                            else "is_universal (excess_corr > threshold)")
+    return out
+
+
+def _records(df) -> list[dict[str, Any]]:
+    """JSON-safe records (NaN -> None)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else
+                 v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in df.to_dict("records")]
+
+
+def claims_text(claims) -> str:
+    """Plain-text lines for the CLI: one per model and claim."""
+    lines = []
+    for r in claims.to_dict("records"):
+        nums = ""
+        if r["status"] != "missing":
+            nums = (f" (medians: within-layer percentile {r['pct_median_universal']:.0f} vs "
+                    f"{r['pct_median_other']:.0f}, raw {r['median_universal']:.4g} vs "
+                    f"{r['median_other']:.4g}; r={r['rank_biserial']:+.2f}, "
+                    f"p={r['p_value']:.2g} on {r['tested_on']})")
+        lines.append(f"{r['model']}: {r['status']:>8}: {r['claim']}{nums}")
+    return "\n".join(lines)
+

@@ -1,0 +1,577 @@
+"""Streaming activation statistics of every neuron of one model (paper §4.2).
+
+``ActivationStats`` is an :class:`~universal_neurons.engine.accumulator.Accumulator` over
+the sites ``("pre", "post")``. Per neuron it keeps, exactly and mergeably:
+
+- **moments** of the pre-activation (``blocks.{l}.mlp.hook_pre``): count, mean and the
+  central sums M2..M4 in float64, combined batch by batch with the pairwise formulas of
+  Chan et al. / Pébay (2008), never from histograms. ``var`` is the population variance
+  (ddof=0), ``skew`` = √n·M3/M2^1.5 and ``kurt`` = n·M4/M2² are the biased estimators
+  (scipy's defaults; ``kurt`` is *not* excess: a Gaussian gives 3). A constant neuron gets
+  NaN skew/kurt.
+- **sparsity** = fraction of kept tokens on which the neuron is active. Default rule
+  ``post>0`` (post-activation positive; for GELU this is pre > 0); the paper's code used
+  ``pre>-0.1``-style thresholds on the pre-activation, available as ``sparsity_rule``.
+- **histogram** of the pre-activation, ``n_bins`` bins plus an underflow and an overflow
+  bin. Bin widths are powers of two and edges are multiples of the width ("aligned
+  grid"). The range is fixed from the first batch (its first ``hist_init_tokens`` rows)
+  by the robust quantiles ``[q, 1-q]`` widened by ``hist_margin`` of the span each side
+  (and rounded out to the grid); values outside land in
+  the overflow bins (exact min/max are kept too). Two histograms with different grids are
+  merged exactly: both are coarsened to the larger width (aligned grids nest, so whole bins
+  map to whole bins) and the interior is the intersection of their ranges; counts outside
+  it move to the overflow bins. Every count is therefore exact for the edges it reports.
+- **top-k examples** of the post-activation: value, sequence index and position of the k
+  largest activations (exact, merged with ``torch.topk``; ties may pick either token).
+- **per-token table** of the post-activation for a fixed set of token ids, normally the
+  most frequent ones (:func:`frequent_token_ids`, from the token array before the pass):
+  count, mean and max when the token is the current one, count and mean when it is the
+  previous one. It reuses the families' :class:`~universal_neurons.engine.token_table.
+  TokenTableAccumulator` on ids remapped to ``0..T-1`` (every other id -> group ``T``), so
+  its memory is ``token_table_bytes(T + 1, N)``; :func:`plan_token_table` picks ``T`` for a
+  budget.
+
+Shapes: activations arrive as ``Float[n_kept, layers * d_mlp]`` (neuron ``l * d_mlp + i``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from universal_neurons.engine.batch import ActivationBatch
+from universal_neurons.engine.token_table import TokenTableAccumulator, token_table_bytes
+
+log = logging.getLogger(__name__)
+
+_RULE = re.compile(r"^\s*(pre|post)\s*(>=|>)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class ActivationStatsConfig:
+    """Settings of :class:`ActivationStats`."""
+
+    n_bins: int = 64
+    """Interior histogram bins per neuron (plus one underflow and one overflow bin)."""
+    hist_quantile: float = 1e-3
+    """The histogram range is fixed from the ``[q, 1-q]`` quantiles of the first batch..."""
+    hist_margin: float = 0.25
+    """...widened by this fraction of that span on each side."""
+    hist_init_tokens: int = 4096
+    """At most this many rows of the first batch fix the ranges."""
+    top_k: int = 16
+    """Top activating examples kept per neuron."""
+    sparsity_rule: str = "post>0"
+    """``site>threshold`` or ``site>=threshold``; the paper's code used e.g. ``pre>-0.1``."""
+    chunk_elements: int = 1 << 24
+    """Rows are processed in chunks of at most this many activations (bounds temporaries)."""
+
+    def __post_init__(self) -> None:
+        if self.n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
+        if not 0 <= self.hist_quantile < 0.5:
+            raise ValueError(f"hist_quantile must be in [0, 0.5), got {self.hist_quantile}")
+        if self.hist_margin < 0:
+            raise ValueError(f"hist_margin must be >= 0, got {self.hist_margin}")
+        if self.hist_init_tokens < 1:
+            raise ValueError(f"hist_init_tokens must be >= 1, got {self.hist_init_tokens}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        parse_sparsity_rule(self.sparsity_rule)
+
+
+def parse_sparsity_rule(rule: str) -> tuple[str, str, float]:
+    """``"pre>-0.1"`` -> ``("pre", ">", -0.1)``."""
+    m = _RULE.match(rule)
+    if m is None:
+        raise ValueError(f"bad sparsity rule {rule!r}; expected SITE>THRESHOLD with SITE "
+                         "pre or post, e.g. 'post>0' (default) or 'pre>-0.1' (paper code)")
+    return m.group(1), m.group(2), float(m.group(3))
+
+
+# ----------------------------------------------------------------------------- token table
+def plan_token_table(n_neurons: int, budget_bytes: int, n_wanted: int, d_vocab: int) -> int:
+    """The most token ids (<= ``n_wanted``) whose table over ``n_neurons`` fits the budget.
+
+    Per group (``T`` ids + 1 pooled): the families' tables plus two int64 counts and the id;
+    fixed: a few ``[N]`` float64/int64 vectors (shift, totals, neuron ids; 6 allowed) and
+    an int64 id -> group lookup over the vocabulary.
+    """
+    per_group = token_table_bytes(1, n_neurons) + 24
+    fixed = 48 * n_neurons + 8 * d_vocab
+    return max(0, min(int(n_wanted), (int(budget_bytes) - fixed) // per_group - 1))
+
+
+def _empty_token_arrays(t: int, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    return dict(token_count=np.zeros(t, np.int64), token_mean=np.full((t, *shape), np.nan),
+                token_max=np.full((t, *shape), -np.inf, np.float32),
+                prev_token_count=np.zeros(t, np.int64),
+                prev_token_mean=np.full((t, *shape), np.nan))
+
+
+class _FrequentTokens:
+    """The families' token table over ``token_ids`` only (other ids pooled in group ``T``)."""
+
+    def __init__(self, model: str, token_ids: torch.Tensor, n_neurons: int, device: torch.device):
+        self.token_ids = token_ids.cpu()
+        t = token_ids.numel()
+        self.slot = torch.full((int(token_ids.max()) + 1,), t, dtype=torch.int64, device=device)
+        self.slot[token_ids.to(device)] = torch.arange(t, device=device)
+        self.table = TokenTableAccumulator(model, t + 1, n_neurons, site="post",
+                                           compute_dtype=torch.float64, table_device=str(device))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor this table holds (its state dict, the lookup and the ids)."""
+        def size(v: Any) -> int:
+            if torch.is_tensor(v):
+                return v.numel() * v.element_size()
+            if isinstance(v, dict):
+                return sum(size(x) for x in v.values())
+            return sum(size(x) for x in v) if isinstance(v, (list, tuple)) else 0
+
+        return size(self.slot) + size(self.token_ids) + size(self.table.state_dict())
+
+    def remap(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(self.slot.device)
+        known = (ids >= 0) & (ids < self.slot.numel())
+        out = torch.where(ids < 0, -1, self.token_ids.numel())
+        return torch.where(known, self.slot[ids.clamp(0, self.slot.numel() - 1)], out)
+
+    def update(self, batch: ActivationBatch) -> None:
+        self.table.update(replace(batch, token_ids=self.remap(batch.token_ids),
+                                  prev_token_ids=self.remap(batch.prev_token_ids)))
+
+    def finalize(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        t = self.token_ids.numel()
+        if self.table.n_rows == 0:
+            return _empty_token_arrays(t, shape)
+        tab = self.table.finalize()
+
+        def per_token(x: torch.Tensor) -> np.ndarray:  # [T + 1, N] -> [T, L, d_mlp]
+            return x[:t].cpu().numpy().reshape(t, *shape)
+
+        assert tab.current.max is not None  # the table tracks maxima
+        return dict(token_count=tab.current.count[:t].cpu().numpy(),
+                    token_mean=per_token(tab.group_mean(tab.current)),
+                    token_max=per_token(tab.current.max),
+                    prev_token_count=tab.previous.count[:t].cpu().numpy(),
+                    prev_token_mean=per_token(tab.group_mean(tab.previous)))
+
+
+def frequent_token_ids(tokens: np.ndarray, n: int,
+                       keep: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
+                       chunk_rows: int = 4096) -> np.ndarray:
+    """The ``n`` most frequent ids of ``tokens [n_seq, n_ctx]`` at kept positions.
+
+    ``keep`` is a ``Bool[n_seq, n_ctx]`` mask or a function of a row chunk giving its mask
+    (e.g. ``lambda t: keep_mask(t, tokenizer)``). Streams the (possibly memory-mapped)
+    array in row chunks; ties go to the smaller id.
+    """
+    counts = np.zeros(0, dtype=np.int64)
+    for s in range(0, tokens.shape[0], chunk_rows):
+        t = np.asarray(tokens[s:s + chunk_rows])
+        if keep is not None:
+            t = t[keep(t) if callable(keep) else np.asarray(keep[s:s + chunk_rows])]
+        c = np.bincount(t.ravel().astype(np.int64), minlength=counts.size)
+        c[:counts.size] += counts
+        counts = c
+    order = np.lexsort((np.arange(counts.size), -counts))
+    order = order[counts[order] > 0]
+    return order[:n].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- pieces
+def _merge_moments(a: tuple, b: tuple) -> tuple:
+    """Pébay's pairwise update of ``(n, mean, M2, M3, M4)``; ``n`` a float, rest ``[N]``."""
+    na, ma, m2a, m3a, m4a = a
+    nb, mb, m2b, m3b, m4b = b
+    if nb == 0:
+        return a
+    if na == 0:
+        return b
+    n = na + nb
+    d = mb - ma
+    d2 = d * d
+    mean = ma + d * (nb / n)
+    m2 = m2a + m2b + d2 * (na * nb / n)
+    m3 = (m3a + m3b + d * d2 * (na * nb * (na - nb) / n**2)
+          + 3 * d * (na * m2b - nb * m2a) / n)
+    m4 = (m4a + m4b + d2 * d2 * (na * nb * (na * na - na * nb + nb * nb) / n**3)
+          + 6 * d2 * (na * na * m2b + nb * nb * m2a) / n**2
+          + 4 * d * (na * m3b - nb * m3a) / n)
+    return n, mean, m2, m3, m4
+
+
+def _floor_div(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return torch.div(a, torch.pow(2, shift), rounding_mode="floor")
+
+
+def _ceil_div(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return -_floor_div(-a, shift)
+
+
+class ActivationStats:
+    """Moments, sparsity, histogram, top-k examples and per-token table of one model.
+
+    Args:
+        model: the model name in :class:`ActivationBatch` ``acts``.
+        n_layers, d_mlp: shape of the model's MLP neurons.
+        config: :class:`ActivationStatsConfig`.
+        token_ids: ids tracked by the per-token table (``None``: no table), e.g. from
+            :func:`frequent_token_ids` truncated by :func:`plan_token_table`.
+        device: where the state lives (activations are moved there).
+    """
+
+    sites: tuple[str, ...] = ("pre", "post")
+
+    def __init__(self, model: str, n_layers: int, d_mlp: int,
+                 config: ActivationStatsConfig | None = None,
+                 token_ids: np.ndarray | torch.Tensor | None = None,
+                 device: str | torch.device = "cpu"):
+        self.model, self.n_layers, self.d_mlp = model, int(n_layers), int(d_mlp)
+        self.config = config or ActivationStatsConfig()
+        self.device = torch.device(device)
+        self._rule = parse_sparsity_rule(self.config.sparsity_rule)
+        n, k, nb, dev = self.n_neurons, self.config.top_k, self.config.n_bins, self.device
+        f64: dict[str, Any] = dict(dtype=torch.float64, device=dev)
+        i64: dict[str, Any] = dict(dtype=torch.int64, device=dev)
+        self.n = 0
+        self.mean, self.m2, self.m3, self.m4 = (torch.zeros(n, **f64) for _ in range(4))
+        self.active = torch.zeros(n, **i64)
+        self.pre_min = torch.full((n,), math.inf, **f64)
+        self.pre_max = torch.full((n,), -math.inf, **f64)
+        self.hist_exp = torch.zeros(n, **i64)  # bin width 2**exp
+        self.hist_lo = torch.zeros(n, **i64)   # interior = [lo, hi) * 2**exp
+        self.hist_hi = torch.zeros(n, **i64)
+        self.hist = torch.zeros(n, nb + 2, **i64)  # [under, bins..., over]
+        self.hist_ready = False
+        self.top_values = torch.full((k, n), -math.inf, dtype=torch.float32, device=dev)
+        self.top_seq = torch.full((k, n), -1, **i64)
+        self.top_pos = torch.full((k, n), -1, **i64)
+        ids = torch.as_tensor(np.asarray([] if token_ids is None else token_ids, np.int64))
+        self.tokens = _FrequentTokens(model, ids, n, dev) if ids.numel() else None
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_layers * self.d_mlp
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """``Long[T]`` ids of the per-token table (empty without one)."""
+        return self.tokens.token_ids if self.tokens else torch.zeros(0, dtype=torch.int64)
+
+    @property
+    def token_table_nbytes(self) -> int:
+        """Bytes of the per-token table's state (what :func:`plan_token_table` bounds)."""
+        return self.tokens.nbytes if self.tokens else 0
+
+    def nbytes(self) -> int:
+        """State bytes plus per-chunk scratch (for the engine's memory planner)."""
+        state = sum(getattr(self, k).numel() * getattr(self, k).element_size()
+                    for k in self._STATE)
+        scratch = 6 * 8 * min(self.config.chunk_elements, self.n_neurons * 8192)
+        return state + self.token_table_nbytes + scratch
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: ActivationBatch) -> None:
+        acts = batch.acts[self.model]
+        pre, post = acts["pre"], acts["post"]
+        if pre.shape != post.shape or pre.shape[-1] != self.n_neurons:
+            raise ValueError(f"{self.model}: expected pre/post [n_kept, {self.n_neurons}], got "
+                             f"{tuple(pre.shape)} and {tuple(post.shape)}")
+        if not self.hist_ready and batch.n:
+            self._init_hist(pre[:self.config.hist_init_tokens].to(self.device))
+        rows = max(1, self.config.chunk_elements // self.n_neurons)
+        for s in range(0, batch.n, rows):
+            sl = slice(s, s + rows)
+            self._update_chunk(pre[sl].to(self.device), post[sl].to(self.device),
+                               batch.seq_index[sl].to(self.device),
+                               batch.positions[sl].to(self.device))
+        if self.tokens is not None:
+            self.tokens.update(batch)
+
+    def _update_chunk(self, pre: torch.Tensor, post: torch.Tensor, seq: torch.Tensor,
+                      pos: torch.Tensor) -> None:
+        if pre.shape[0] == 0:
+            return
+        x = pre.to(torch.float64)  # [n, N]
+        mb = x.mean(0)
+        if not torch.isfinite(mb).all():
+            bad = int(torch.nonzero(~torch.isfinite(mb))[0, 0])
+            raise ValueError(f"{self.model}: non-finite pre-activation of neuron "
+                             f"L{bad // self.d_mlp}.{bad % self.d_mlp}; check the model's dtype "
+                             "(float32 recommended) and weights")
+        d = x - mb
+        d2 = d * d
+        batch = (float(x.shape[0]), mb, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0))
+        self._set_moments(_merge_moments(self._moments(), batch))
+        site, op, thr = self._rule
+        v = pre if site == "pre" else post
+        self.active += (v > thr if op == ">" else v >= thr).sum(0)
+        torch.minimum(self.pre_min, x.amin(0), out=self.pre_min)
+        torch.maximum(self.pre_max, x.amax(0), out=self.pre_max)
+        self._bin(x)
+        self._topk_update(post.float(), seq, pos)
+
+    def _moments(self) -> tuple:
+        return float(self.n), self.mean, self.m2, self.m3, self.m4
+
+    def _set_moments(self, m: tuple) -> None:
+        self.n, self.mean, self.m2, self.m3, self.m4 = int(m[0]), *m[1:]
+
+    def _init_hist(self, x: torch.Tensor) -> None:
+        """Fix each neuron's aligned grid from robust quantiles of ``x [rows, N]``."""
+        c = self.config
+        rows = x.shape[0]
+        if rows < 256:
+            log.warning("%s: histogram ranges fixed from only %d tokens", self.model, rows)
+        k_lo = math.floor(c.hist_quantile * (rows - 1)) + 1  # kthvalue is 1-based
+        k_hi = math.ceil((1 - c.hist_quantile) * (rows - 1)) + 1
+        step = max(1, c.chunk_elements // rows)
+        lo_v, hi_v = (torch.cat([x[:, s:s + step].kthvalue(k, dim=0).values
+                                 for s in range(0, x.shape[1], step)]).double()
+                      for k in (k_lo, k_hi))
+        span = (hi_v - lo_v).clamp_min(2.0**-20)
+        lo_v, hi_v = lo_v - c.hist_margin * span, hi_v + c.hist_margin * span
+        self.hist_exp = torch.ceil(torch.log2((hi_v - lo_v) / (c.n_bins - 1))).long()
+        self.hist_lo = torch.floor(lo_v / torch.exp2(self.hist_exp.double())).long()
+        self.hist_hi = self.hist_lo + c.n_bins
+        self.hist_ready = True
+
+    def _bin(self, x: torch.Tensor) -> None:
+        nb, n = self.config.n_bins, self.n_neurons
+        t = torch.floor(x / torch.exp2(self.hist_exp.double())) - self.hist_lo  # [rows, N]
+        width = (self.hist_hi - self.hist_lo).double()
+        over = t >= width
+        col = (torch.minimum(t.clamp_(min=-1.0), width) + 1).long().masked_fill_(over, nb + 1)
+        flat = (col + torch.arange(n, device=x.device) * (nb + 2)).flatten()
+        self.hist += torch.bincount(flat, minlength=n * (nb + 2)).view(n, nb + 2)
+
+    def _topk_update(self, post: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
+        k = self.config.top_k
+        vals = torch.cat([self.top_values, post])  # [k + rows, N]
+        top = vals.topk(k, dim=0)
+        idx = top.indices
+        old = idx < k
+        new = (idx - k).clamp_min(0)
+        self.top_seq = torch.where(old, self.top_seq.gather(0, idx.clamp_max(k - 1)), seq[new])
+        self.top_pos = torch.where(old, self.top_pos.gather(0, idx.clamp_max(k - 1)), pos[new])
+        self.top_values = top.values
+
+    # ------------------------------------------------------------------ merge
+    def merge(self, other: ActivationStats) -> None:
+        """Add the statistics of ``other`` (disjoint tokens, same model/config) exactly."""
+        if (other.n_neurons, other.config) != (self.n_neurons, self.config):
+            raise ValueError(f"cannot merge ActivationStats of {other.n_neurons} neurons / "
+                             f"{other.config} into {self.n_neurons} neurons / {self.config}")
+        if not torch.equal(other.token_ids.cpu(), self.token_ids.cpu()):
+            raise ValueError("cannot merge ActivationStats tracking different token ids")
+        o = {k: v.to(self.device) if torch.is_tensor(v) else v
+             for k, v in other.state_dict().items()}
+        self._set_moments(_merge_moments(
+            self._moments(), (float(o["n"]), o["mean"], o["m2"], o["m3"], o["m4"])))
+        self.active += o["active"]
+        torch.minimum(self.pre_min, o["pre_min"], out=self.pre_min)
+        torch.maximum(self.pre_max, o["pre_max"], out=self.pre_max)
+        self._merge_hist(o)
+        k = self.config.top_k
+        vals = torch.cat([self.top_values, o["top_values"]])
+        idx = vals.topk(k, dim=0).indices
+        self.top_values = vals.gather(0, idx)
+        self.top_seq = torch.cat([self.top_seq, o["top_seq"]]).gather(0, idx)
+        self.top_pos = torch.cat([self.top_pos, o["top_pos"]]).gather(0, idx)
+        if self.tokens is not None and other.tokens is not None:
+            self.tokens.table.merge(other.tokens.table)
+
+    def _merge_hist(self, o: dict[str, Any]) -> None:
+        if not o["hist_ready"]:
+            return
+        if not self.hist_ready:
+            self.hist_exp, self.hist_lo, self.hist_hi, self.hist = (
+                o["hist_exp"].clone(), o["hist_lo"].clone(), o["hist_hi"].clone(), o["hist"].clone())
+            self.hist_ready = True
+            return
+        parts = [(self.hist_exp, self.hist_lo, self.hist_hi, self.hist),
+                 (o["hist_exp"], o["hist_lo"], o["hist_hi"], o["hist"])]
+        exp = torch.maximum(parts[0][0], parts[1][0])
+        lo = torch.maximum(*[_ceil_div(p[1], exp - p[0]) for p in parts])
+        hi = torch.minimum(*[_floor_div(p[2], exp - p[0]) for p in parts])
+        hi = torch.maximum(hi, lo)
+        nb = self.config.n_bins
+        j = torch.arange(nb, device=self.device)
+        out = torch.zeros_like(self.hist)
+        for e, plo, _, counts in parts:
+            coarse = _floor_div(plo[:, None] + j, (exp - e)[:, None]) - lo[:, None]  # [N, nb]
+            col = (coarse + 1).clamp(0, nb + 1)
+            col = torch.where(coarse >= (hi - lo)[:, None], torch.full_like(col, nb + 1), col)
+            col = torch.cat([torch.zeros_like(col[:, :1]), col, torch.full_like(col[:, :1], nb + 1)], 1)
+            out.scatter_add_(1, col, counts)
+        self.hist_exp, self.hist_lo, self.hist_hi, self.hist = exp, lo, hi, out
+
+    # ------------------------------------------------------------------ state
+    _STATE = ("mean", "m2", "m3", "m4", "active", "pre_min", "pre_max", "hist_exp", "hist_lo",
+              "hist_hi", "hist", "top_values", "top_seq", "top_pos")
+
+    def state_dict(self) -> dict[str, Any]:
+        sd: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE}
+        sd.update(n=int(self.n), hist_ready=bool(self.hist_ready), model=self.model,
+                  n_layers=self.n_layers, d_mlp=self.d_mlp, config=asdict(self.config),
+                  token_ids=self.token_ids.clone(),
+                  token_table=self.tokens.table.state_dict() if self.tokens else None)
+        return sd
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["n_layers"], state["d_mlp"]) != (self.n_layers, self.d_mlp):
+            raise ValueError(f"state of a {state['n_layers']}x{state['d_mlp']} model cannot be "
+                             f"loaded into {self.n_layers}x{self.d_mlp}")
+        self.config = ActivationStatsConfig(**state["config"])
+        self._rule = parse_sparsity_rule(self.config.sparsity_rule)
+        for k in self._STATE:
+            setattr(self, k, state[k].to(self.device).clone())
+        ids = state["token_ids"]
+        self.tokens = _FrequentTokens(self.model, ids, self.n_neurons, self.device) if ids.numel() else None
+        if self.tokens is not None:
+            self.tokens.table.load_state_dict(state["token_table"])
+        self.n, self.hist_ready = int(state["n"]), bool(state["hist_ready"])
+
+    # ------------------------------------------------------------------ finalize
+    def finalize(self) -> ActivationStatsResult:
+        n, shape = self.n, (self.n_layers, self.d_mlp)
+
+        def per_neuron(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().numpy().reshape(*shape, *t.shape[1:])
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m2 = self.m2.cpu().numpy()
+            var = m2 / n if n else np.full_like(m2, np.nan)
+            skew = np.sqrt(n) * self.m3.cpu().numpy() / m2**1.5
+            kurt = n * self.m4.cpu().numpy() / m2**2
+        w = np.exp2(self.hist_exp.cpu().numpy().astype(np.float64))
+        return ActivationStatsResult(
+            model=self.model, n_tokens=n, sparsity_rule=self.config.sparsity_rule,
+            mean=per_neuron(self.mean), var=var.reshape(shape), skew=skew.reshape(shape),
+            kurt=kurt.reshape(shape),
+            sparsity=(self.active.cpu().numpy() / max(n, 1)).reshape(shape),
+            pre_min=per_neuron(self.pre_min), pre_max=per_neuron(self.pre_max),
+            hist=per_neuron(self.hist),
+            hist_lo=(self.hist_lo.cpu().numpy() * w).reshape(shape),
+            hist_hi=(self.hist_hi.cpu().numpy() * w).reshape(shape), hist_width=w.reshape(shape),
+            top_values=per_neuron(self.top_values.T.contiguous()),
+            top_seq=per_neuron(self.top_seq.T.contiguous()),
+            top_pos=per_neuron(self.top_pos.T.contiguous()),
+            token_ids=self.token_ids.numpy(),
+            **(self.tokens.finalize(shape) if self.tokens else _empty_token_arrays(0, shape)))
+
+
+@dataclass
+class ActivationStatsResult:
+    """Finalized statistics; per-neuron arrays are ``[layers, d_mlp, ...]``.
+
+    ``hist [L, d_mlp, n_bins + 2]`` counts ``[underflow, bins..., overflow]``; interior bin
+    ``j`` of a neuron covers ``[hist_lo + j*hist_width, hist_lo + (j+1)*hist_width)`` for
+    ``j < (hist_hi - hist_lo) / hist_width`` (later bins are unused). ``top_*`` are
+    ``[L, d_mlp, k]`` sorted by decreasing post-activation (seq -1 where fewer tokens were
+    seen). For ``token_ids [T]``: ``token_count [T]`` and ``token_mean``/``token_max``
+    ``[T, L, d_mlp]`` over the positions holding the token (NaN / -inf if none);
+    ``prev_token_count``, ``prev_token_mean`` over the positions that follow it.
+    """
+
+    model: str
+    n_tokens: int
+    sparsity_rule: str
+    mean: np.ndarray
+    var: np.ndarray
+    skew: np.ndarray
+    kurt: np.ndarray
+    sparsity: np.ndarray
+    pre_min: np.ndarray
+    pre_max: np.ndarray
+    hist: np.ndarray
+    hist_lo: np.ndarray
+    hist_hi: np.ndarray
+    hist_width: np.ndarray
+    top_values: np.ndarray
+    top_seq: np.ndarray
+    top_pos: np.ndarray
+    token_ids: np.ndarray
+    token_count: np.ndarray
+    token_mean: np.ndarray
+    token_max: np.ndarray
+    prev_token_count: np.ndarray
+    prev_token_mean: np.ndarray
+
+    NEURON_COLUMNS = ("mean", "var", "skew", "kurt", "sparsity")
+
+    def frame(self):
+        """One row per neuron: ``layer, neuron, mean, var, skew, kurt, sparsity``."""
+        import pandas as pd
+
+        n_layers, d_mlp = self.mean.shape
+        layer, neuron = np.divmod(np.arange(n_layers * d_mlp), d_mlp)
+        cols = {c: getattr(self, c).reshape(-1) for c in self.NEURON_COLUMNS}
+        return pd.DataFrame({"layer": layer, "neuron": neuron, **cols})
+
+    def save(self, path: str | Path) -> None:
+        """Write every array to one safetensors file (atomically)."""
+        from safetensors.numpy import save_file
+
+        from universal_neurons.rundir import atomic_path
+
+        arrays = {k: np.ascontiguousarray(v) for k, v in self.__dict__.items()
+                  if isinstance(v, np.ndarray)}
+        meta = {"model": self.model, "n_tokens": str(self.n_tokens),
+                "sparsity_rule": self.sparsity_rule}
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp), metadata={"meta": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ActivationStatsResult:
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        with safe_open(str(path), "np") as f:
+            meta = json.loads(f.metadata()["meta"])
+        return cls(model=meta["model"], n_tokens=int(meta["n_tokens"]),
+                   sparsity_rule=meta["sparsity_rule"], **load_file(str(path)))
+
+
+def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,
+                         config: ActivationStatsConfig | None = None, *,
+                         token_budget_bytes: int = 256 << 20, n_frequent_tokens: int = 1000,
+                         keep_all: bool = False, device: str | torch.device = "cpu"
+                         ) -> list[ActivationStats]:
+    """One :class:`ActivationStats` per loaded model, ready to be fed by the engine's pass
+    (alone, or as ``extra_accumulators`` of correlate).
+
+    The per-token table tracks the ``n_frequent_tokens`` most frequent kept tokens of the
+    first ``n_seq`` sequences of ``dataset`` (counted from the token array, before the
+    pass), as many as ``token_budget_bytes`` allows per model (0 disables it).
+    """
+    from universal_neurons.data.tokens import keep_mask
+
+    tokens = dataset.tokens[: dataset.n_seq if n_seq is None else n_seq]
+    tokenizer = models[0].tokenizer if models else None
+    ids = np.zeros(0, np.int64)
+    if n_frequent_tokens > 0 and token_budget_bytes > 0:
+        ids = frequent_token_ids(tokens, n_frequent_tokens,
+                                 lambda t: keep_mask(t, tokenizer, keep_all))
+    out = []
+    for m in models:
+        ad = m.adapter
+        n = plan_token_table(ad.n_layers * ad.d_mlp, token_budget_bytes, len(ids), ad.d_vocab)
+        if n < len(ids):
+            log.info("%s: per-token table limited to the %d most frequent tokens by the "
+                     "%.0f MiB budget", m.name, n, token_budget_bytes / 2**20)
+        out.append(ActivationStats(m.name, ad.n_layers, ad.d_mlp, config, token_ids=ids[:n],
+                                   device=device))
+    return out
