@@ -1,0 +1,200 @@
+"""Build ``RUN/report/``: a static site that opens from disk (no server, no network).
+
+Layout::
+
+    report/index.html                      summary, figures, claims, families, entropy, attention
+    report/browser-<model>.html            neuron browser of one model (all neurons)
+    report/neurons/<model>/L{l}.{n}.html   neuron pages (a bounded set, see select_pages)
+    report/plots/...                       copies of RUN/plots
+
+The site is built in a temporary folder beside the target and swapped in at the end, so a
+failed build never leaves a half-written report that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from universal_neurons.constants import PLOTS_DIR, REPORT_DIR, parse_neuron_name
+from universal_neurons.errors import UserError
+from universal_neurons.report.browser import (
+    browser_data,
+    browser_file,
+    browser_page,
+    partner_models,
+)
+from universal_neurons.report.details import DetailSource
+from universal_neurons.report.index_page import render_index, summarize
+from universal_neurons.report.neuron_page import neuron_file, render_neuron_page
+from universal_neurons.report.rundata import RunData
+
+log = logging.getLogger(__name__)
+
+RANK_COLUMNS = ("excess_corr", "mean_corr", "max_corr")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Settings of :func:`build_report`."""
+
+    top_n: int = 100
+    """Neuron pages for the top-N neurons of each model by excess correlation..."""
+    max_pages: int = 1000
+    """...plus every universal neuron, at most this many pages per model in all."""
+    neurons: tuple[str, ...] = ()
+    """Extra neurons to give a page: ``L3.17`` (every model) or ``MODEL:L3.17``."""
+    context_before: int = 24
+    """Tokens of context shown before an example's activating token."""
+    context_after: int = 6
+    max_examples: int = 10
+    """Top activating examples shown per neuron."""
+
+    def __post_init__(self) -> None:
+        for k in ("top_n", "max_pages", "context_before", "context_after", "max_examples"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        for n in self.neurons:
+            parse_neuron_name(n.rsplit(":", 1)[-1])
+
+
+def select_pages(df, model: str, config: ReportConfig,
+                 explained: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """Neurons of ``model`` that get a page, most important first, at most ``max_pages``.
+
+    Order: neurons named in ``config.neurons``, universal neurons by decreasing rank column
+    (``excess_corr``, else ``mean_corr``/``max_corr``), the top ``top_n`` by it, then the
+    ``explained`` neurons (those the explanations stage analysed).
+    """
+    if df is None or len(df) == 0:
+        return []
+    existing = set(zip(df["layer"].astype(int), df["neuron"].astype(int)))
+    chosen: dict[tuple[int, int], None] = {}
+    for spec in config.neurons:
+        who, _, name = spec.rpartition(":")
+        key = parse_neuron_name(name)
+        if (not who or who == model) and key in existing:
+            chosen[key] = None
+    rank = next((c for c in RANK_COLUMNS if c in df.columns), None)
+    ranked = df.sort_values(rank, ascending=False, na_position="last", kind="stable") if rank else df
+    if "is_universal" in df.columns:
+        univ = ranked[ranked["is_universal"].fillna(False).astype(bool)]
+        chosen.update(dict.fromkeys(zip(univ["layer"].astype(int), univ["neuron"].astype(int))))
+    if rank:
+        top = ranked.head(config.top_n)
+        chosen.update(dict.fromkeys(zip(top["layer"].astype(int), top["neuron"].astype(int))))
+    chosen.update(dict.fromkeys(k for k in explained if k in existing))
+    return list(chosen)[: config.max_pages]
+
+
+def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 config: ReportConfig | None = None,
+                 progress: Callable[[Sequence], Sequence] | None = None) -> Path:
+    """Write the report of ``run_dir`` (default into ``RUN/report``) and return ``index.html``.
+
+    Tolerates any missing stage: its section says "not computed". ``progress`` may wrap the
+    list of neuron pages (e.g. ``tqdm``).
+    """
+    config = config or ReportConfig()
+    run = RunData(Path(run_dir))
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"run directory {run.path} does not exist; pass the --out "
+                                "folder of an earlier `universal-neurons` run")
+    final = Path(out_dir) if out_dir is not None else run.path / REPORT_DIR
+    _check_target(final, run.path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        _write_site(run, tmp, config, progress)
+        _swap_in(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("report written to %s", final / "index.html")
+    return final / "index.html"
+
+
+def _check_target(final: Path, run: Path) -> None:
+    """Refuse a target whose replacement would delete something that is not a report."""
+    f, r = final.resolve(), run.resolve()
+    if f == r or f in r.parents:
+        raise UserError(f"--out {final} would replace the run directory {run}; pass a folder "
+                        "of its own, e.g. RUN/report (the default)")
+    if f.exists() and (not f.is_dir() or (any(f.iterdir()) and not (f / "index.html").exists())):
+        raise UserError(f"--out {final} exists and is not a report folder (no index.html); "
+                        "pass a new or empty folder")
+
+
+def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None:
+    plots = _copy_plots(run, out)
+    frames = {m: run.neurons(m) for m in run.models}
+    pages = {m: select_pages(frames[m], m, config, sorted(run.explanation_rows(m)))
+             for m in run.models}
+    page_sets = {m: set(p) for m, p in pages.items()}
+    d_mlp = {m: int(df["neuron"].max()) + 1 for m, df in frames.items() if df is not None and len(df)}
+    summaries = [summarize(m, frames[m], pages[m]) for m in run.models]
+
+    for m, df in frames.items():
+        if df is None:
+            continue
+        data = browser_data(df, m, run.models, pages[m])
+        s = next(s for s in summaries if s.name == m)
+        _write(out / browser_file(m), browser_page(m, data, n_universal=s.n_universal))
+
+    source = DetailSource(run, context_before=config.context_before,
+                          context_after=config.context_after, max_examples=config.max_examples)
+    jobs = [(m, key) for m in run.models for key in pages[m]]
+    partners = {m: partner_models(df, m, run.models) for m, df in frames.items() if df is not None}
+    rows = {m: _rows(frames[m], pages[m]) for m in run.models if pages[m]}
+    for m, (layer, neuron) in (progress(jobs) if progress else jobs):
+        row = rows[m].get((layer, neuron), {})
+        detail = source.detail(m, layer, neuron, row, partners[m], d_mlp)
+        html = render_neuron_page(m, layer, neuron, row, detail, page_sets,
+                                  explanation_columns=run.explanation_columns(m),
+                                  explanation_rows=run.explanation_rows(m).get((layer, neuron)))
+        _write(out / neuron_file(m, layer, neuron), html)
+
+    _write(out / "index.html", render_index(run, summaries, plots, page_sets, run.problems))
+
+
+def _rows(df, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], dict]:
+    """The table rows of ``keys`` as dicts, keyed by ``(layer, neuron)``."""
+    wanted = set(keys)
+    mask = [(int(a), int(b)) in wanted for a, b in zip(df["layer"], df["neuron"])]
+    return {(int(r["layer"]), int(r["neuron"])): r for r in df[mask].to_dict("records")}
+
+
+def _copy_plots(run: RunData, out: Path) -> list[tuple[str, str]]:
+    """Copy ``RUN/plots`` into ``report/plots``; ``(relative URL, name)`` of each figure."""
+    from urllib.parse import quote
+
+    src = run.path / PLOTS_DIR
+    found = []
+    for p in run.plots():
+        rel = p.relative_to(src)
+        dest = out / PLOTS_DIR / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, dest)
+        found.append((f"{PLOTS_DIR}/" + "/".join(quote(part) for part in rel.parts), str(rel)))
+    return found
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by ``tmp`` (the old report is removed only once the new one is in)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,425 @@
+"""Per-neuron details for the neuron pages: histogram, top examples, tokens, partners.
+
+Sources (each optional; a missing one leaves its part of the page "not computed"):
+
+- ``stats/<model>.safetensors`` or ``RUN/*/<model>/activation_stats.safetensors`` (:class:`~universal_neurons.engine.activation_stats.
+  ActivationStatsResult`): pre-activation histogram, top-k activating examples
+  ``(value, seq_index, position)``, mean activation on frequent tokens. Read by slices, so a
+  page costs a few kilobytes however large the run.
+- the token dataset named in the manifest and its tokenizer: the text around each example.
+- ``weights.safetensors`` of the weights analysis: top promoted / suppressed tokens
+  (``vocab_{top,bottom}_{ids,cos}``).
+- the neuron row: ``{partner}_best``, ``{partner}_corr``, ``{partner}_baseline``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from universal_neurons.constants import STATS_DIR, safe_name
+from universal_neurons.report.rundata import RunData
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "activation_stats.safetensors"
+WEIGHTS_FILE = "weights.safetensors"  # analysis.weights.WEIGHTS_FILE
+
+
+def _model_file(run: Path, model: str, filename: str, flat_dirs: Sequence[str]) -> Path | None:
+    """``RUN/<dir>/<model>.safetensors`` for ``dir`` in ``flat_dirs``, else the first
+    ``RUN/*/<model>/<filename>`` or ``RUN/*/*/<model>/<filename>``."""
+    name = safe_name(model)
+    for d in flat_dirs:
+        p = run / d / f"{name}.safetensors"
+        if p.is_file():
+            return p
+    for pattern in (f"*/{name}/{filename}", f"*/*/{name}/{filename}"):
+        hits = sorted(p for p in run.glob(pattern) if p.is_file())
+        if hits:
+            return hits[0]
+    return None
+
+
+@dataclass
+class Histogram:
+    edges: list[float]
+    counts: list[float]
+    underflow: float = 0.0
+    overflow: float = 0.0
+    label: str = "pre-activation"
+
+
+@dataclass
+class Example:
+    """A window of text around a top activation; ``acts[i]`` is None where unknown."""
+
+    tokens: list[str]
+    acts: list[float | None]
+    focus: int
+    activation: float
+    seq_index: int | None = None
+    position: int | None = None
+
+
+@dataclass
+class Partner:
+    """A sibling model's best match, and (from ``correlations/``) its top-k and histogram."""
+
+    model: str
+    layer: int | None
+    neuron: int | None
+    corr: float | None
+    baseline: float | None = None
+    top: list[tuple[int, int, float]] = field(default_factory=list)
+    bottom: list[tuple[int, int, float]] = field(default_factory=list)
+    hist: Histogram | None = None
+
+
+@dataclass
+class NeuronDetail:
+    histogram: Histogram | None = None
+    examples: list[Example] | None = None
+    promoted: list[tuple[str, float]] | None = None
+    suppressed: list[tuple[str, float]] | None = None
+    token_means: list[tuple[str, float, int]] | None = None
+    partners: list[Partner] = field(default_factory=list)
+
+
+class TokenText:
+    """Decodes token ids to display strings: with a tokenizer, else a list of surface
+    strings indexed by id, else ``#id``."""
+
+    def __init__(self, tokenizer: Any = None, strings: Sequence[str] | None = None):
+        self.tokenizer, self.strings = tokenizer, strings
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        token_id = int(token_id)
+        if token_id not in self._cache:
+            text = f"#{token_id}"
+            if self.tokenizer is None and self.strings is not None and 0 <= token_id < len(self.strings):
+                text = str(self.strings[token_id])
+            elif self.tokenizer is not None:
+                try:
+                    text = self.tokenizer.decode([token_id])
+                except Exception:  # noqa: BLE001 - an id outside the vocabulary
+                    pass
+            self._cache[token_id] = text
+        return self._cache[token_id]
+
+
+class DetailSource:
+    """Reads per-neuron details of a run lazily (files are opened once, sliced per neuron)."""
+
+    def __init__(self, run: RunData, *, context_before: int = 24, context_after: int = 6,
+                 max_examples: int = 10):
+        self.run = run
+        self.before, self.after, self.max_examples = context_before, context_after, max_examples
+        self._handles: dict[tuple[str, ...], Any] = {}
+        self._dataset: Any = False  # False: not looked up yet
+        self._text: TokenText | None = None
+
+    # -- sources ------------------------------------------------------------------------------
+    def stats_file(self, model: str) -> Path | None:
+        """The model's :class:`ActivationStatsResult` file, if the stats stage wrote one."""
+        return _model_file(self.run.path, model, STATS_FILE, flat_dirs=(STATS_DIR,))
+
+    def weights_file(self, model: str) -> Path | None:
+        """The model's ``weights.safetensors`` (weights analysis), if written."""
+        return _model_file(self.run.path, model, WEIGHTS_FILE, flat_dirs=("weights",))
+
+    def _open(self, key: tuple[str, ...], path: Path | None):
+        """A cached ``safe_open`` handle of ``path`` (None if absent or unreadable, once)."""
+        if key not in self._handles:
+            handle = None
+            if path is not None and path.is_file():
+                try:
+                    from safetensors import safe_open
+
+                    handle = safe_open(str(path), "np")
+                except Exception as e:  # noqa: BLE001
+                    self.run._problem(f"{path}: unreadable ({type(e).__name__}: {e})")
+            self._handles[key] = handle
+        return self._handles[key]
+
+    def _handle(self, kind: str, model: str):
+        if (kind, model) in self._handles:
+            return self._handles[(kind, model)]
+        path = self.stats_file(model) if kind == "stats" else self.weights_file(model)
+        return self._open((kind, model), path)
+
+    def _weights_handle(self, model: str):
+        return self._handle("weights", model)
+
+    def _slice(self, model: str, name: str, *index):
+        f = self._handle("stats", model)
+        if f is None or name not in f.keys():
+            return None
+        return f.get_slice(name)[index] if index else f.get_tensor(name)
+
+    @property
+    def dataset(self):
+        """The run's token dataset (``None`` when the manifest names none that opens)."""
+        if self._dataset is False:
+            self._dataset = None
+            for path in _dataset_candidates(self.run):
+                try:
+                    from universal_neurons.data.dataset import open_token_dataset
+
+                    self._dataset = open_token_dataset(path)
+                    break
+                except Exception as e:  # noqa: BLE001
+                    log.info("report: token dataset %s not usable: %s", path, e)
+        return self._dataset
+
+    @property
+    def text(self) -> TokenText:
+        if self._text is None:
+            tok = _load_tokenizer(self.run, self.dataset)
+            self._text = TokenText(tok, None if tok is not None else _surface_strings(self.run, self.dataset))
+        return self._text
+
+    # -- per neuron ---------------------------------------------------------------------------
+    def detail(self, model: str, layer: int, neuron: int, row: dict | None = None,
+               partners: Sequence[str] = (), d_mlp: Mapping[str, int] | None = None) -> NeuronDetail:
+        d = NeuronDetail()
+        for part, fn in (("histogram", self.histogram), ("examples", self.examples),
+                         ("token_means", self.token_means)):
+            try:
+                setattr(d, part, fn(model, layer, neuron))
+            except Exception as e:  # noqa: BLE001 - a damaged file must not sink the report
+                self.run._problem(f"{model} L{layer}.{neuron} {part}: {type(e).__name__}: {e}")
+        d.promoted, d.suppressed = self.vocab(model, layer, neuron)
+        d.partners = partners_from_row(row or {}, partners, d_mlp or {})
+        for p in d.partners:
+            try:
+                self.add_matches(model, layer, neuron, p)
+            except Exception as e:  # noqa: BLE001
+                self.run._problem(f"{model} L{layer}.{neuron} vs {p.model}: {type(e).__name__}: {e}")
+        return d
+
+    def add_matches(self, model: str, layer: int, neuron: int, partner: Partner, k: int = 5) -> None:
+        """Fill ``partner.top/bottom/hist`` from ``correlations/<model>__<partner>.safetensors``
+        (summaries by the correlate stage; rows and indices are ``layer * d_mlp + neuron``)."""
+        name = f"{safe_name(model)}__{safe_name(partner.model)}.safetensors"
+        f = self._open(("corr", model, partner.model), self.run.path / "correlations" / name)
+        if f is None:
+            return
+        meta = f.metadata() or {}
+        d, d_p = int(meta["d_mlp"]), int(meta["partner_d_mlp"])
+        row = layer * d + neuron
+        names = set(f.keys())
+        for kind, attr in (("top", "top"), ("bottom", "bottom")):
+            if f"{kind}_indices" in names:
+                idx = f.get_slice(f"{kind}_indices")[row][:k]
+                val = f.get_slice(f"{kind}_values")[row][:k]
+                setattr(partner, attr, [(int(i) // d_p, int(i) % d_p, float(v))
+                                        for i, v in zip(idx, val) if i >= 0])
+        if "hist" in names and "hist_edges" in names:
+            counts = f.get_slice("hist")[row]
+            edges = f.get_tensor("hist_edges")
+            partner.hist = Histogram([float(e) for e in edges], [float(c) for c in counts],
+                                     label=f"correlation with {partner.model} neurons")
+
+    def histogram(self, model: str, layer: int, neuron: int) -> Histogram | None:
+        counts = self._slice(model, "hist", layer, neuron)
+        if counts is None:
+            return None
+        lo = float(self._slice(model, "hist_lo", layer, neuron))
+        hi = float(self._slice(model, "hist_hi", layer, neuron))
+        w = float(self._slice(model, "hist_width", layer, neuron))
+        n_used = max(1, min(len(counts) - 2, round((hi - lo) / w)))
+        edges = [lo + j * w for j in range(n_used + 1)]
+        return Histogram(edges, [float(c) for c in counts[1:1 + n_used]],
+                         underflow=float(counts[0]), overflow=float(counts[-1]))
+
+    def examples(self, model: str, layer: int, neuron: int) -> list[Example] | None:
+        vals = self._slice(model, "top_values", layer, neuron)
+        if vals is None:
+            return None
+        seqs = self._slice(model, "top_seq", layer, neuron)
+        poss = self._slice(model, "top_pos", layer, neuron)
+        known: dict[tuple[int, int], float] = {}
+        for v, s, p in zip(vals, seqs, poss):
+            if s >= 0:
+                known.setdefault((int(s), int(p)), float(v))
+        found = [(v, s, p) for (s, p), v in known.items()]  # insertion order: decreasing value
+        out = []
+        ds = self.dataset
+        for v, s, p in found[: self.max_examples]:
+            if ds is None or s >= ds.n_seq:
+                out.append(Example([f"(token at sequence {s}, position {p})"], [v], 0, v, s, p))
+                continue
+            lo, hi = max(1, p - self.before), min(ds.n_ctx, p + self.after + 1)
+            ids = ds.tokens[s, lo:hi]
+            acts = [known.get((s, q)) for q in range(lo, hi)]
+            out.append(Example([self.text(i) for i in ids], acts, p - lo, v, s, p))
+        return out
+
+    def token_means(self, model: str, layer: int, neuron: int, n: int = 12):
+        ids = self._slice(model, "token_ids")
+        if ids is None or len(ids) == 0:
+            return None
+        means = self._slice(model, "token_mean", slice(None), layer, neuron)
+        counts = self._slice(model, "token_count")
+        order = sorted((i for i in range(len(ids)) if counts[i] > 0 and _num(means[i]) == _num(means[i])),
+                       key=lambda i: -float(means[i]))
+        return [(self.text(ids[i]), float(means[i]), int(counts[i])) for i in order[:n]]
+
+    def vocab(self, model: str, layer: int, neuron: int):
+        """``(promoted, suppressed)`` lists of ``(token, value)``, or ``(None, None)``."""
+        try:
+            return _vocab_lists(self, model, layer, neuron)
+        except Exception as e:  # noqa: BLE001
+            self.run._problem(f"{model} L{layer}.{neuron} vocab: {type(e).__name__}: {e}")
+            return None, None
+
+
+def partners_from_row(row: Mapping, partners: Sequence[str],
+                      d_mlp: Mapping[str, int]) -> list[Partner]:
+    """Best-matching neuron of each sibling model from the ``{partner}_*`` columns.
+
+    ``{partner}_best`` may be a name (``L3.17``), a neuron index with a
+    ``{partner}_best_layer`` column, or a flat index ``layer * d_mlp + neuron``.
+    """
+    out = []
+    for p in partners:
+        best = row.get(f"{p}_best")
+        layer = neuron = None
+        if isinstance(best, str) or (best is not None and _num(best) == _num(best)):
+            layer, neuron = _split_best(best, row, p, d_mlp.get(p))
+        out.append(Partner(p, layer, neuron, _opt(row.get(f"{p}_corr")),
+                           _opt(row.get(f"{p}_baseline"))))
+    return out
+
+
+def _split_best(best, row: Mapping, partner: str, d_mlp: int | None) -> tuple[int | None, int | None]:
+    if isinstance(best, str):
+        from universal_neurons.constants import parse_neuron_name
+
+        try:
+            return parse_neuron_name(best)
+        except ValueError:
+            return None, None
+    layer = row.get(f"{partner}_best_layer")
+    if layer is not None:
+        return int(layer), int(best)
+    if d_mlp:
+        return divmod(int(best), int(d_mlp))
+    return None, int(best)
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _opt(v) -> float | None:
+    x = _num(v)
+    return None if x != x else x
+
+
+def _vocab_lists(src: DetailSource, model: str, layer: int, neuron: int):
+    """Top/bottom tokens of ``cos(W_U, w_out)`` from the weights analysis
+    (:class:`~universal_neurons.analysis.weights.WeightStats`: ``weights.safetensors`` with
+    ``vocab_{top,bottom}_{ids,cos}`` ``[L, d_mlp, k]``), decoded with the run's tokenizer."""
+    f = src._weights_handle(model)
+    if f is None:
+        return None, None
+    keys = set(f.keys())
+    out: list[list[tuple[str, float]] | None] = []
+    for kind in ("top", "bottom"):
+        ids_key, cos_key = f"vocab_{kind}_ids", f"vocab_{kind}_cos"
+        if ids_key not in keys:
+            out.append(None)
+            continue
+        ids = f.get_slice(ids_key)[layer, neuron]
+        cos = f.get_slice(cos_key)[layer, neuron] if cos_key in keys else [float("nan")] * len(ids)
+        out.append([(src.text(i), float(c)) for i, c in zip(ids, cos) if i >= 0])
+    return out[0], out[1]
+
+
+def _dataset_candidates(run: RunData) -> list[Path]:
+    """Token datasets the manifest names, the stats stage's first (its examples index it):
+    a stage's ``config.dataset`` or ``dataset.path``; relative paths tried against the run
+    directory and the working directory; then ``RUN/dataset``."""
+    raw = run.manifest.get("stages")
+    stages: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    found: list[str] = []
+    for name in sorted(stages, key=lambda k: k != "stats"):
+        st: dict[str, Any] = stages[name] if isinstance(stages[name], dict) else {}
+        raw_cfg = st.get("config")
+        cfg: dict[str, Any] = raw_cfg if isinstance(raw_cfg, dict) else {}
+        for v in (cfg.get("dataset"), st.get("dataset")):
+            if isinstance(v, dict):
+                v = v.get("path")
+            if isinstance(v, str) and v:
+                found.append(v)
+    out: list[Path] = []
+    for s in found:
+        p = Path(s).expanduser()
+        for cand in ((p,) if p.is_absolute() else (run.path / p, Path.cwd() / p)):
+            if cand.exists() and cand not in out:
+                out.append(cand)
+    local = run.path / "dataset"
+    if local.is_dir() and local not in out:
+        out.append(local)
+    return out
+
+
+def _load_tokenizer(run: RunData, dataset) -> Any:
+    """The tokenizer that made the dataset: ``RUN/tokenizer``, a local path in the dataset's
+    meta, or a model spec through ``models.loading`` (only if already cached locally)."""
+    cands: list[str] = []
+    if (run.path / "tokenizer").exists():
+        cands.append(str(run.path / "tokenizer"))
+    if dataset is not None and isinstance(dataset.meta.get("tokenizer"), str):
+        cands.append(dataset.meta["tokenizer"])
+    for c in cands:
+        try:
+            if Path(c).expanduser().exists():
+                return _local_tokenizer(Path(c).expanduser())
+            from universal_neurons.models import loading
+
+            if hasattr(loading, "load_tokenizer"):
+                return loading.load_tokenizer(c)
+        except Exception as e:  # noqa: BLE001
+            log.info("report: tokenizer %s not usable: %s", c, e)
+    if cands:
+        run._problem(f"no usable tokenizer among {cands}; tokens are shown as ids")
+    return None
+
+
+def _local_tokenizer(p: Path) -> Any:
+    """A tokenizer from a folder or a bare ``tokenizer.json`` (never touches the network)."""
+    if p.is_file() and not (p.parent / "tokenizer_config.json").exists():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(tokenizer_file=str(p))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(p.parent if p.is_file() else p), local_files_only=True)
+
+
+def _surface_strings(run: RunData, dataset) -> list[str] | None:
+    """The ``token`` column of ``RUN/features/*/vocab_features.parquet`` (matching the
+    dataset's tokenizer fingerprint when known): every token id decoded alone."""
+    hits = sorted((run.path / "features").glob("*/vocab_features.parquet"))
+    fp = (dataset.meta.get("tokenizer_fingerprint") or "")[:16] if dataset is not None else ""
+    hits = [h for h in hits if h.parent.name == fp] or hits
+    for h in hits:
+        try:
+            import pandas as pd
+
+            df = pd.read_parquet(h, columns=["token_id", "token"]).sort_values("token_id")
+            if df["token_id"].tolist() == list(range(len(df))):
+                return df["token"].astype(str).tolist()
+        except Exception as e:  # noqa: BLE001
+            log.info("report: %s not usable for token strings: %s", h, e)
+    return None

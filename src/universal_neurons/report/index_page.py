@@ -1,0 +1,184 @@
+"""The report's front page: summary, figures, claims, families, entropy, attention."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from universal_neurons.report.browser import browser_file
+from universal_neurons.report.html import esc, fmt, frame_table, link, page, section, table
+from universal_neurons.report.neuron_page import neuron_href
+from universal_neurons.report.rundata import NamedTable, RunData, paper_reference
+from universal_neurons.report.svg import hbar_svg
+
+# Figures are shown in the section whose keyword their file name contains; the rest under
+# "Other figures". Per-token tables (large, for plots) are not shown.
+SKIP_TABLES = ("_tokens", "_points")
+MAX_PROBLEMS = 20
+FIGURE_SECTIONS = {
+    "properties": ("propert", "universal_by_layer", "corr_vs_baseline", "universality"),
+    "families": ("famil",),
+    "prediction": ("predict", "suppress", "vocab", "partition"),
+    "entropy": ("entropy",),
+    "attention": ("attention", "attn", "bos"),
+}
+
+
+@dataclass
+class ModelSummary:
+    name: str
+    n_neurons: int | None = None
+    n_universal: int | None = None
+    n_layers: int | None = None
+    n_pages: int = 0
+    top: list[tuple[int, int, float]] = field(default_factory=list)  # (layer, neuron, excess)
+
+    @property
+    def pct_universal(self) -> float | None:
+        if not self.n_neurons or self.n_universal is None:
+            return None
+        return 100.0 * self.n_universal / self.n_neurons
+
+
+def summarize(name: str, df, pages, n_top: int = 10) -> ModelSummary:
+    s = ModelSummary(name, n_pages=len(pages))
+    if df is None:
+        return s
+    s.n_neurons = len(df)
+    s.n_layers = int(df["layer"].max()) + 1 if len(df) else 0
+    if "is_universal" in df.columns:
+        s.n_universal = int(df["is_universal"].fillna(False).astype(bool).sum())
+    if "excess_corr" in df.columns:
+        top = df.nlargest(n_top, "excess_corr")
+        s.top = [(int(r.layer), int(r.neuron), float(r.excess_corr)) for r in top.itertuples()]
+    return s
+
+
+def _figure(rel: str, name: str) -> str:
+    return (f'<figure><a href="{esc(rel)}"><img src="{esc(rel)}" alt="{esc(name)}" loading="lazy">'
+            f"</a><figcaption>{esc(name)}</figcaption></figure>")
+
+
+def _figures(plots: Sequence[tuple[str, str]]) -> str | None:
+    return "".join(_figure(rel, name) for rel, name in plots) or None
+
+
+def _tables(tables: Sequence[NamedTable]) -> str | None:
+    if not tables:
+        return None
+    parts = []
+    for t in tables:
+        note = ""
+        if t.n_rows is not None and t.n_rows > len(t.frame):
+            note = f'<p class="note">first {len(t.frame)} of {t.n_rows:,} rows</p>'
+        elif t.n_rows is None and len(t.frame):
+            note = f'<p class="note">first {len(t.frame)} rows</p>' if len(t.frame) >= 50 else ""
+        parts.append(f'<div class="scroll"><h3>{esc(t.name)}</h3>'
+                     f"{frame_table(t.frame, max_rows=len(t.frame) or 1)}{note}</div>")
+    return f'<div class="grid">{"".join(parts)}</div>'
+
+
+def _join(*parts: str | None) -> str | None:
+    present = [p for p in parts if p]
+    return "".join(present) if present else None
+
+
+def _summary_html(run: RunData, models: Sequence[ModelSummary]) -> str:
+    m = run.manifest
+    facts = [("run directory", esc(run.path.name)), ("models", esc(", ".join(s.name for s in models)))]
+    tokens, streamed = run.n_tokens(), run.dataset_tokens()
+    text = "not recorded" if tokens is None else f"{tokens:,} kept"
+    if tokens is not None and streamed is not None:
+        text += f" of {streamed:,} streamed (BOS, padding and newlines dropped)"
+    facts.append(("tokens", esc(text)))
+    stages = m.get("stages") if isinstance(m.get("stages"), dict) else {}
+    if stages:
+        facts.append(("stages", esc(", ".join(f"{k} ({v.get('finished_at', '?')})" if isinstance(v, dict)
+                                              else str(k) for k, v in stages.items()))))
+    versions = m.get("versions")
+    if isinstance(versions, dict) and versions:
+        facts.append(("versions", esc(", ".join(f"{k} {v}" for k, v in versions.items()))))
+    out = table(facts, None, raw_columns=(0, 1), cls="facts")
+    rows, bars = [], []
+    for s in models:
+        ref = paper_reference(s.name)
+        pct = s.pct_universal
+        browse = link(quote(browser_file(s.name)), "browse") if s.n_neurons else ""
+        dash = "\u2013"  # not computed (e.g. a non-reference model) / not in the paper
+        rows.append((esc(s.name), fmt(s.n_layers), fmt(s.n_neurons),
+                     dash if s.n_universal is None else fmt(s.n_universal),
+                     dash if pct is None else f"{pct:.2f}%",
+                     dash if ref is None else f"{ref:.2f}%", browse))
+        if pct is not None:
+            bars.append((s.name, pct, ref))
+    out += "<h3>Universal neurons (excess correlation &gt; 0.5)</h3>"
+    out += table(rows, ["model", "layers", "neurons", "universal", "% universal",
+                        "paper", "browser"], raw_columns=range(7))
+    out += ('<p class="note">Paper (Gurnee et al. 2024): GPT2-small-a 4.16%, GPT2-medium-a '
+            "1.23%, Pythia-160m 1.26%; red ticks mark them where the model is the same.</p>")
+    if bars:
+        out += hbar_svg(bars)
+    return out
+
+
+def _top_html(models: Sequence[ModelSummary], pages: Mapping[str, set]) -> str | None:
+    parts = []
+    for s in models:
+        if not s.top:
+            continue
+        rows = []
+        for layer, neuron, excess in s.top:
+            name = f"L{layer}.{neuron}"
+            cell = esc(name)
+            if (layer, neuron) in pages.get(s.name, ()):
+                cell = link(neuron_href(s.name, layer, neuron, from_neuron_page=False), name)
+            rows.append((cell, fmt(excess)))
+        parts.append(f"<div><h3>{esc(s.name)}</h3>{table(rows, ['neuron', 'excess_corr'], raw_columns=(0, 1))}</div>")
+    return f'<div class="grid">{"".join(parts)}</div>' if parts else None
+
+
+def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[tuple[str, str]],
+                 pages: Mapping[str, set], problems: Sequence[str] = ()) -> str:
+    """The HTML of ``report/index.html``. ``plots`` are ``(relative URL, display name)``."""
+    groups: dict[str, list[tuple[str, str]]] = {k: [] for k in (*FIGURE_SECTIONS, "other")}
+    for rel, name in plots:
+        key = next((k for k, words in FIGURE_SECTIONS.items()
+                    if any(w in Path(name).name.lower() for w in words)), "other")
+        groups[key].append((rel, name))
+    claims = run.claims()
+    claims_html = None if claims is None else f'<div class="scroll">{frame_table(claims)}</div>'
+    sections = [
+        section("summary", "Summary", _summary_html(run, models)),
+        section("top", "Most universal neurons", _top_html(models, pages),
+                missing="not computed (no excess_corr column)"),
+        section("claims", "Properties of universal neurons",
+                _join(claims_html, _tables(run.tables_in("properties", "comparison*", 200)),
+                      _figures(groups["properties"]))),
+        section("families", "Neuron families",
+                _join(_tables(run.tables_in("families", "*counts*")), _figures(groups["families"]))),
+        section("prediction", "Prediction and suppression neurons",
+                _join(_tables(run.tables_in("prediction")),
+                      _tables(run.tables_in("families", "*prediction_tokens*")),
+                      _figures(groups["prediction"]))),
+        section("entropy", "Entropy neurons",
+                _join(_tables(run.tables_in("entropy", skip=SKIP_TABLES)),
+                      _figures(groups["entropy"]))),
+        section("attention", "Attention (de)activation neurons",
+                _join(_tables(run.tables_in("attention", skip=SKIP_TABLES)),
+                      _figures(groups["attention"]))),
+        section("figures", "Other figures", _figures(groups["other"]),
+                missing="no other figures in plots/"),
+    ]
+    if problems:
+        shown = list(dict.fromkeys(problems))[:MAX_PROBLEMS]
+        items = "".join(f"<li>{esc(p)}</li>" for p in shown)
+        if len(problems) > len(shown):
+            items += f"<li>… {len(problems) - len(shown):,} more (see the log)</li>"
+        sections.append(section("problems", "Problems while building this report", f"<ul>{items}</ul>"))
+    nav = [("#summary", "summary"), ("#claims", "properties"), ("#families", "families"),
+           ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention"),
+           ("#figures", "other figures")]
+    nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
+    return page("Universal neurons report", "".join(sections), nav=nav)
