@@ -15,7 +15,8 @@ Re-create the bundled study material from scratch, offline:
   universal-neurons zoo tokenizer --work W     # byte-level BPE on the train split
   universal-neurons zoo train --work W         # five seeds, resumable, one process each
   universal-neurons zoo export --work W        # fp16 HF folders into zoo/bundled/
-  universal-neurons zoo build --work W         # all of the above in order
+  universal-neurons zoo curve --work W         # universality per training snapshot + suite card
+  universal-neurons zoo build --work W         # corpus, tokenizer, train, export in order
 
 Same seeds on the same machine give the same weights. See docs/zoo.md.
 """
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from universal_neurons.zoo.train import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("action", choices=["corpus", "tokenizer", "train", "export", "build"])
+    p.add_argument("action", choices=["corpus", "tokenizer", "train", "export", "curve", "build"])
     p.add_argument("--work", default=DEFAULT_WORK,
                    help="working folder for tokenizer, token streams, checkpoints "
                    f"(default {DEFAULT_WORK})")
@@ -51,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot", type=int, default=None, metavar="TOKENS",
                    help="export: take the training snapshot at this many tokens instead of "
                    "the final weights")
+    p.add_argument("--curve-tokens", type=int, default=100_000,
+                   help="curve: test tokens correlated per snapshot (default 100k)")
     p.add_argument("--jobs", type=int, default=None,
                    help="member processes at once (default: one per seed)")
 
@@ -65,9 +68,13 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from universal_neurons.data.bundled import bundled_corpus_path
     from universal_neurons.models.registry import bundled_root
+    from universal_neurons.zoo.card import load_cards, suite_card_markdown
     from universal_neurons.zoo.corpus import build_corpus, read_corpus
+    from universal_neurons.zoo.curve import universality_curve
     from universal_neurons.zoo.export import export_member, snapshot_card
     from universal_neurons.zoo.tokenizer import train_tokenizer
     from universal_neurons.zoo.train import train_suite
@@ -104,4 +111,17 @@ def run(args: argparse.Namespace) -> int:
                     card, source = json.loads((mdir / "card.json").read_text()), mdir / "final.pt"
                 export_member(source, card, work / "tokenizer", out_root / name)
                 print(f"exported {name} to {out_root / name}")
+        elif step == "curve":
+            rows = universality_curve(cfg, work, max_tokens=args.curve_tokens,
+                                      progress=not args.quiet)
+            (work / "curve.json").write_text(json.dumps(rows, indent=2))
+            out_root = Path(args.out) if args.out else bundled_root()
+            cards = load_cards(out_root, cfg.suite)
+            tr = np.load(work / "train_tokens.npy", mmap_mode="r")
+            p = np.bincount(tr, minlength=len(json.loads((work / "tokenizer" / "tokenizer.json")
+                                                         .read_text())["model"]["vocab"]))
+            p = p[p > 0] / p.sum()
+            text = suite_card_markdown(cards, float(-(p * np.log(p)).sum()), rows)
+            (out_root / f"{cfg.suite}.md").write_text(text)
+            print(text)
     return 0
