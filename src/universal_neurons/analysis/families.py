@@ -1,0 +1,379 @@
+"""Neuron families (paper §4.3, §5.1): each neuron gets zero or more families with a score.
+
+Rules (:class:`FamilyThresholds`, defaults in brackets; VR = variance reduction from
+``analysis.explain``; "best" = the largest VR over that group of features):
+
+* ``unigram``: best current-token ``unigram:*`` VR > [0.5] (paper). Score = that VR.
+* ``alphabet``: for each letter feature ``alpha:c`` the *one* neuron with the highest
+  current-token VR, if that VR > [0.37] (paper). Score = VR (best letter if several).
+* ``previous_token``: best previous-token feature VR (any token feature) > [0.5].
+* ``token``: best current-token property (not unigram, not alphabet; e.g. ``is_year``,
+  ``all_caps``) VR > [0.5].
+* ``syntax``: best spaCy POS or dependency feature VR > [0.3].
+* ``entity``: best spaCy entity feature (type or in-entity) VR > [0.3]. This is the
+  semantic family we implement; topic neurons (document-level topics) are not.
+* ``context``: best context feature (in quotes / parentheses / brackets, after newline)
+  VR > [0.3].
+* ``position``: firing predicted by position: mutual information between position bin and
+  firing (``a > 0``) over the entropy of firing, I/H, ≥ [0.25], and, when the neuron table
+  has the activation kurtosis ``kurt`` (non-excess), ``kurt`` < [3.0] (sub-Gaussian, as the
+  paper's position neurons). Score = the mutual information in bits (the paper's ranking).
+* ``prediction`` / ``suppression`` / ``partition``: ``analysis.prediction.classify`` on the
+  vocabulary moments (score: vocab kurtosis, or variance ratio for partition).
+
+Outputs: per neuron ``families`` (names joined by ``;``, highest score first, ``""`` for
+none), ``family_scores`` (JSON object family -> score) and ``family_features`` (JSON
+object family -> the explaining feature), merged into ``RUN/neurons/<model>.parquet``;
+``RUN/families/<model>_counts.csv``; ``RUN/plots/families_<model>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from universal_neurons.analysis.features import feature_group
+from universal_neurons.analysis.prediction import PredictionThresholds, classify
+
+log = logging.getLogger(__name__)
+
+FAMILIES_DIR = "families"
+FAMILIES = ("unigram", "alphabet", "previous_token", "token", "syntax", "entity", "context",
+            "position", "prediction", "suppression", "partition")
+
+
+@dataclass(frozen=True)
+class FamilyThresholds:
+    unigram: float = 0.5
+    alphabet: float = 0.37
+    previous_token: float = 0.5
+    token: float = 0.5
+    syntax: float = 0.3
+    entity: float = 0.3
+    context: float = 0.3
+    position_information: float = 0.25
+    """Minimum I(position bin; fires) / H(fires)."""
+    position_max_kurt: float = 3.0
+    """Maximum activation kurtosis (non-excess) of a position neuron, when known."""
+    prediction: PredictionThresholds = PredictionThresholds()
+
+
+# feature-column selectors: (kind, groups) -> family
+_VR_FAMILIES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "unigram": ("current", ("unigram",)),
+    "previous_token": ("prev", None),
+    "token": ("current", ("token",)),
+    "syntax": ("sequence", ("pos", "dep")),
+    "entity": ("sequence", ("ent",)),
+    "context": ("sequence", ("ctx",)),
+}
+
+
+def _columns(vr: pd.DataFrame, kind: str, groups: tuple[str, ...] | None) -> list[str]:
+    out = []
+    for c in vr.columns:
+        k, _, feat = c.partition("/")
+        if k == kind and feat and (groups is None or feature_group(feat) in groups):
+            out.append(c)
+    return out
+
+
+def _best(vr: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(best VR [N], its feature name [N])`` over ``cols`` (0 / '' if none)."""
+    if not cols:
+        return np.zeros(len(vr)), np.full(len(vr), "", dtype=object)
+    m = vr[cols].to_numpy(np.float64)
+    i = np.nanargmax(np.nan_to_num(m, nan=-1.0), axis=1)
+    names = np.array([c.split("/", 1)[1] for c in cols], dtype=object)
+    return np.nan_to_num(m[np.arange(len(m)), i]), names[i]
+
+
+def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-300, 1 - 1e-16)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def assign_families(vr: pd.DataFrame | None, neurons: pd.DataFrame | None = None,
+                    thresholds: FamilyThresholds = FamilyThresholds()) -> pd.DataFrame:
+    """Families of every neuron of one model.
+
+    ``vr``: the wide explanation table (``RUN/explanations/<model>_vr.parquet``: ``layer,
+    neuron``, ``position_*``, ``fire_rate`` and ``<kind>/<feature>`` columns) or None.
+    ``neurons``: the neuron table (for ``kurt``, ``vocab_*`` and ``is_universal``) or None.
+    Returns ``layer, neuron, families, family_scores, family_features`` for the union of
+    neurons in both.
+    """
+    hits: list[pd.DataFrame] = []  # layer, neuron, family, score, feature
+    if vr is not None and len(vr):
+        lay, neu = vr["layer"].to_numpy(), vr["neuron"].to_numpy()
+
+        def add(family: str, mask: np.ndarray, score: np.ndarray, feat: np.ndarray) -> None:
+            if mask.any():
+                hits.append(pd.DataFrame({"layer": lay[mask], "neuron": neu[mask],
+                                          "family": family, "score": score[mask],
+                                          "feature": feat[mask]}))
+
+        for family, (kind, groups) in _VR_FAMILIES.items():
+            score, feat = _best(vr, _columns(vr, kind, groups))
+            add(family, score > getattr(thresholds, family), score, feat)
+        # alphabet: the best neuron for each letter
+        alpha = _columns(vr, "current", ("alpha",))
+        best_alpha = np.zeros(len(vr))
+        alpha_feat = np.full(len(vr), "", dtype=object)
+        for c in alpha:
+            col = np.nan_to_num(vr[c].to_numpy(np.float64))
+            i = int(np.argmax(col))
+            if col[i] > thresholds.alphabet and col[i] > best_alpha[i]:
+                best_alpha[i], alpha_feat[i] = col[i], c.split("/", 1)[1]
+        add("alphabet", best_alpha > 0, best_alpha, alpha_feat)
+        # position
+        if {"position_mi", "fire_rate"} <= set(vr.columns):
+            mi = vr["position_mi"].to_numpy(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u = mi / _binary_entropy(vr["fire_rate"].to_numpy(np.float64))
+            ok = np.nan_to_num(u) >= thresholds.position_information
+            if neurons is not None and "kurt" in neurons.columns:
+                k = vr[["layer", "neuron"]].merge(neurons[["layer", "neuron", "kurt"]],
+                                                  on=["layer", "neuron"], how="left")["kurt"]
+                kurt = k.to_numpy(np.float64)
+                ok &= ~(kurt >= thresholds.position_max_kurt)  # unknown (NaN) passes
+            add("position", ok, mi, np.full(len(vr), "position", dtype=object))
+    if neurons is not None and {"vocab_var", "vocab_skew", "vocab_kurt", "vocab_mean"} <= set(
+            neurons.columns):
+        cls = classify(neurons, thresholds.prediction)
+        lab = cls[cls["prediction_class"] != ""]
+        if len(lab):
+            hits.append(pd.DataFrame({"layer": lab["layer"], "neuron": lab["neuron"],
+                                      "family": lab["prediction_class"],
+                                      "score": lab["prediction_score"],
+                                      "feature": "vocab"}))
+    keys = []
+    for df in (vr, neurons):
+        if df is not None and len(df):
+            keys.append(df[["layer", "neuron"]])
+    if not keys:
+        return pd.DataFrame(columns=["layer", "neuron", "families", "family_scores",
+                                     "family_features"])
+    base = pd.concat(keys).drop_duplicates().sort_values(["layer", "neuron"], ignore_index=True)
+    if not hits:
+        base["families"] = ""
+        base["family_scores"] = "{}"
+        base["family_features"] = "{}"
+        return base
+    h = pd.concat(hits, ignore_index=True).sort_values("score", ascending=False, kind="stable")
+    grouped = h.groupby(["layer", "neuron"], sort=False)
+    agg = pd.DataFrame({
+        "families": grouped["family"].agg(";".join),
+        "family_scores": grouped.apply(lambda g: json.dumps(
+            {f: round(float(s), 6) for f, s in zip(g["family"], g["score"])}),
+            include_groups=False),
+        "family_features": grouped.apply(lambda g: json.dumps(
+            dict(zip(g["family"], g["feature"])), ensure_ascii=False), include_groups=False),
+    }).reset_index()
+    out = base.merge(agg, on=["layer", "neuron"], how="left")
+    out["families"] = out["families"].fillna("")
+    out["family_scores"] = out["family_scores"].fillna("{}")
+    out["family_features"] = out["family_features"].fillna("{}")
+    return out
+
+
+def parse_families(value: str) -> list[str]:
+    """``"unigram;previous_token"`` -> ``["unigram", "previous_token"]``."""
+    return [f for f in str(value or "").split(";") if f]
+
+
+def family_counts(fam: pd.DataFrame, neurons: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``family, n_neurons, frac`` (+ ``n_universal`` when the neuron table has
+    ``is_universal``); ``frac`` is over the neurons in ``fam``."""
+    exploded = fam.assign(family=fam["families"].map(parse_families)).explode("family")
+    exploded = exploded[exploded["family"].notna() & (exploded["family"] != "")]
+    counts = exploded.groupby("family").size().reindex(FAMILIES, fill_value=0)
+    out = pd.DataFrame({"family": counts.index, "n_neurons": counts.to_numpy()})
+    out["frac"] = out["n_neurons"] / max(len(fam), 1)
+    if neurons is not None and "is_universal" in neurons.columns:
+        uni = exploded.merge(neurons[["layer", "neuron", "is_universal"]],
+                             on=["layer", "neuron"], how="left")
+        u = uni[uni["is_universal"].fillna(False).astype(bool)].groupby("family").size()
+        out["n_universal"] = u.reindex(FAMILIES, fill_value=0).to_numpy()
+    return out
+
+
+def merge_into_neuron_table(path: str | Path, fam: pd.DataFrame) -> pd.DataFrame:
+    """Read-modify-write ``RUN/neurons/<model>.parquet`` keyed on ``layer, neuron``: replace
+    the family columns, keep every other column and row; create the table if absent."""
+    from universal_neurons.rundir import write_table
+
+    cols = ["families", "family_scores", "family_features"]
+    path = Path(path)
+    if path.exists():
+        old = pd.read_parquet(path)
+        old = old.drop(columns=[c for c in cols if c in old.columns])
+        df = old.merge(fam[["layer", "neuron", *cols]], on=["layer", "neuron"], how="outer")
+        df = df.sort_values(["layer", "neuron"], ignore_index=True)
+    else:
+        df = fam[["layer", "neuron", *cols]].copy()
+    df["families"] = df["families"].fillna("")
+    df["family_scores"] = df["family_scores"].fillna("{}")
+    df["family_features"] = df["family_features"].fillna("{}")
+    write_table(path, df)
+    return df
+
+
+# ---- the stage ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FamiliesConfig:
+    """Options of the families stage."""
+
+    run: str
+    models: tuple[str, ...] = ()
+    """Models to label (default: every model with explanations or a neuron table in RUN)."""
+    thresholds: FamilyThresholds = FamilyThresholds()
+    weights: bool = True
+    """Load models for vocab moments missing from the tables and for token sets."""
+    top_tokens: int = 20
+    plots: bool = True
+    device: str = "cpu"
+
+
+def _models_in_run(run: Path) -> list[str]:
+    from universal_neurons.analysis.explain import EXPLANATIONS_DIR
+    from universal_neurons.constants import NEURONS_DIR
+
+    names = [p.name[: -len("_vr.parquet")] for p in sorted((run / EXPLANATIONS_DIR).glob(
+        "*_vr.parquet"))]
+    names += [p.stem for p in sorted((run / NEURONS_DIR).glob("*.parquet"))]
+    return list(dict.fromkeys(names))
+
+
+def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
+    """Families for every model of a run; returns ``{model: counts}``."""
+    from universal_neurons.analysis.explain import explanation_paths
+    from universal_neurons.constants import PLOTS_DIR, neuron_table, safe_name
+    from universal_neurons.errors import UserError
+    from universal_neurons.rundir import RunDir, atomic_path, write_table
+
+    run = Path(config.run)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist; run `universal-neurons explain` "
+                        "or `correlate` with --out there first")
+    models = list(config.models) or _models_in_run(run)
+    if not models:
+        raise UserError(f"{run} holds no explanations/*_vr.parquet and no neurons/*.parquet; "
+                        "run `universal-neurons explain --model M --out RUN` first")
+    rd = RunDir(run)
+    result, moment_frames = {}, {}
+    for name in models:
+        safe = safe_name(name)
+        vr_path = explanation_paths(run, name)["vr"]
+        table_path = run / neuron_table(name)
+        vr = pd.read_parquet(vr_path) if vr_path.exists() else None
+        neurons = pd.read_parquet(table_path) if table_path.exists() else None
+        if vr is None and neurons is None:
+            raise UserError(f"no explanations ({vr_path}) and no neuron table ({table_path}) "
+                            f"for model {name!r}")
+        weights = _LazyWeights(name, config.device) if config.weights else None
+        if weights and (neurons is None or "vocab_kurt" not in neurons.columns):
+            pw = weights.processed()
+            if pw is not None:
+                neurons = _with_moments(neurons, pw)
+        fam = assign_families(vr, neurons, config.thresholds)
+        merged = merge_into_neuron_table(table_path, fam)
+        considered = fam if vr is None else fam.merge(vr[["layer", "neuron"]])
+        counts = family_counts(considered, merged)
+        with atomic_path(run / FAMILIES_DIR / f"{safe}_counts.csv") as tmp:
+            counts.to_csv(tmp, index=False)
+        if neurons is not None and "vocab_kurt" in neurons.columns:
+            moment_frames[name] = neurons
+            labelled = classify(neurons, config.thresholds.prediction)
+            if (labelled["prediction_class"] != "").any() and weights:
+                pw = weights.processed()
+                if pw is not None:
+                    from universal_neurons.analysis.features import surface_strings
+                    from universal_neurons.analysis.prediction import token_sets
+
+                    tokens = token_sets(pw, labelled, surface_strings(weights.model.tokenizer),
+                                        config.top_tokens)
+                    write_table(run / FAMILIES_DIR / f"{safe}_prediction_tokens.parquet", tokens)
+        if config.plots:
+            from universal_neurons.report.plots_families import plot_family_counts
+
+            plot_family_counts(counts[counts["n_neurons"] > 0] if counts["n_neurons"].any()
+                               else counts, run / PLOTS_DIR / f"families_{safe}.png", name)
+        result[name] = counts
+        log.info("%s: %s", name, ", ".join(f"{f} {n}" for f, n in
+                                          zip(counts["family"], counts["n_neurons"]) if n))
+    if config.plots and moment_frames:
+        from universal_neurons.analysis.prediction import PLOT, plot_prediction_curves
+
+        plot_prediction_curves(moment_frames, run / PLOTS_DIR / PLOT)
+    rd.record_stage("families", _jsonable(config), models=models,
+                    counts={m: dict(zip(c["family"], c["n_neurons"].tolist()))
+                            for m, c in result.items()})
+    return result
+
+
+def _jsonable(config: FamiliesConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+class _LazyWeights:
+    """A model's processed weights, loaded on first use (None if it cannot be loaded)."""
+
+    def __init__(self, name: str, device: str):
+        self.name, self.device = name, device
+        self.model: Any = None
+        self._pw: Any = None
+        self._tried = False
+
+    def processed(self) -> Any:
+        if not self._tried:
+            self._tried = True
+            self.model = _try_load(self.name, self.device)
+            if self.model is not None:
+                self._pw = self.model.adapter.processed_weights()
+        return self._pw
+
+
+def _try_load(name: str, device: str) -> Any:
+    """Load ``name`` (a display name, or a file-safe one with ``--`` for ``/``)."""
+    from universal_neurons.errors import UserError
+    from universal_neurons.models.loading import load_model
+
+    err: Exception | None = None
+    for spec in dict.fromkeys([name, name.replace("--", "/")]):
+        try:
+            return load_model(spec, device=device)
+        except UserError as e:
+            err = err or e
+    log.warning("cannot load %s for its weights (%s); skipping weight-based families and "
+                "token sets", name, err)
+    return None
+
+
+def _with_moments(neurons: pd.DataFrame | None, pw: Any) -> pd.DataFrame:
+    from universal_neurons.analysis.prediction import vocab_moments
+
+    moments = vocab_moments(pw)
+    if neurons is None:
+        return moments
+    return neurons.drop(columns=[c for c in moments.columns if c in neurons.columns
+                                 and c not in ("layer", "neuron")]).merge(
+        moments, on=["layer", "neuron"], how="left")
+
+
+def neuron_families(run: str | Path, model: str) -> pd.DataFrame:
+    """``layer, neuron, families (list), family_scores (dict)`` from a run's neuron table."""
+    from universal_neurons.constants import neuron_table
+
+    df = pd.read_parquet(Path(run) / neuron_table(model), columns=["layer", "neuron", "families",
+                                                                   "family_scores"])
+    df["families"] = df["families"].map(parse_families)
+    df["family_scores"] = df["family_scores"].map(json.loads)
+    return df
+

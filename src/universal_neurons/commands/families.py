@@ -1,0 +1,78 @@
+"""``universal-neurons families``: neuron families from explanations and weights."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "families"
+HELP = "assign neuron families (unigram, alphabet, previous token, syntax, position, prediction, ...)"
+DESCRIPTION = """\
+Label every neuron of a run with zero or more families and a score each, from the
+variance reductions written by `explain` and the vocabulary moments of cos(W_U, w_out)
+(from the neuron table, else computed from the model's weights):
+  unigram         best current-token unigram VR > 0.5
+  alphabet        the best neuron of each first-letter feature, if VR > 0.37
+  previous_token  best previous-token feature VR > 0.5
+  token           best other current-token property VR > 0.5
+  syntax          best spaCy POS / dependency VR > 0.3
+  entity          best spaCy entity VR > 0.3
+  context         best context (quotes, parentheses, after newline) VR > 0.3
+  position        I(position; fires) / H(fires) >= 0.25 and activation kurtosis < 3
+                  when known; scored by the mutual information
+  prediction      vocab kurtosis > 10, positive skew  (suppression: negative skew)
+  partition       vocab variance >= 5 x the model's median
+Writes the columns families, family_scores, family_features into RUN/neurons/<model>.parquet,
+RUN/families/<model>_counts.csv, RUN/families/<model>_prediction_tokens.parquet (the tokens
+prediction/suppression/partition neurons promote or suppress), RUN/plots/families_<model>.png
+and RUN/plots/prediction_curves.png (per-layer percentiles of vocab kurtosis and skew).
+
+examples:
+  universal-neurons families runs/tiny
+  universal-neurons families runs/small --models stanford-gpt2-small-a --unigram 0.6
+"""
+
+
+THRESHOLDS = ("unigram", "alphabet", "previous_token", "token", "syntax", "entity", "context",
+              "position_information", "position_max_kurt")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--models", nargs="+", default=(), metavar="M",
+                   help="models to label (default: every model with explanations or a neuron "
+                        "table in RUN)")
+    for name in THRESHOLDS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, metavar="X",
+                       help="threshold of that family (defaults above)")
+    p.add_argument("--vocab-kurtosis", type=float, default=None, metavar="X",
+                   help="prediction/suppression cut on vocab kurtosis (default 10)")
+    p.add_argument("--partition-var-ratio", type=float, default=None, metavar="X",
+                   help="partition cut: vocab variance over the model's median (default 5)")
+    p.add_argument("--top-tokens", type=int, default=20,
+                   help="tokens listed per prediction/suppression/partition neuron (20)")
+    p.add_argument("--no-weights", action="store_true",
+                   help="do not load models (no vocab moments beyond the tables, no token sets)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from universal_neurons.analysis.families import (
+        FamiliesConfig,
+        FamilyThresholds,
+        run_families,
+    )
+    from universal_neurons.analysis.prediction import PredictionThresholds
+
+    given = {n: getattr(args, n) for n in THRESHOLDS if getattr(args, n) is not None}
+    pred = {k: v for k, v in (("kurtosis", args.vocab_kurtosis),
+                              ("partition_var_ratio", args.partition_var_ratio)) if v is not None}
+    thresholds = FamilyThresholds(**given, prediction=PredictionThresholds(**pred))
+    counts = run_families(FamiliesConfig(
+        run=args.run, models=tuple(args.models), thresholds=thresholds,
+        weights=not args.no_weights, top_tokens=args.top_tokens, plots=not args.no_plots,
+        device=args.device))
+    for model, c in counts.items():
+        found = ", ".join(f"{f} {n}" for f, n in zip(c["family"], c["n_neurons"]) if n)
+        print(f"{model}: {found or 'no families'}")
+    return 0

@@ -1,0 +1,147 @@
+"""Family assignment rules, the neuron-table merge and the families stage on a small run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from universal_neurons.analysis.explain import explain_table
+from universal_neurons.analysis.families import (
+    FamiliesConfig,
+    FamilyThresholds,
+    assign_families,
+    family_counts,
+    merge_into_neuron_table,
+    neuron_families,
+    parse_families,
+    run_families,
+)
+from universal_neurons.analysis.features import build_vocab_features
+from universal_neurons.engine.token_table import TokenTableAccumulator, iter_array_batches
+
+VOCAB = ["<eos>", " the", "the", " The", " cat", " dog", "dog", " sat", " on", " mat", ".",
+         " day", " top", " ran"]
+
+
+def _vr_frame() -> pd.DataFrame:
+    """Hand-made explanation table: 6 neurons of layer 0, 2 of layer 1."""
+    n = 8
+    df = pd.DataFrame({"layer": [0] * 6 + [1] * 2, "neuron": [0, 1, 2, 3, 4, 5, 0, 1],
+                       "fire_rate": 0.5, "position_mi": 0.0})
+    cols = {c: np.zeros(n) for c in ("current/unigram:the", "current/alpha:c", "current/alpha:d",
+                                     "current/is_year", "prev/is_month", "prev/unigram:the",
+                                     "sequence/pos:NOUN", "sequence/ent:PERSON",
+                                     "sequence/ctx:in_quotes", "sequence/position:0-31")}
+    df = pd.concat([df, pd.DataFrame(cols)], axis=1)
+    df.loc[0, "current/unigram:the"] = 0.9  # unigram (and its alpha:t would be a tie)
+    df.loc[1, "prev/is_month"] = 0.7  # previous token
+    df.loc[2, "current/alpha:c"] = 0.5  # the best "c" neuron -> alphabet
+    df.loc[3, "current/alpha:c"] = 0.45  # second best "c": not alphabet
+    df.loc[3, "current/alpha:d"] = 0.3  # best "d" but under 0.37
+    df.loc[4, "sequence/pos:NOUN"] = 0.4  # syntax
+    df.loc[4, "sequence/ent:PERSON"] = 0.35  # entity
+    df.loc[5, "current/is_year"] = 0.6  # token property
+    df.loc[6, "position_mi"] = 1.0  # position: I = H(fire) = 1 bit
+    df.loc[7, "position_mi"] = 1.0  # position, but kurtosis too high (see neuron table)
+    df.loc[7, "sequence/ctx:in_quotes"] = 0.31  # context
+    return df
+
+
+def _table() -> pd.DataFrame:
+    return pd.DataFrame({"layer": [0] * 6 + [1] * 2, "neuron": [0, 1, 2, 3, 4, 5, 0, 1],
+                         "kurt": [3.5, 3, 3, 3, 3, 3, 2.0, 8.0],
+                         "is_universal": [True, True, False, False, True, False, True, False]})
+
+
+def test_rules():
+    fam = assign_families(_vr_frame(), _table()).set_index(["layer", "neuron"])
+    got = {k: parse_families(v) for k, v in fam["families"].items()}
+    assert got == {(0, 0): ["unigram"], (0, 1): ["previous_token"], (0, 2): ["alphabet"],
+                   (0, 3): [], (0, 4): ["syntax", "entity"], (0, 5): ["token"],
+                   (1, 0): ["position"], (1, 1): ["context"]}
+    scores = json.loads(fam.loc[(0, 4), "family_scores"])
+    assert scores == {"syntax": pytest.approx(0.4), "entity": pytest.approx(0.35)}
+    assert json.loads(fam.loc[(0, 2), "family_features"]) == {"alphabet": "alpha:c"}
+    # thresholds are parameters
+    loose = assign_families(_vr_frame(), _table(), FamilyThresholds(alphabet=0.2, syntax=0.5))
+    loose = loose.set_index(["layer", "neuron"])["families"]
+    assert loose[(0, 3)] == "alphabet" and loose[(0, 4)] == "entity"
+    # without kurtosis the second position neuron passes too
+    nokurt = assign_families(_vr_frame(), None).set_index(["layer", "neuron"])["families"]
+    assert parse_families(nokurt[(1, 1)]) == ["position", "context"]
+
+
+def test_unigram_neuron_end_to_end():
+    """A synthetic neuron that fires exactly on one token is found and labelled unigram."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, len(VOCAB), size=(10, 20))
+    tokens[tokens == VOCAB.index("dog")] = VOCAB.index(" cat")
+    acts = (rng.normal(size=tokens.shape + (3,)) * 0.01).astype(np.float32)
+    acts[..., 1] = np.where(tokens == VOCAB.index(" dog"), 2.0, 0.0)
+    acc = TokenTableAccumulator("m", len(VOCAB), 3)
+    for b in iter_array_batches("m", tokens, acts, batch_seqs=4):
+        acc.update(b)
+    table = acc.finalize()
+    feats = build_vocab_features(VOCAB, table.current.count.numpy(), unigram_min_count=1,
+                                 special_ids=[0])
+    fam = assign_families(explain_table(table, feats, d_mlp=3, strings=VOCAB).wide())
+    fam = fam.set_index("neuron")
+    assert parse_families(fam.loc[1, "families"])[0] == "unigram"
+    assert json.loads(fam.loc[1, "family_features"])["unigram"] == "unigram:dog"
+    assert json.loads(fam.loc[1, "family_scores"])["unigram"] == pytest.approx(1.0, abs=1e-6)
+    assert "unigram" not in parse_families(fam.loc[0, "families"])
+
+
+def test_counts_and_merge(tmp_path):
+    fam = assign_families(_vr_frame(), _table())
+    counts = family_counts(fam, _table()).set_index("family")
+    assert counts.loc["syntax", "n_neurons"] == 1 and counts.loc["syntax", "n_universal"] == 1
+    assert counts.loc["position", "n_neurons"] == 1 and counts.loc["unigram", "n_universal"] == 1
+    assert counts.loc["prediction", "n_neurons"] == 0
+    assert counts["frac"].max() <= 1
+    path = tmp_path / "neurons" / "m.parquet"
+    merged = merge_into_neuron_table(path, fam)  # absent: created
+    assert list(merged.columns) == ["layer", "neuron", "families", "family_scores",
+                                    "family_features"]
+    old = _table().assign(excess_corr=np.arange(8.0), families="stale")
+    old = pd.concat([old, pd.DataFrame({"layer": [2], "neuron": [0], "kurt": [3.0],
+                                        "is_universal": [False], "excess_corr": [9.0]})])
+    old.to_parquet(path)
+    merged = merge_into_neuron_table(path, fam)
+    assert len(merged) == 9 and merged["excess_corr"].tolist() == [*range(8), 9.0]
+    assert merged.set_index(["layer", "neuron"]).loc[(2, 0), "families"] == ""
+    back = pd.read_parquet(path)
+    assert "stale" not in set(back["families"]) and (tmp_path / "neurons" / "m.csv").exists()
+
+
+def test_run_families_stage(tmp_path):
+    run = tmp_path / "run"
+    (run / "explanations").mkdir(parents=True)
+    (run / "neurons").mkdir()
+    _vr_frame().to_parquet(run / "explanations" / "m_vr.parquet")
+    rng = np.random.default_rng(0)
+    table = _table().assign(vocab_mean=0.0, vocab_var=rng.uniform(1, 2, 8),
+                            vocab_skew=[2.0, -2, 0, 0, 0, 0, 0, 0],
+                            vocab_kurt=[30.0, 25, 3, 3, 3, 3, 3, 3])
+    table.loc[5, "vocab_var"] = 20.0  # partition
+    table.to_parquet(run / "neurons" / "m.parquet")
+    counts = run_families(FamiliesConfig(str(run), weights=False))["m"].set_index("family")
+    assert counts.loc["prediction", "n_neurons"] == 1
+    assert counts.loc["suppression", "n_neurons"] == 1 and counts.loc["partition", "n_neurons"] == 1
+    fam = neuron_families(run, "m").set_index(["layer", "neuron"])
+    assert fam.loc[(0, 0), "families"] == ["prediction", "unigram"]  # kurtosis 30 scores first
+    assert fam.loc[(0, 5), "families"] == ["partition", "token"]
+    assert (run / "families" / "m_counts.csv").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["families"]["counts"]["m"]["unigram"] == 1
+    if pytest.importorskip("matplotlib"):  # the plots are drawn when matplotlib is there
+        assert (run / "plots" / "families_m.png").read_bytes()[:4] == b"\x89PNG"
+        assert (run / "plots" / "prediction_curves.png").exists()
+
+
+def test_empty_inputs():
+    out = assign_families(None, None)
+    assert list(out.columns) == ["layer", "neuron", "families", "family_scores", "family_features"]
