@@ -77,7 +77,11 @@ def test_index_page(driver, site, tmp_path):
     assert driver.title == "Universal neurons report"
     imgs = driver.find_elements(By.CSS_SELECTOR, "img")
     assert len(imgs) == 4
-    assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in imgs)
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Images decode asynchronously: wait (bounded) until every one has loaded.
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+        "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"))
     claims = driver.find_element(By.ID, "claims").text
     assert XSS_SCRIPT in claims  # shown as text, not run
     _shot(driver, tmp_path, "report_index")
