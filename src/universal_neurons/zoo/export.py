@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ def export_member(state_path: str | Path, card: dict, tokenizer_dir: str | Path,
 
     from .train import TrainConfig, build_model
 
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
-                         for k, v in card["config"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in card["config"].items()}
+    cfg = TrainConfig(**fields)
     tok_files = [Path(tokenizer_dir) / f for f in TOKENIZER_FILES
                  if (Path(tokenizer_dir) / f).exists()]
     state = load_member_state(state_path)
@@ -72,7 +74,7 @@ def snapshot_card(cfg, member_dir: str | Path, tokens: int) -> tuple[dict, Path]
         raise FileNotFoundError(f"no snapshot at {tokens} tokens in {mdir}; have {have}")
     state = torch.load(mdir / "state.pt", weights_only=True)
     history = json.loads(state["history"])
-    row = next((h for h in history if h["tokens"] == tokens), {})
+    row: dict[str, Any] = next((h for h in history if h["tokens"] == tokens), {})
     name = mdir.name
     index = cfg.member_names().index(name)
     card = {"name": name, "suite": cfg.suite, "seed": cfg.seeds[index], "config": asdict(cfg),
