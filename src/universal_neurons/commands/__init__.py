@@ -1,13 +1,24 @@
 """Subcommands of the ``universal-neurons`` console script.
 
 Each module listed in ``COMMANDS`` defines ``NAME`` (the subcommand), ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. All of them are imported to build the
-parser, so a command module imports nothing heavy (torch, transformers, pandas) at module
-level: it imports the library inside ``run``.
+optionally ``DESCRIPTION`` (shown by ``--help``), ``add_arguments(parser)`` and
+``run(args) -> int``. All of them are imported to build the parser, so a command module
+imports nothing heavy (torch, transformers, pandas) at module level: it imports the
+library inside ``run``.
 """
 
 COMMANDS: list[str] = [
+    "universal_neurons.commands.run",
     "universal_neurons.commands.models",
     "universal_neurons.commands.tokenize",
+    "universal_neurons.commands.correlate",
+    "universal_neurons.commands.weights",
+    "universal_neurons.commands.stats",
+    "universal_neurons.commands.properties",
+    "universal_neurons.commands.explain",
+    "universal_neurons.commands.families",
     "universal_neurons.commands.zoo",
+    "universal_neurons.commands.report",
+    "universal_neurons.commands.entropy",
+    "universal_neurons.commands.attention",
 ]

@@ -1,0 +1,316 @@
+"""Benchmark of the correlation engine (not a timed test; prints one report).
+
+Measures, in one run on this machine:
+  (a) the float32 matmul peak (best of large ``torch.mm``), GFLOP/s;
+  (b) the engine's accumulate step (``CoMoments.flush``: centring, Chan row, every cross
+      and within-layer GEMM, float64 adds) in GFLOP/s and as a fraction of (a); peak and
+      step are measured alternately so that load from other processes hits both alike;
+  (c) end-to-end tokens/s of ``correlate`` for 5 models with the rotation baseline;
+  (d) the paper code's way (wesg52/universal-neurons ``correlations_fast.py``) re-implemented
+      faithfully on the same tokens: one job per (pair, baseline) -- 4 partners x {none,
+      rotation} -- each re-running both models, float16 activations, a float32 einsum per
+      layer pair added into float64 CPU sums, the baseline by explicitly rotating the
+      activations, then the full correlation matrix and its summaries; and the speed ratio;
+  (e) the run's peak RSS (high-water mark, reset after the models are loaded) against the
+      planner's estimate.
+
+Models: the bundled suite ``tiny-gpt2`` when it is built, else (or with ``--random-models``)
+5 random GPT-2s of the same shape (4 layers, d_model 160, d_mlp 512, n_ctx 256) with a
+tokenizer trained on the bundled corpus.
+
+    .venv/bin/python benchmarks/bench_correlate.py                   # a few minutes
+    .venv/bin/python benchmarks/bench_correlate.py --random-models --tokens 8k --e2e-repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEMBERS = [f"tiny-gpt2-{c}" for c in "abcde"]
+
+
+# ---- setup ----------------------------------------------------------------------------------
+def bundled_ready() -> bool:
+    from universal_neurons.models.registry import bundled_member_path
+
+    return all((bundled_member_path(m) / "model.safetensors").is_file() for m in MEMBERS)
+
+
+def random_suite(work: Path) -> list[str]:
+    """5 random GPT-2s shaped like the bundled suite, saved with a trained tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        from universal_neurons.data.sources import open_source
+        from universal_neurons.zoo.tokenizer import train_tokenizer
+
+        docs = list(open_source("bundled:test").documents(None))
+        train_tokenizer(docs, tok_dir, vocab_size=4096)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    paths = []
+    for i, name in enumerate(MEMBERS):
+        out = work / f"random-{name}"
+        if not (out / "model.safetensors").exists():
+            torch.manual_seed(i)
+            cfg = GPT2Config(n_layer=4, n_embd=160, n_head=5, n_inner=512, n_positions=256,
+                             vocab_size=len(tok), bos_token_id=0, eos_token_id=0,
+                             activation_function="gelu_new")
+            GPT2LMHeadModel(cfg).save_pretrained(out, safe_serialization=True)
+            tok.save_pretrained(out)
+        paths.append(str(out))
+    return paths
+
+
+def dataset_for(spec: str, work: Path, tokens: int):
+    from universal_neurons.data.dataset import build_token_dataset, open_token_dataset
+    from universal_neurons.models.loading import load_model
+
+    tok = load_model(spec).tokenizer
+    from universal_neurons.data.tokens import tokenizer_fingerprint
+
+    out = work / f"tokens-{tokenizer_fingerprint(tok)[:12]}-{tokens}"
+    if (out / "meta.json").exists():
+        return open_token_dataset(out)
+    return build_token_dataset("bundled:test", tok, out, n_ctx=256, tokens=tokens,
+                               show_progress=False, overwrite=True)
+
+
+# ---- (a) + (b) ------------------------------------------------------------------------------
+def matmul_gflops(n: int = 4096) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    a @ b
+    return 2 * n ** 3 / (time.perf_counter() - t) / 1e9
+
+
+def accumulate_step(mode: str, rows: int) -> tuple[float, float]:
+    """(seconds, GFLOP/s) of one accumulate step (buffer fill + ``CoMoments.flush`` with its
+    Chan row) of ``rows`` tokens for the 5-model shapes."""
+    from universal_neurons.engine.layout import ModelShape
+    from universal_neurons.engine.moments import CoMoments
+    from universal_neurons.engine.planner import single_pass_blocks
+
+    shapes = [ModelShape(m, 4, 512) for m in MEMBERS]
+    acc = CoMoments(shapes, single_pass_blocks(shapes, mode), rows_per_gemm=rows)
+    z = torch.randn(rows, 5 * 2048) * 0.5 + 0.1
+    acc.update_rows(z)  # first step: no Chan row, allocations
+    t = time.perf_counter()
+    acc.update_rows(z)
+    dt = time.perf_counter() - t
+    n = rows + 1
+    flops = sum(2 * n * (b.layer_stop - b.layer_start) * 512 * 2048 * len(b.partners)
+                for b in acc.blocks) + 5 * 4 * 2 * n * 512 * 512
+    return dt, flops / dt / 1e9
+
+
+# ---- (c) + (e): a fresh process ---------------------------------------------------------------
+def rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: int) -> dict:
+    """Run in a fresh process: load models, reset the RSS high-water mark, correlate."""
+    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
+    from universal_neurons.models.loading import load_model
+
+    t0 = time.perf_counter()
+    models = [load_model(s) for s in specs]
+    load_s = time.perf_counter() - t0
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (Linux >= 4.0)
+    base = rss_bytes("VmRSS")
+    t1 = time.perf_counter()
+    res = run_correlate(CorrelateConfig(models=tuple(specs), out=out, dataset=dataset,
+                                        rows_per_gemm=rows, batch_size=batch_size,
+                                        progress=False, restart=True), models=models)
+    wall = time.perf_counter() - t1
+    return {"load_s": load_s, "wall_s": wall, "n_tokens": res.n_tokens, "n_kept": res.n_kept,
+            "timings": res.timings, "rss_base": base, "rss_peak": rss_bytes("VmHWM"),
+            "plan_engine_bytes": res.plan.engine_bytes, "plan": res.plan.bytes,
+            "n_universal": int(res.tables[res.models[0]]["is_universal"].sum())}
+
+
+# ---- (d) the paper code's way -----------------------------------------------------------------
+def paper_activations(model, batch: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """As ``get_activations`` there: hook_post saved as float16, ``[l, n, tokens]``, filtered."""
+    acts = model.adapter.capture(batch, sites=("post",))["post"].half()  # [l, b, p, n]
+    acts = acts.permute(0, 3, 1, 2).reshape(acts.shape[0], acts.shape[3], -1)
+    return acts[:, :, keep.reshape(-1)]
+
+
+class PaperPearson:
+    """``StreamingPearsonComputer`` of correlations_fast.py: float64 CPU sums."""
+
+    def __init__(self, l1: int, d1: int, l2: int, d2: int):
+        f64 = torch.float64
+        self.m1_sum, self.m1_sum_sq = torch.zeros(l1, d1, dtype=f64), torch.zeros(l1, d1, dtype=f64)
+        self.m2_sum, self.m2_sum_sq = torch.zeros(l2, d2, dtype=f64), torch.zeros(l2, d2, dtype=f64)
+        self.m1_m2_sum = torch.zeros(l1, d1, l2, d2, dtype=f64)
+        self.n = 0
+
+    def update(self, a1: torch.Tensor, a2: torch.Tensor) -> None:
+        for i in range(a1.shape[0]):
+            x = a1[i].to(torch.float32)
+            for j in range(a2.shape[0]):
+                self.m1_m2_sum[i, :, j, :] += torch.einsum("at,bt->ab", x,
+                                                           a2[j].to(torch.float32)).cpu()
+        # (float32 here: float16 squares overflow on CPU sums)
+        self.m1_sum += a1.float().sum(-1)
+        self.m1_sum_sq += (a1.float() ** 2).sum(-1)
+        self.m2_sum += a2.float().sum(-1)
+        self.m2_sum_sq += (a2.float() ** 2).sum(-1)
+        self.n += a1.shape[-1]
+
+    def correlation(self) -> torch.Tensor:
+        out = []
+        for i in range(self.m1_sum.shape[0]):
+            num = self.m1_m2_sum[i] - (1 / self.n) * torch.einsum("a,lb->alb", self.m1_sum[i],
+                                                                    self.m2_sum)
+            n1 = (self.m1_sum_sq[i] - self.m1_sum[i] ** 2 / self.n) ** 0.5
+            n2 = (self.m2_sum_sq - self.m2_sum ** 2 / self.n) ** 0.5
+            out.append((num / torch.einsum("a,lb->alb", n1, n2)).to(torch.float16))
+        return torch.stack(out)
+
+
+def paper_summary(c: torch.Tensor) -> dict:
+    """``summarize_correlation_matrix``: histogram, top/bottom 50, max/min, moments."""
+    edges = torch.linspace(-1, 1, 100)
+    idx = torch.bucketize(c.contiguous(), edges)
+    hist = torch.zeros(c.shape[0], 101, dtype=torch.long).scatter_add_(1, idx, torch.ones_like(idx))
+    top = c.topk(50, dim=1)
+    bottom = c.topk(50, dim=1, largest=False)
+    mean = c.mean(1)
+    z = (c - mean[:, None]) / c.var(1, unbiased=False).sqrt()[:, None]
+    return {"hist": hist, "top": top, "bottom": bottom, "max": c.max(1), "min": c.min(1),
+            "skew": (z ** 3).mean(1), "kurt": (z ** 4).mean(1)}
+
+
+def paper_way(specs: list[str], dataset, n_seq: int, batch_size: int = 32) -> float:
+    """Seconds for the 8 jobs (reference x 4 partners x {none, rotation})."""
+    from universal_neurons.data.tokens import keep_mask
+    from universal_neurons.models.loading import load_model
+
+    models = [load_model(s) for s in specs]
+    tokens = np.asarray(dataset.tokens[:n_seq], dtype=np.int64)
+    keep = torch.from_numpy(keep_mask(tokens, models[0].tokenizer))
+    t0 = time.perf_counter()
+    for partner in models[1:]:
+        for baseline in ("none", "rotation"):
+            m1, m2 = models[0].adapter, partner.adapter
+            comp = PaperPearson(m1.n_layers, m1.d_mlp, m2.n_layers, m2.d_mlp)
+            if baseline == "rotation":
+                rot = torch.randn(m2.n_layers, m2.d_mlp, m2.d_mlp)
+                rot = (rot / rot.norm(dim=-1, keepdim=True)).half()
+            for s in range(0, n_seq, batch_size):
+                batch = torch.from_numpy(tokens[s:s + batch_size])
+                k = keep[s:s + batch_size]
+                a1 = paper_activations(models[0], batch, k)
+                a2 = paper_activations(partner, batch, k)
+                if baseline == "rotation":
+                    a2 = torch.stack([torch.einsum("nt,mn->mt", a2[i].float(), rot[i].float())
+                                      for i in range(a2.shape[0])])
+                comp.update(a1, a2)
+            corr = comp.correlation().reshape(m1.n_layers * m1.d_mlp, -1).float()
+            paper_summary(corr)
+            paper_summary(corr.T)
+    return time.perf_counter() - t0
+
+
+# ---- report -------------------------------------------------------------------------------------
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--random-models", action="store_true",
+                   help="5 random GPT-2s even if the bundled suite is built")
+    p.add_argument("--tokens", default="16k", help="dataset tokens for (c)-(e) (default 16k)")
+    p.add_argument("--rows-per-gemm", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=3, help="alternations of (a) and (b)")
+    p.add_argument("--e2e-repeats", type=int, default=2, help="alternations of (c) and (d)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="sequences per forward pass in (c) and (d) (the paper's default: 32)")
+    p.add_argument("--skip-paper", action="store_true", help="skip (d)")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench_correlate"))
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    if args._child:
+        print(json.dumps(child_e2e(**json.loads(args._child))))
+        return
+
+    from universal_neurons.data.dataset import parse_count
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    use_bundled = bundled_ready() and not args.random_models
+    specs = MEMBERS if use_bundled else random_suite(work)
+    ds = dataset_for(specs[0], work, parse_count(args.tokens))
+
+    peaks, steps = [], {"reference": [], "all-pairs": []}
+    for _ in range(args.repeats):
+        peaks.append(matmul_gflops())
+        for mode in steps:
+            steps[mode].append(accumulate_step(mode, args.rows_per_gemm))
+
+    cmd = [sys.executable, __file__, "--_child", json.dumps(
+        {"specs": specs, "dataset": str(ds.path), "out": str(work / "run"),
+         "rows": args.rows_per_gemm, "batch_size": args.batch_size})]
+    e2es, papers = [], []
+    for _ in range(args.e2e_repeats):  # alternate, so that load changes hit both alike
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            sys.exit(f"end-to-end child failed:\n{proc.stderr[-3000:]}")
+        e2es.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if not args.skip_paper:
+            papers.append(paper_way(specs, ds, ds.n_seq, args.batch_size))
+    e2e = min(e2es, key=lambda r: r["wall_s"])
+    paper_s = min(papers) if papers else None
+
+    peak = max(peaks)
+    print("=" * 72)
+    print(f"bench_correlate  torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'bundled tiny-gpt2' if use_bundled else 'random tiny GPT-2 x5'} "
+          f"(4 layers x 512 neurons), load avg {os.getloadavg()[0]:.1f}")
+    print(f"(a) float32 matmul peak (4096^3, best of {len(peaks)}): {peak:8.1f} GFLOP/s "
+          f"(all: {', '.join(f'{x:.0f}' for x in peaks)})")
+    for mode, rs in steps.items():
+        best = max(g for _, g in rs)
+        ratios = [g / pk for (_, g), pk in zip(rs, peaks)]
+        print(f"(b) accumulate step, {mode:<9} {args.rows_per_gemm} rows: {best:8.1f} GFLOP/s = "
+              f"{100 * best / peak:.0f}% of peak (paired ratios {', '.join(f'{100 * r:.0f}%' for r in ratios)}; "
+              f"{min(s for s, _ in rs):.2f} s/step)")
+    tps = e2e["n_tokens"] / e2e["wall_s"]
+    t = e2e["timings"]
+    print(f"(c) end to end, 5 models, rotation baseline: {e2e['n_tokens']:,} tokens "
+          f"({e2e['n_kept']:,} kept) in {e2e['wall_s']:.1f} s = {tps:,.0f} tokens/s, best of "
+          f"{', '.join(format(r['wall_s'], '.1f') for r in e2es)} s\n"
+          f"    (forward passes {t.get('pass0_forward_s', 0):.1f} s, accumulate "
+          f"{t.get('pass0_accumulate_s', 0):.1f} s, summarise {t.get('pass0_summarize_s', 0):.1f} s; "
+          f"model load {e2e['load_s']:.1f} s not counted); {e2e['n_universal']} universal")
+    if paper_s is not None:
+        print(f"(d) paper way, 8 jobs on the same tokens: {paper_s:.1f} s = "
+              f"{e2e['n_tokens'] / paper_s:,.0f} tokens/s, best of "
+              f"{', '.join(f'{x:.1f}' for x in papers)} s; engine speed-up "
+              f"{paper_s / e2e['wall_s']:.1f}x")
+    used = e2e["rss_peak"] - e2e["rss_base"]
+    est = e2e["plan_engine_bytes"]
+    print(f"(e) peak RSS above the loaded models: {used / 2**20:.1f} MiB; planner estimate "
+          f"{est / 2**20:.1f} MiB ({100 * (used - est) / est:+.1f}%)")
+    print("    plan: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in e2e["plan"].items()) + " MiB")
+    print("=" * 72)
+
+
+if __name__ == "__main__":
+    main()

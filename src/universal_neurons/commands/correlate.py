@@ -1,0 +1,94 @@
+"""``universal-neurons correlate``: cross-model neuron correlations and universality."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "correlate"
+HELP = "correlate every neuron with every neuron of other seeds; excess correlation, universality"
+DESCRIPTION = """\
+Stream a token dataset once through several models trained from different seeds and
+compute, for every neuron, its Pearson correlation with every neuron of the other models
+(all layers) and with a randomly rotated basis of them (the baseline). Writes
+  RUN/neurons/<model>.parquet   layer, neuron, max/mean/min_corr, max/mean/min_baseline,
+                                excess_corr, is_universal, <partner>_best/_corr/_baseline
+  RUN/correlations/<a>__<b>.safetensors   per-neuron max/min, top/bottom-k, histogram,
+                                moments of its correlations with b (both directions)
+  RUN/manifest.json             config, seeds, token counts, memory plan, timings
+The first model is the reference, compared with every other; --all-pairs gives every
+model its own table. Under torchrun the ranks split the work (see docs/engine.md).
+
+examples:
+  universal-neurons correlate --models tiny-gpt2 --out runs/tiny
+  universal-neurons correlate --models stanford-gpt2-small --dataset data/pile-100M \\
+      --out runs/small --device cuda --checkpoint-every 10M
+"""
+
+
+def _count(text: str) -> int:
+    from universal_neurons.data.dataset import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", required=True, metavar="M",
+                   help="models or suites (first = reference), e.g. tiny-gpt2 or "
+                        "stanford-gpt2-small-a stanford-gpt2-small-b")
+    p.add_argument("--dataset", metavar="TOKENS", default=None,
+                   help="token dataset folder (default: the bundled test split, tokenized)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="every model against every other, a neuron table for each")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="universal if excess_corr exceeds this (default 0.5)")
+    p.add_argument("--baseline", choices=("rotation", "gaussian-rows", "none"),
+                   default="rotation", help="random basis of the baseline: Haar rotation "
+                   "(default), the paper code's normalised Gaussian rows, or none")
+    p.add_argument("--seed", type=int, default=0, help="seed of the baseline bases (default 0)")
+    p.add_argument("--site", choices=("post", "pre"), default="post",
+                   help="neuron activation to correlate (default post = mlp.hook_post)")
+    p.add_argument("--keep-tokens", action="store_true",
+                   help="keep BOS/pad and newline tokens (dropped by default)")
+    p.add_argument("--top-k", type=int, default=10, help="top/bottom partners kept per neuron")
+    p.add_argument("--bins", type=int, default=100, help="histogram bins on [-1, 1]")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="GEMM inputs (float32 accumulation, float64 merges); tf32/bf16 for GPUs")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--rows-per-gemm", type=int, default=4096,
+                   help="kept tokens per accumulation GEMM (default 4096)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget, e.g. 16G (default: 50%% of available RAM, 90%% of "
+                        "free GPU memory on CUDA)")
+    p.add_argument("--max-tokens", type=_count, default=None, metavar="N",
+                   help="use only the first N tokens of the dataset, e.g. 1M")
+    p.add_argument("--n-ctx", type=int, default=None,
+                   help="context of the default dataset (default min(512, model n_ctx))")
+    p.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
+                   help="checkpoint every N tokens; rerunning the command resumes")
+    p.add_argument("--restart", action="store_true", help="discard an existing checkpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
+
+    config = CorrelateConfig(
+        models=tuple(args.models), out=args.out, dataset=args.dataset,
+        all_pairs=args.all_pairs, threshold=args.threshold, baseline=args.baseline,
+        seed=args.seed, site=args.site, keep_tokens=args.keep_tokens, top_k=args.top_k,
+        bins=args.bins, precision=args.precision, device=args.device,
+        batch_size=args.batch_size, rows_per_gemm=args.rows_per_gemm,
+        max_memory=args.max_memory, max_tokens=args.max_tokens, n_ctx=args.n_ctx,
+        checkpoint_every=args.checkpoint_every, restart=args.restart,
+        progress=not args.quiet)
+    result = run_correlate(config)
+    if result.tables:
+        for name, table in result.tables.items():
+            n = int(table["is_universal"].sum())
+            print(f"{name}: {n} of {len(table)} neurons universal ({100 * n / len(table):.2f}%)")
+        print(f"wrote {result.rundir}")
+    return 0

@@ -1,0 +1,52 @@
+"""Random bases for the baseline: the same neuron correlated with a rotated partner basis.
+
+A basis ``B: [d, d]`` turns a layer's activations ``y: [n, d]`` into ``y @ B``; its column
+``j`` is the direction of rotated neuron ``j``. Kinds:
+
+- ``rotation`` (default): Haar-random orthogonal, QR of a Gaussian matrix with the signs of
+  ``R``'s diagonal moved into ``Q`` (Mezzadri 2007).
+- ``gaussian-rows``: the paper code's baseline, Gaussian rows normalised to unit norm and
+  used as ``y @ G^T`` (not orthogonal).
+
+Each basis is drawn from a NumPy ``Generator`` seeded by ``(seed, crc32(model name),
+layer)``, so a model's layer gets the same basis in every pair and every run with the same
+seed, bit for bit.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Literal
+
+import numpy as np
+import torch
+
+Baseline = Literal["rotation", "gaussian-rows", "none"]
+BASELINES: tuple[str, ...] = ("rotation", "gaussian-rows", "none")
+
+
+def basis_seed(seed: int, model: str, layer: int) -> list[int]:
+    """Entropy for ``np.random.SeedSequence`` of one (seed, model, layer)."""
+    return [int(seed), zlib.crc32(model.encode("utf-8")), int(layer)]
+
+
+def baseline_basis(kind: str, seed: int, model: str, layer: int, d: int) -> torch.Tensor:
+    """``Float64[d, d]``: the baseline basis of ``model``'s ``layer`` (see module doc)."""
+    rng = np.random.default_rng(np.random.SeedSequence(basis_seed(seed, model, layer)))
+    g = rng.standard_normal((d, d))
+    if kind == "rotation":
+        q, r = torch.linalg.qr(torch.from_numpy(g))
+        signs = torch.sign(torch.diagonal(r))
+        signs[signs == 0] = 1.0
+        return (q * signs[None, :]).contiguous()
+    if kind == "gaussian-rows":
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        return torch.from_numpy(np.ascontiguousarray(g.T))
+    raise ValueError(f"baseline must be 'rotation' or 'gaussian-rows', got {kind!r}")
+
+
+def rotated_variances(cov: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``diag(B^T S B)`` for a layer co-moment ``S: Float64[d, d]`` -> ``Float64[d]``:
+    the (unnormalised) variance of each rotated neuron."""
+    basis = basis.to(cov)
+    return ((cov @ basis) * basis).sum(0)

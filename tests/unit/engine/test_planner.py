@@ -1,0 +1,72 @@
+"""The memory planner: one pass when it fits, whole-layer tiles when not, a clear refusal."""
+
+from __future__ import annotations
+
+import pytest
+
+from universal_neurons.engine.layout import ModelShape, pairs_for
+from universal_neurons.engine.planner import format_bytes, parse_bytes, plan_correlation
+from universal_neurons.errors import UserError
+
+SHAPES = [ModelShape(f"m{i}", 4, 256) for i in range(4)]
+
+
+def covered(plan) -> list[tuple[int, int, int]]:
+    """(row model, layer, partner) triples the plan accumulates, in order."""
+    return sorted((b.row, layer, p) for blocks in plan.passes for b in blocks
+                  for layer in range(b.layer_start, b.layer_stop) for p in b.partners)
+
+
+@pytest.mark.parametrize("mode", ["reference", "all-pairs"])
+def test_one_pass_when_everything_fits(mode):
+    plan = plan_correlation(SHAPES, mode, 2**34)
+    assert plan.n_passes == 1 and plan.rows_per_gemm == 4096
+    want = sorted((a, layer, b) for a, b in pairs_for(4, mode) for layer in range(4))
+    assert covered(plan) == want
+    n = 1024
+    cross = sum(n * n * 8 for _ in pairs_for(4, mode))
+    assert plan.bytes["cross"] == cross
+    assert plan.bytes["layer_cov"] == 4 * 4 * 256 * 256 * 8 + 4 * n * 8
+    assert plan.bytes["buffer"] == 4097 * 4 * n * 4
+    assert plan.total_bytes <= 2**34
+
+
+def test_tiles_reference_layers_over_passes_when_short_of_memory():
+    big = plan_correlation(SHAPES, "all-pairs", 2**34)
+    budget = big.total_bytes - big.bytes["buffer"] - big.bytes["cross"] // 2
+    plan = plan_correlation(SHAPES, "all-pairs", budget)
+    assert plan.n_passes > 1 and plan.total_bytes <= budget
+    assert covered(plan) == covered(big)  # every (row layer, partner) exactly once
+    assert plan.bytes["cross"] < big.bytes["cross"]
+
+
+def test_lowers_rows_per_gemm_before_adding_passes():
+    big = plan_correlation(SHAPES, "reference", 2**34)
+    budget = big.total_bytes - big.bytes["buffer"] // 2
+    plan = plan_correlation(SHAPES, "reference", budget)
+    assert plan.n_passes == 1 and plan.rows_per_gemm < 4096
+
+
+def test_refuses_with_the_bytes_needed():
+    with pytest.raises(UserError, match=r"needs [\d,]+ bytes") as e:
+        plan_correlation(SHAPES, "reference", 10**6)
+    assert "\n" not in str(e.value) and "--max-memory" in str(e.value)
+    need = int(str(e.value).split("needs ")[1].split(" bytes")[0].replace(",", ""))
+    plan = plan_correlation(SHAPES, "reference", need)  # exactly enough is enough
+    assert plan.total_bytes <= need
+    assert len(plan.passes) == 4  # one layer per pass
+
+
+def test_single_model_is_refused():
+    with pytest.raises(UserError, match="at least two models"):
+        plan_correlation(SHAPES[:1], "reference", 2**30)
+
+
+def test_parse_and_format_bytes():
+    assert parse_bytes("8G") == 8 * 2**30 == parse_bytes("8GiB")
+    assert parse_bytes("8GB") == 8 * 10**9
+    assert parse_bytes("1.5e9") == 1_500_000_000
+    assert parse_bytes("512M") == 512 * 2**20
+    with pytest.raises(UserError, match="bad memory size"):
+        parse_bytes("lots")
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
