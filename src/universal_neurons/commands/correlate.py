@@ -71,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
                    help="checkpoint every N tokens; rerunning the command resumes")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint")
+    p.add_argument("--stats", action="store_true",
+                   help="also compute every model's activation statistics (moments, sparsity, "
+                   "histograms, top examples, per-token table; see `stats --help`) in the same "
+                   "pass")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,10 +89,33 @@ def run(args: argparse.Namespace) -> int:
         max_memory=args.max_memory, max_tokens=args.max_tokens, n_ctx=args.n_ctx,
         checkpoint_every=args.checkpoint_every, restart=args.restart,
         progress=not args.quiet)
+    if args.stats:
+        return _run_with_stats(config, args)
     result = run_correlate(config)
+    _print_summary(result)
+    return 0
+
+
+def _run_with_stats(config, args: argparse.Namespace) -> int:
+    """Correlations and activation statistics from the same forward passes."""
+    from universal_neurons.analysis.neuron_table import write_activation_stats
+    from universal_neurons.engine.activation_stats import activation_stats_for
+    from universal_neurons.engine.correlate import _load_models, _open_dataset, run_correlate
+
+    models = _load_models(config, config.device)
+    dataset, n_seq = _open_dataset(config, models)
+    accs = activation_stats_for(models, dataset, n_seq, keep_all=config.keep_tokens,
+                                device=config.device)
+    result = run_correlate(config, extra_accumulators=accs, models=models)
+    if result.tables:  # rank 0
+        write_activation_stats(result.rundir, accs)
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
     if result.tables:
         for name, table in result.tables.items():
             n = int(table["is_universal"].sum())
             print(f"{name}: {n} of {len(table)} neurons universal ({100 * n / len(table):.2f}%)")
         print(f"wrote {result.rundir}")
-    return 0
