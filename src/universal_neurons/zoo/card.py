@@ -33,7 +33,7 @@ def suite_card_markdown(cards: list[dict], unigram_entropy: float | None = None,
         f"| d_model / heads | {c0['d_model']} / {c0['n_head']} |",
         f"| neurons per layer (d_mlp) | {c0['d_mlp']} |",
         f"| context | {c0['n_ctx']} |",
-        f"| tokens per model | {c0['tokens']:,} |",
+        f"| training tokens planned per model | {c0['tokens']:,} |",
         f"| batch | {c0['batch_size']} x {c0['n_ctx']} tokens |",
         f"| optimiser | AdamW lr {c0['lr']}, warm-up {c0['warmup_steps']} steps, cosine to "
         f"{c0['min_lr_ratio']}x, weight decay {c0['weight_decay']}, clip {c0['grad_clip']} |",
