@@ -35,7 +35,7 @@ class RunConfig:
     """Models or suites; the first model is the one explained in depth."""
     dataset: str | None = None
     """Token dataset folder; default: the bundled test split tokenized for the models."""
-    tokens: int = 500_000
+    tokens: int = 100_000
     """Tokens streamed by the correlation/statistics pass."""
     explain_tokens: int = 100_000
     """Tokens used for variance-reduction explanations."""
@@ -101,7 +101,9 @@ def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]
     correlate = ["correlate", "--models", *cfg.models, "--out", out, *ds,
                  "--max-tokens", str(cfg.tokens), "--threshold", str(cfg.threshold),
                  "--baseline", cfg.baseline, "--seed", str(cfg.seed), "--device", cfg.device,
-                 "--stats", "--checkpoint-every", str(max(cfg.tokens // 4, 1))]
+                 "--stats"]
+    if cfg.tokens >= 10_000_000:  # checkpoints cost a full state write; worth it on long runs
+        correlate += ["--checkpoint-every", str(cfg.tokens // 10)]
     if cfg.all_pairs:
         correlate.append("--all-pairs")
     properties = ["properties", out, "--threshold", str(cfg.threshold)]

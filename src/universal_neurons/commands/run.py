@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, metavar="TOKENS",
                    help="token dataset folder (default: bundled test split)")
     p.add_argument("--tokens", type=_count, default=None, metavar="N",
-                   help="tokens for the correlation/statistics pass (default 500k)")
+                   help="tokens for the correlation/statistics pass (default 100k)")
     p.add_argument("--explain-tokens", type=_count, default=None, metavar="N",
                    help="tokens for variance-reduction explanations (default 100k)")
     p.add_argument("--intervention-tokens", type=_count, default=None, metavar="N",
