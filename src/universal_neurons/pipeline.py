@@ -37,9 +37,9 @@ class RunConfig:
     """Token dataset folder; default: the bundled test split tokenized for the models."""
     tokens: int = 100_000
     """Tokens streamed by the correlation/statistics pass."""
-    explain_tokens: int = 100_000
+    explain_tokens: int = 50_000
     """Tokens used for variance-reduction explanations."""
-    intervention_tokens: int = 4_096
+    intervention_tokens: int = 2_000
     """Tokens used for the entropy sweeps and attention path ablation."""
     out: str = "runs/default"
     threshold: float = 0.5

@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=_count, default=None, metavar="N",
                    help="tokens for the correlation/statistics pass (default 100k)")
     p.add_argument("--explain-tokens", type=_count, default=None, metavar="N",
-                   help="tokens for variance-reduction explanations (default 100k)")
+                   help="tokens for variance-reduction explanations (default 50k)")
     p.add_argument("--intervention-tokens", type=_count, default=None, metavar="N",
-                   help="tokens for entropy sweeps and path ablation (default 4k)")
+                   help="tokens for entropy sweeps and path ablation (default 2k)")
     p.add_argument("--out", default=None, metavar="RUN", help="run directory (default runs/default)")
     p.add_argument("--threshold", type=float, default=None,
                    help="excess correlation above which a neuron is universal (default 0.5)")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from universal_neurons.constants import CHECKPOINT_DIR, CORRELATIONS_DIR, neuron_table, safe_name
-from universal_neurons.engine.layout import CrossBlock, ModelShape, partner_range
+from universal_neurons.engine.layout import CrossBlock, Mode, ModelShape, partner_range
 from universal_neurons.engine.moments import PRECISIONS, CoMoments
 from universal_neurons.engine.planner import Plan, format_bytes
 from universal_neurons.engine.rotation import BASELINES
@@ -191,16 +191,16 @@ def model_bytes(models: Sequence[Any]) -> int:
 
 
 def forward_bytes(models: Sequence[Any], batch_tokens: int, n_sites: int) -> int:
-    """Estimate of one batch's activation memory: per model and site, three copies of its
-    ``[L, b, pos, d_mlp]`` activations (kept rows of the models already run; hook outputs,
-    stack and row copy of the one running; heap slack -- measured by the benchmark), plus
-    the largest model's transients (residual stream, MLP hidden, attention scores)."""
-    captured = sum(3 * batch_tokens * m.adapter.n_layers * m.adapter.d_mlp * 4 * n_sites
-                   for m in models)
-    transient = max(batch_tokens * 4 * (6 * m.adapter.d_model + 2 * m.adapter.d_mlp)
-                    + 2 * batch_tokens * m.adapter.n_heads * m.adapter.n_ctx * 4
+    """Estimate of one batch's activation memory. With ``c_m`` the bytes of model ``m``'s
+    ``[L, b, pos, d_mlp]`` activations: while the last model runs, the kept rows of the
+    others plus three copies of its own (hook outputs, stack, kept rows), ``sum c + 2 max c``
+    (measured by benchmarks/bench_correlate.py); plus the largest model's transients
+    (residual stream, MLP hidden, one attention-score tensor)."""
+    c = [batch_tokens * m.adapter.n_layers * m.adapter.d_mlp * 4 * n_sites for m in models]
+    transient = max(batch_tokens * 4 * (4 * m.adapter.d_model + m.adapter.d_mlp
+                                        + m.adapter.n_heads * m.adapter.n_ctx)
                     for m in models)
-    return captured + transient
+    return sum(c) + 2 * max(c) + transient
 
 
 def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: str, ctx,
@@ -214,7 +214,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
     fingerprint = _check_models(models)
     dataset, n_seq = _open_dataset(config, models)
     shapes = [ModelShape(m.name, m.adapter.n_layers, m.adapter.d_mlp) for m in models]
-    mode = "all-pairs" if config.all_pairs else "reference"
+    mode: Mode = "all-pairs" if config.all_pairs else "reference"
     dev = torch.device(device)
     budget = (parse_bytes(config.max_memory) if config.max_memory is not None
               else default_budget(device))
@@ -289,7 +289,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         if cur is not None and cur["pass"] == p:
             moments.load_state_dict(cur["moments"])
             start_batch = int(cur["next_batch"])
-        accs = [moments, *extras] if feed_extras else [moments]
+        accs: list[Any] = [moments, *extras] if feed_extras else [moments]
         pass_stats = StreamStats(**cur["stream"]) if cur is not None and cur["pass"] == p \
             else StreamStats()
         base_stats = dataclasses.replace(pass_stats)
@@ -347,6 +347,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         else:
             for s_ in summaries.values():
                 dd.reduce_summary(s_, ctx)
+            assert stats is not None  # every rank ran at least one pass
             n_kept = stats.n
             n_tokens = n_seq * dataset.n_ctx
     if stats is not None and stats.n != n_kept:

@@ -1,7 +1,7 @@
 """From float64 co-moments to per-neuron correlation summaries and rotated baselines.
 
-For a cross block of model ``a`` (rows) against partner ``b`` (columns), every
-``(layer_a, layer_b)`` sub-block ``C: [d_a, d_b]`` gives
+For a cross block of model ``a`` (rows) against partner ``b`` (columns), every chunk of
+one layer of ``a`` against whole layers of ``b``, ``C: [d_a, n_b]``, gives
 
 - correlations ``rho = C / (s_a s_b^T)`` with ``s = sqrt(M_ii)``, summarised both ways
   (``a -> b`` along rows, ``b -> a`` along columns);
@@ -9,7 +9,7 @@ For a cross block of model ``a`` (rows) against partner ``b`` (columns), every
   ``Cov(x, y B) = C B`` and ``Var((y B)_j) = B_j^T S_b B_j``;
 - the ``b -> a`` baseline, ``a``'s layer rotated: ``B_a^T C`` over ``diag(B_a^T S_a B_a)``.
 
-Sub-blocks keep temporaries at a few ``d_a * d_b`` float32 matrices.
+Chunks are at most ``CHUNK_ELEMENTS``: temporaries stay at a few float32 chunk copies.
 """
 
 from __future__ import annotations

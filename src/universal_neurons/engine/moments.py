@@ -73,14 +73,14 @@ class CoMoments:
         self.device = torch.device(device)
         self.rows_per_gemm = rows_per_gemm
         self.gemm_rows = gemm_rows
-        f64 = {"dtype": torch.float64, "device": self.device}
+        f64, dev = torch.float64, self.device
         self.n = 0
-        self.mean = torch.zeros(self.layout.total, **f64)  # [N_total]
+        self.mean = torch.zeros(self.layout.total, dtype=f64, device=dev)  # [N_total]
         self.cov: list[torch.Tensor] | None = (
-            [torch.zeros(s.n_layers, s.d_mlp, s.d_mlp, **f64) for s in shapes]
+            [torch.zeros(s.n_layers, s.d_mlp, s.d_mlp, dtype=f64, device=dev) for s in shapes]
             if layer_cov else None)  # per model [L, d, d]
-        self.cross = [torch.zeros(_rows(self.layout, b), _cols(self.layout, b), **f64)
-                      for b in self.blocks]  # per block [T, N_partners]
+        self.cross = [torch.zeros(_rows(self.layout, b), _cols(self.layout, b), dtype=f64,
+                                  device=dev) for b in self.blocks]  # per block [T, N_partners]
         # +1 row for the Chan correction; allocated lazily (not needed to load or merge)
         self._buf: torch.Tensor | None = None  # [rows_per_gemm + 1, N_total] float32
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # CPU GEMM outputs

@@ -26,6 +26,10 @@ GEMM_TEMP_CAP = 128 * 2**20
 """Largest GEMM output scratch (bytes) before a block's rows are split over several GEMMs."""
 GEMM_TEMP_BYTES = {"cpu": 12, "cuda": 4}
 """Scratch bytes per output element: float32 product + float64 copy on CPU, float32 on CUDA."""
+RUNTIME_BYTES = {"cpu": 160 * 2**20, "cuda": 256 * 2**20}
+"""Allocations the run makes outside its tensors (BLAS/oneDNN scratch, allocator and thread
+arenas, output libraries; cuBLAS workspaces and caching-allocator slack on CUDA): measured
+by benchmarks/bench_correlate.py."""
 FINALIZE_BYTES_PER_ELEMENT = 28
 """Peak temporaries per element of one summarised chunk (see ``finalize.summarize_moments``)."""
 
@@ -41,7 +45,8 @@ class Plan:
     bytes: dict[str, int] = field(default_factory=dict)
     """Components: ``models`` (weights), ``forward`` (activations of one batch),
     ``layer_cov``, ``summaries``, ``cross`` (largest pass), ``buffer``, ``gemm_temp``,
-    ``finalize`` (bases and sub-block temporaries), ``extra`` (other accumulators)."""
+    ``finalize`` (bases and chunk temporaries), ``extra`` (other accumulators),
+    ``runtime`` (allocations outside tensors)."""
 
     @property
     def n_passes(self) -> int:
@@ -51,7 +56,8 @@ class Plan:
     def total_bytes(self) -> int:
         """Peak estimate: resident parts plus the larger of the streaming and finalising phases."""
         b = self.bytes
-        resident = b["models"] + b["layer_cov"] + b["summaries"] + b["cross"] + b["extra"]
+        resident = (b["models"] + b["layer_cov"] + b["summaries"] + b["cross"] + b["extra"]
+                    + b["runtime"])
         stream = b["forward"] + b["buffer"] + b["gemm_temp"]
         return resident + max(stream, b["finalize"])
 
@@ -104,6 +110,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
         "summaries": _summaries_bytes(shapes, mode, k, bins),
         "finalize": _finalize_bytes(shapes, mode, baseline),
         "temp_bytes": temp_bytes,
+        "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cuda"]),
     }
     best: Plan | None = None
     rows = rows_per_gemm
@@ -213,7 +220,7 @@ def _components(layout: Layout, blocks: list[CrossBlock], rows: int, fixed: dict
     return {"models": fixed["models"], "forward": fixed["forward"],
             "layer_cov": fixed["layer_cov"], "summaries": fixed["summaries"],
             "cross": _cross_bytes(layout, blocks), "buffer": buffer, "gemm_temp": gemm_temp,
-            "finalize": fixed["finalize"], "extra": fixed["extra"]}
+            "finalize": fixed["finalize"], "extra": fixed["extra"], "runtime": fixed["runtime"]}
 
 
 def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int) -> int:

@@ -9,8 +9,8 @@ A basis ``B: [d, d]`` turns a layer's activations ``y: [n, d]`` into ``y @ B``; 
   used as ``y @ G^T`` (not orthogonal).
 
 Each basis is drawn from a NumPy ``Generator`` seeded by ``(seed, crc32(model name),
-layer)``, so a model's layer gets the same basis in every pair and every run with the same
-seed, bit for bit.
+layer)`` and orthogonalised by a single-threaded QR, so a model's layer gets the same basis
+in every pair and every run with the same seed, bit for bit (given the same torch build).
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ def baseline_basis(kind: str, seed: int, model: str, layer: int, d: int) -> torc
     rng = np.random.default_rng(np.random.SeedSequence(basis_seed(seed, model, layer)))
     g = rng.standard_normal((d, d))
     if kind == "rotation":
-        q, r = torch.linalg.qr(torch.from_numpy(g))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # thread-count independent bits; multi-threaded LAPACK QR
+        try:  # of a few hundred rows is also 20x slower on a busy machine
+            q, r = torch.linalg.qr(torch.from_numpy(g))
+        finally:
+            torch.set_num_threads(threads)
         signs = torch.sign(torch.diagonal(r))
         signs[signs == 0] = 1.0
         return (q * signs[None, :]).contiguous()

@@ -27,7 +27,7 @@ class StreamModel(Protocol):
     """What the runner needs of a model (``models.loading.LoadedModel`` satisfies it)."""
 
     name: str
-    adapter: Any  # capture(input_ids, sites, stop_after_last_mlp) -> {site: [L, b, pos, d]}
+    adapter: Any  # capture(input_ids, sites, stop_after_last_mlp, attention_mask) -> {site: [L, b, pos, d]}
 
 
 @dataclass
@@ -68,9 +68,11 @@ def make_batch(models: Sequence[StreamModel], input_ids: torch.Tensor, keep: tor
     """Run every model once on ``input_ids: Long[b, pos]`` and gather the kept rows."""
     acts: dict[str, dict[str, torch.Tensor]] = {}
     ids_dev = input_ids.to(device)
+    mask = torch.ones_like(ids_dev)  # no padding: every window is full (silences HF's warning)
     for model in models:
         with torch.inference_mode():
-            out = model.adapter.capture(ids_dev, sites=tuple(sites), stop_after_last_mlp=True)
+            out = model.adapter.capture(ids_dev, sites=tuple(sites), stop_after_last_mlp=True,
+                                        attention_mask=mask)
             acts[model.name] = {s: activations_to_rows(out[s], keep) for s in sites}
         del out
     b, pos = input_ids.shape

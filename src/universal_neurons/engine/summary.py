@@ -70,12 +70,12 @@ class NeuronSummary:
         self.hist[rows] += torch.bincount(idx, minlength=r * self.bins).view(r, self.bins)
         del idx
         # power sums: float32 row sums (cascade summation), accumulated in float64
-        p = x.clone()
-        for j in range(4):
-            self.power[j, rows] += p.sum(1).to(_F64)
-            if j < 3:
-                p.mul_(x)
-        del p
+        x2 = x * x
+        sums = (x.sum(1), x2.sum(1), torch.einsum("ij,ij->i", x2, x),
+                torch.einsum("ij,ij->i", x2, x2))
+        for j, sj in enumerate(sums):
+            self.power[j, rows] += sj.to(_F64)
+        del x2
         self.count[rows] += c if valid is None else valid.sum(1)
 
     def add_baseline(self, rho_bar: torch.Tensor, rows: slice) -> None:
