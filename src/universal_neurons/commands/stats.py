@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from universal_neurons.commands._args import count as _count
+
 NAME = "stats"
 HELP = "per-neuron activation statistics: moments, sparsity, histograms, top examples, tokens"
 DESCRIPTION = """\
@@ -26,13 +28,6 @@ examples:
 """
 
 
-def _count(text: str) -> int:
-    from universal_neurons.data.dataset import parse_count
-
-    try:
-        return parse_count(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
