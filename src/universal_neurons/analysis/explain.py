@@ -455,22 +455,10 @@ def _one_pass(config: ExplainConfig, model: Any, dataset: Any, n_seq: int, n_voc
 
 
 def _open_dataset(config: ExplainConfig, model: Any) -> tuple[Any, int]:
-    from universal_neurons.data.dataset import default_dataset, open_token_dataset
+    from universal_neurons.data.dataset import dataset_for_models
 
-    max_ctx = model.adapter.n_ctx
-    if config.dataset is None:
-        ds = default_dataset(model.tokenizer, n_ctx=config.n_ctx or min(512, max_ctx),
-                             show_progress=config.progress)
-    else:
-        ds = open_token_dataset(config.dataset)
-    ds.check_tokenizer(model.tokenizer, model.name)
-    if ds.n_ctx > max_ctx:
-        raise UserError(f"token dataset {ds.path} has context {ds.n_ctx} but {model.name} takes "
-                        f"at most {max_ctx} tokens; tokenize with --n-ctx {max_ctx}")
-    n_seq = ds.n_seq
-    if config.max_tokens is not None:
-        n_seq = min(n_seq, max(1, config.max_tokens // ds.n_ctx))
-    return ds, n_seq
+    return dataset_for_models([model], config.dataset, config.n_ctx, config.max_tokens,
+                              show_progress=config.progress)
 
 
 def _row_labels(config: ExplainConfig, dataset: Any, n_seq: int, strings: Sequence[str],

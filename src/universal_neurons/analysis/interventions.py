@@ -300,22 +300,10 @@ def open_dataset(model: Any, dataset: str | None = None, tokens: int | None = No
     ``n_ctx`` (default ``min(512, model n_ctx)``); ``tokens`` caps the tokens used (rounded
     up to whole sequences). Raises ``UserError`` for a mismatched tokenizer or context.
     """
-    from universal_neurons.data.dataset import default_dataset, open_token_dataset
-    from universal_neurons.errors import UserError
+    from universal_neurons.data.dataset import dataset_for_models
 
-    max_ctx = model.adapter.n_ctx
-    if dataset is None:
-        ds = default_dataset(model.tokenizer, n_ctx=n_ctx or min(512, max_ctx),
-                             show_progress=progress)
-    else:
-        ds = open_token_dataset(dataset)
-    ds.check_tokenizer(model.tokenizer, model.name)
-    if ds.n_ctx > max_ctx:
-        raise UserError(f"token dataset {ds.path} has context {ds.n_ctx} but model "
-                        f"{model.name!r} takes at most {max_ctx} tokens; tokenize with "
-                        f"--n-ctx {max_ctx}")
-    n_seq = ds.n_seq if tokens is None else min(ds.n_seq, max(1, -(-tokens // ds.n_ctx)))
-    return ds, n_seq
+    return dataset_for_models([model], dataset, n_ctx, tokens, show_progress=progress,
+                              round_up=True)
 
 
 @contextlib.contextmanager

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from universal_neurons.analysis.neuron_table import write_activation_stats
-    from universal_neurons.data.dataset import default_dataset, open_token_dataset
+    from universal_neurons.data.dataset import dataset_for_models
     from universal_neurons.engine.activation_stats import (
         ActivationStatsConfig,
         activation_stats_for,
@@ -73,17 +73,8 @@ def run(args: argparse.Namespace) -> int:
     config = ActivationStatsConfig(n_bins=args.bins, top_k=args.top_k,
                                    sparsity_rule=args.sparsity_rule)
     models = load_models(args.models, device=args.device)
-    max_ctx = min(m.adapter.n_ctx for m in models)
-    if args.dataset is None:
-        ds = default_dataset(models[0].tokenizer, n_ctx=args.n_ctx or min(512, max_ctx),
-                             show_progress=not args.quiet)
-    else:
-        ds = open_token_dataset(args.dataset)
-    ds.check_tokenizer(models[0].tokenizer, models[0].name)
-    if ds.n_ctx > max_ctx:
-        raise ValueError(f"token dataset {ds.path} has context {ds.n_ctx} but the models take "
-                         f"at most {max_ctx} tokens; tokenize with --n-ctx {max_ctx}")
-    n_seq = ds.n_seq if args.max_tokens is None else min(ds.n_seq, max(1, args.max_tokens // ds.n_ctx))
+    ds, n_seq = dataset_for_models(models, args.dataset, args.n_ctx, args.max_tokens,
+                                   show_progress=not args.quiet)
     accs = activation_stats_for(models, ds, n_seq, config,
                                 token_budget_bytes=int(args.token_table_mb * 2**20),
                                 n_frequent_tokens=args.frequent_tokens,

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -280,3 +280,32 @@ def parse_count(text: str) -> int:
     if value != int(value):
         raise ValueError(f"count {text!r} is not a whole number")
     return int(value)
+
+
+def dataset_for_models(models: Sequence[Any], dataset: str | os.PathLike | None = None,
+                       n_ctx: int | None = None, max_tokens: int | None = None,
+                       show_progress: bool = True, round_up: bool = False
+                       ) -> tuple[TokenDataset, int]:
+    """The token dataset a stage streams through ``models`` and how many sequences to use.
+
+    ``dataset`` None = the bundled test split tokenized for the models with context
+    ``n_ctx`` (default ``min(512, smallest model context)``). ``max_tokens`` caps the tokens
+    used in whole sequences (rounded down, or up with ``round_up``; at least one). Raises
+    ``UserError`` when the dataset's tokenizer or context does not fit the models.
+    """
+    max_ctx = min(m.adapter.n_ctx for m in models)
+    if dataset is None:
+        ds = default_dataset(models[0].tokenizer, n_ctx=n_ctx or min(512, max_ctx),
+                             show_progress=show_progress)
+    else:
+        ds = open_token_dataset(dataset)
+    ds.check_tokenizer(models[0].tokenizer, models[0].name)
+    if ds.n_ctx > max_ctx:
+        names = ", ".join(m.name for m in models)
+        raise UserError(f"token dataset {ds.path} has context {ds.n_ctx} but {names} take(s) "
+                        f"at most {max_ctx} tokens; tokenize with --n-ctx {max_ctx}")
+    n_seq = ds.n_seq
+    if max_tokens is not None:
+        wanted = -(-max_tokens // ds.n_ctx) if round_up else max_tokens // ds.n_ctx
+        n_seq = min(n_seq, max(1, wanted))
+    return ds, n_seq

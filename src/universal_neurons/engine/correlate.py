@@ -162,22 +162,10 @@ def _check_models(models: Sequence[Any]) -> str:
 
 
 def _open_dataset(config: CorrelateConfig, models: Sequence[Any]):
-    from universal_neurons.data.dataset import default_dataset, open_token_dataset
+    from universal_neurons.data.dataset import dataset_for_models
 
-    max_ctx = min(m.adapter.n_ctx for m in models)
-    if config.dataset is None:
-        n_ctx = config.n_ctx or min(512, max_ctx)
-        ds = default_dataset(models[0].tokenizer, n_ctx=n_ctx, show_progress=config.progress)
-    else:
-        ds = open_token_dataset(config.dataset)
-    ds.check_tokenizer(models[0].tokenizer, models[0].name)
-    if ds.n_ctx > max_ctx:
-        raise UserError(f"token dataset {ds.path} has context {ds.n_ctx} but the models take "
-                        f"at most {max_ctx} tokens; tokenize with --n-ctx {max_ctx}")
-    n_seq = ds.n_seq
-    if config.max_tokens is not None:
-        n_seq = min(n_seq, max(1, config.max_tokens // ds.n_ctx))
-    return ds, n_seq
+    return dataset_for_models(models, config.dataset, config.n_ctx, config.max_tokens,
+                              show_progress=config.progress)
 
 
 def model_bytes(models: Sequence[Any]) -> int:
