@@ -1,7 +1,7 @@
 """Benchmark of the correlation engine (not a timed test; prints one report).
 
-Measures, in one run on this machine:
-  (a) the float32 matmul peak (best of large ``torch.mm``), GFLOP/s;
+Measures, in one run on this machine, for each ``--precisions`` (default fp32 and bf16):
+  (a) the matmul peak of that GEMM input dtype (best of large ``torch.mm``), GFLOP/s;
   (b) the engine's accumulate step (``CoMoments.flush``: centring, Chan row, every cross
       and within-layer GEMM, float64 adds) in GFLOP/s and as a fraction of (a); peak and
       step are measured alternately so that load from other processes hits both alike;
@@ -87,15 +87,18 @@ def dataset_for(spec: str, work: Path, tokens: int):
 
 
 # ---- (a) + (b) ------------------------------------------------------------------------------
-def matmul_gflops(n: int = 4096) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_gflops(precision: str = "fp32", n: int = 4096) -> float:
+    a, b = torch.randn(n, n).to(DTYPES[precision]), torch.randn(n, n).to(DTYPES[precision])
     a @ b
     t = time.perf_counter()
     a @ b
     return 2 * n ** 3 / (time.perf_counter() - t) / 1e9
 
 
-def accumulate_step(mode: str, rows: int) -> tuple[float, float]:
+def accumulate_step(mode: str, rows: int, precision: str = "fp32") -> tuple[float, float]:
     """(seconds, GFLOP/s) of one accumulate step (buffer fill + ``CoMoments.flush`` with its
     Chan row) of ``rows`` tokens for the 5-model shapes."""
     from universal_neurons.engine.layout import ModelShape
@@ -103,7 +106,8 @@ def accumulate_step(mode: str, rows: int) -> tuple[float, float]:
     from universal_neurons.engine.planner import single_pass_blocks
 
     shapes = [ModelShape(m, 4, 512) for m in MEMBERS]
-    acc = CoMoments(shapes, single_pass_blocks(shapes, mode), rows_per_gemm=rows)
+    acc = CoMoments(shapes, single_pass_blocks(shapes, mode), rows_per_gemm=rows,
+                    precision=precision)
     z = torch.randn(rows, 5 * 2048) * 0.5 + 0.1
     acc.update_rows(z)  # first step: no Chan row, allocations
     t = time.perf_counter()
@@ -123,7 +127,8 @@ def rss_bytes(field: str) -> int:
     raise KeyError(field)
 
 
-def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: int) -> dict:
+def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: int,
+              precision: str = "fp32") -> dict:
     """Run in a fresh process: load models, reset the RSS high-water mark, correlate."""
     from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
     from universal_neurons.models.loading import load_model
@@ -136,6 +141,7 @@ def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: i
     t1 = time.perf_counter()
     res = run_correlate(CorrelateConfig(models=tuple(specs), out=out, dataset=dataset,
                                         rows_per_gemm=rows, batch_size=batch_size,
+                                        precision=precision,
                                         progress=False, restart=True), models=models)
     wall = time.perf_counter() - t1
     return {"load_s": load_s, "wall_s": wall, "n_tokens": res.n_tokens, "n_kept": res.n_kept,
@@ -242,6 +248,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32,
                    help="sequences per forward pass in (c) and (d) (the paper's default: 32)")
     p.add_argument("--skip-paper", action="store_true", help="skip (d)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
+                   help="GEMM input precisions for (a)-(c) and (e) (default: fp32 bf16)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench_correlate"))
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -258,57 +266,72 @@ def main() -> None:
     specs = MEMBERS if use_bundled else random_suite(work)
     ds = dataset_for(specs[0], work, parse_count(args.tokens))
 
-    peaks, steps = [], {"reference": [], "all-pairs": []}
+    precs = args.precisions
+    peaks: dict[str, list[float]] = {pr: [] for pr in precs}
+    steps: dict[tuple[str, str], list[tuple[float, float]]] = {
+        (pr, mode): [] for pr in precs for mode in ("reference", "all-pairs")}
     for _ in range(args.repeats):
-        peaks.append(matmul_gflops())
-        for mode in steps:
-            steps[mode].append(accumulate_step(mode, args.rows_per_gemm))
+        for pr in precs:
+            peaks[pr].append(matmul_gflops(pr))
+            for mode in ("reference", "all-pairs"):
+                steps[pr, mode].append(accumulate_step(mode, args.rows_per_gemm, pr))
 
-    cmd = [sys.executable, __file__, "--_child", json.dumps(
-        {"specs": specs, "dataset": str(ds.path), "out": str(work / "run"),
-         "rows": args.rows_per_gemm, "batch_size": args.batch_size})]
-    e2es, papers = [], []
-    for _ in range(args.e2e_repeats):  # alternate, so that load changes hit both alike
+    def child(pr: str) -> dict:
+        cmd = [sys.executable, __file__, "--_child", json.dumps(
+            {"specs": specs, "dataset": str(ds.path), "out": str(work / f"run-{pr}"),
+             "rows": args.rows_per_gemm, "batch_size": args.batch_size, "precision": pr})]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode:
             sys.exit(f"end-to-end child failed:\n{proc.stderr[-3000:]}")
-        e2es.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    e2es: dict[str, list[dict]] = {pr: [] for pr in precs}
+    papers = []
+    for _ in range(args.e2e_repeats):  # alternate, so that load changes hit all alike
+        for pr in precs:
+            e2es[pr].append(child(pr))
         if not args.skip_paper:
             papers.append(paper_way(specs, ds, ds.n_seq, args.batch_size))
-    e2e = min(e2es, key=lambda r: r["wall_s"])
     paper_s = min(papers) if papers else None
 
-    peak = max(peaks)
     print("=" * 72)
     print(f"bench_correlate  torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'bundled tiny-gpt2' if use_bundled else 'random tiny GPT-2 x5'} "
           f"(4 layers x 512 neurons), load avg {os.getloadavg()[0]:.1f}")
-    print(f"(a) float32 matmul peak (4096^3, best of {len(peaks)}): {peak:8.1f} GFLOP/s "
-          f"(all: {', '.join(f'{x:.0f}' for x in peaks)})")
-    for mode, rs in steps.items():
-        best = max(g for _, g in rs)
-        ratios = [g / pk for (_, g), pk in zip(rs, peaks)]
-        print(f"(b) accumulate step, {mode:<9} {args.rows_per_gemm} rows: {best:8.1f} GFLOP/s = "
-              f"{100 * best / peak:.0f}% of peak (paired ratios {', '.join(f'{100 * r:.0f}%' for r in ratios)}; "
-              f"{min(s for s, _ in rs):.2f} s/step)")
-    tps = e2e["n_tokens"] / e2e["wall_s"]
-    t = e2e["timings"]
-    print(f"(c) end to end, 5 models, rotation baseline: {e2e['n_tokens']:,} tokens "
-          f"({e2e['n_kept']:,} kept) in {e2e['wall_s']:.1f} s = {tps:,.0f} tokens/s, best of "
-          f"{', '.join(format(r['wall_s'], '.1f') for r in e2es)} s\n"
-          f"    (forward passes {t.get('pass0_forward_s', 0):.1f} s, accumulate "
-          f"{t.get('pass0_accumulate_s', 0):.1f} s, summarise {t.get('pass0_summarize_s', 0):.1f} s; "
-          f"model load {e2e['load_s']:.1f} s not counted); {e2e['n_universal']} universal")
-    if paper_s is not None:
-        print(f"(d) paper way, 8 jobs on the same tokens: {paper_s:.1f} s = "
-              f"{e2e['n_tokens'] / paper_s:,.0f} tokens/s, best of "
-              f"{', '.join(f'{x:.1f}' for x in papers)} s; engine speed-up "
-              f"{paper_s / e2e['wall_s']:.1f}x")
-    used = e2e["rss_peak"] - e2e["rss_base"]
-    est = e2e["plan_engine_bytes"]
-    print(f"(e) peak RSS above the loaded models: {used / 2**20:.1f} MiB; planner estimate "
-          f"{est / 2**20:.1f} MiB ({100 * (used - est) / est:+.1f}%)")
-    print("    plan: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in e2e["plan"].items()) + " MiB")
+    for pr in precs:
+        peak = max(peaks[pr])
+        print(f"(a) {pr} matmul peak (4096^3, best of {len(peaks[pr])}): {peak:8.1f} GFLOP/s "
+              f"(all: {', '.join(f'{x:.0f}' for x in peaks[pr])})")
+        for mode in ("reference", "all-pairs"):
+            rs = steps[pr, mode]
+            best = max(g for _, g in rs)
+            ratios = [g / pk for (_, g), pk in zip(rs, peaks[pr])]
+            print(f"(b) {pr} accumulate step, {mode:<9} {args.rows_per_gemm} rows: "
+                  f"{best:8.1f} GFLOP/s = {100 * best / peak:.0f}% of the {pr} peak (paired "
+                  f"ratios {', '.join(f'{100 * r:.0f}%' for r in ratios)}; "
+                  f"{min(s for s, _ in rs):.2f} s/step)")
+    for pr in precs:
+        e2e = min(e2es[pr], key=lambda r: r["wall_s"])
+        tps = e2e["n_tokens"] / e2e["wall_s"]
+        t = e2e["timings"]
+        print(f"(c) {pr} end to end, 5 models, rotation baseline: {e2e['n_tokens']:,} tokens "
+              f"({e2e['n_kept']:,} kept) in {e2e['wall_s']:.1f} s = {tps:,.0f} tokens/s, best of "
+              f"{', '.join(format(r['wall_s'], '.1f') for r in e2es[pr])} s\n"
+              f"    (forward passes {t.get('pass0_forward_s', 0):.1f} s, accumulate "
+              f"{t.get('pass0_accumulate_s', 0):.1f} s, summarise "
+              f"{t.get('pass0_summarize_s', 0):.1f} s; model load {e2e['load_s']:.1f} s not "
+              f"counted); {e2e['n_universal']} universal")
+        if paper_s is not None:
+            print(f"(d) paper way, 8 jobs on the same tokens: {paper_s:.1f} s = "
+                  f"{e2e['n_tokens'] / paper_s:,.0f} tokens/s, best of "
+                  f"{', '.join(f'{x:.1f}' for x in papers)} s; {pr} engine speed-up "
+                  f"{paper_s / e2e['wall_s']:.1f}x")
+        used = e2e["rss_peak"] - e2e["rss_base"]
+        est = e2e["plan_engine_bytes"]
+        print(f"(e) {pr} peak RSS above the loaded models: {used / 2**20:.1f} MiB; planner "
+              f"estimate {est / 2**20:.1f} MiB ({100 * (used - est) / est:+.1f}%)")
+        print("    plan: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in e2e["plan"].items())
+              + " MiB")
     print("=" * 72)
 
 

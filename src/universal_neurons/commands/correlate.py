@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=10, help="top/bottom partners kept per neuron")
     p.add_argument("--bins", type=int, default=100, help="histogram bins on [-1, 1]")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                   help="GEMM inputs (float32 accumulation, float64 merges); tf32/bf16 for GPUs")
+                   help="GEMM inputs (float32 accumulation, float64 merges); bf16 is faster on "
+                   "GPUs and AMX CPUs (error bounds: docs/engine.md); tf32: CUDA only")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--rows-per-gemm", type=int, default=4096,

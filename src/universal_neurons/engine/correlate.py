@@ -213,7 +213,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         model_bytes=model_bytes(models),
         forward_bytes=forward_bytes(models, config.batch_size * dataset.n_ctx, 1),
         extra_bytes=sum(int(acc.nbytes()) for acc in extras if hasattr(acc, "nbytes")),
-        bf16_copy=config.precision == "bf16" and dev.type == "cuda", device_type=dev.type)
+        bf16_copy=config.precision == "bf16", device_type=dev.type)
     semantic = {**config.semantic(), "models": [m.name for m in models],
                 "dataset": str(dataset.path), "dataset_fingerprint": fingerprint,
                 "n_seq": n_seq, "world_size": ctx.world_size}

@@ -8,7 +8,8 @@ matrix ``Z: [rows, sum N_m]``. When ``rows_per_gemm`` rows are in, it *flushes*:
 2. Chan et al.'s pairwise update folded into the GEMM: one extra row
    ``sqrt(w) * (mu_b - mean)`` with ``w = n * n_b / (n + n_b)``, so that
    ``Z^T Z`` is the batch co-moment *plus* the merge correction;
-3. GEMMs (float32, or bf16/tf32 inputs with float32 accumulation) for every cross block
+3. GEMMs (float32, or bf16/tf32 inputs with float32 accumulation; on CPU the bf16 product
+   is rounded to bf16 once per GEMM) for every cross block
    ``Z[:, rows]^T Z[:, partners]`` and, on the first pass, every model's within-layer
    ``Z_l^T Z_l``; each product is added to a float64 accumulator.
 
@@ -30,20 +31,24 @@ from universal_neurons.engine.layout import CrossBlock, Layout, ModelShape
 
 Precision = Literal["fp32", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
-UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-9}
-"""Relative rounding error of one GEMM input in each precision."""
+UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}
+"""Unit roundoff ``2^-p`` of one GEMM input, ``p`` the significand bits (24, 11, 8)."""
 
 
-def correlation_error_bound(precision: str, rows_per_gemm: int = 4096) -> float:
+def correlation_error_bound(precision: str, rows_per_gemm: int = 4096,
+                            device_type: str = "cpu") -> float:
     """Worst-case ``|rho - rho_exact|`` from GEMM rounding (docs/engine.md, "Precision").
 
     Rounding each centred input to ``u`` relative error perturbs the cross and the variance
     sums by at most ``(2u + u^2)`` of ``sqrt(M_xx M_yy)`` (Cauchy-Schwarz), hence
     ``|d rho| <= 2 e / (1 - e)`` with ``e = 2u + u^2``. Float32 accumulation inside one GEMM
     adds ``e = (rows_per_gemm + 1) * 2^-24`` (a worst case; typical errors are ~1e-7).
+    CPU bf16 GEMMs round each product to bf16 once: ``e += u`` (Cauchy-Schwarz over GEMMs).
     """
     u = UNIT_ROUNDOFF[precision]
     e = 2 * u + u * u + (rows_per_gemm + 1) * 2.0**-24
+    if precision == "bf16" and device_type == "cpu":
+        e += u
     return 2 * e / (1 - e)
 
 
@@ -157,16 +162,19 @@ class CoMoments:
         """``acc += x^T y``: a float32-output GEMM, added into the float64 ``acc``.
 
         On CPU the product goes to reused scratch buffers and is cast by ``copy_`` before a
-        same-dtype add (a mixed-dtype ``add_`` is ~5x slower there)."""
-        if x.dtype == torch.bfloat16:
-            acc.add_(torch.mm(x.t(), y, out_dtype=torch.float32))
-            return
+        same-dtype add (a mixed-dtype ``add_`` is ~5x slower there). bf16 inputs on CPU
+        (oneDNN/AMX) accumulate in float32 but return a bf16 product: the one extra rounding
+        that :func:`correlation_error_bound` adds for CPU bf16."""
         if self.device.type != "cpu":
-            acc.add_(torch.mm(x.t(), y))
+            if x.dtype == torch.bfloat16:
+                acc.add_(torch.mm(x.t(), y, out_dtype=torch.float32))
+            else:
+                acc.add_(torch.mm(x.t(), y))
             return
         n = x.shape[1] * y.shape[1]
-        if self._scratch is None or self._scratch[0].numel() < n:
-            self._scratch = (torch.empty(n, dtype=torch.float32),
+        if (self._scratch is None or self._scratch[0].numel() < n
+                or self._scratch[0].dtype != x.dtype):
+            self._scratch = (torch.empty(n, dtype=x.dtype),
                              torch.empty(n, dtype=torch.float64))
         p32 = self._scratch[0][:n].view(x.shape[1], y.shape[1])
         p64 = self._scratch[1][:n].view(x.shape[1], y.shape[1])
@@ -274,14 +282,10 @@ def _cols(layout: Layout, b: CrossBlock) -> int:
 
 
 def _gemm_input(z: torch.Tensor, precision: str) -> torch.Tensor:
-    """The GEMM operand: ``z`` itself, or bf16 inputs (a bf16 copy on CUDA; rounded in
-    place on CPU, which emulates bf16 inputs with float32 accumulation exactly)."""
+    """The GEMM operand: ``z`` itself, or a bf16 copy of it."""
     if precision != "bf16":
         return z
-    if z.device.type == "cuda":
-        return z.to(torch.bfloat16)
-    z.copy_(z.to(torch.bfloat16))
-    return z
+    return z.to(torch.bfloat16)
 
 
 @contextlib.contextmanager

@@ -96,7 +96,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
 
     ``model_bytes``/``forward_bytes``/``extra_bytes`` are the weights, one forward batch's
     activations and other accumulators' state, counted against the budget too.
-    ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer (bf16 on CUDA).
+    ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer (``--precision bf16``).
     ``device_type``: ``cpu`` or ``cuda`` (GEMM scratch differs).
     Candidate ``rows_per_gemm`` are halved down to 256 if that saves passes.
     """

@@ -130,8 +130,9 @@ def test_reduced_precision_within_documented_bound(z, precision):
     got = np.concatenate([cross_corr(acc, 0, 1), cross_corr(acc, 0, 2)], 1)
     err = np.nanmax(np.abs(got - ref))
     assert err <= correlation_error_bound(precision, 512)
-    if precision == "bf16":  # bf16 inputs really were used (CPU emulation rounds them)
+    if precision == "bf16":  # bf16 GEMMs really were used
         assert err > 1e-5
+        print(f"bf16 max |error| {err:.2e}, bound {correlation_error_bound('bf16', 512):.2e}")
     else:  # no TF32 on CPU: plain float32
         assert err <= 1e-4
 
