@@ -21,9 +21,21 @@ def snapshot_tokens(work_dir: str | Path, members: list[str]) -> list[int]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
+def final_tokens(work_dir: str | Path, members: list[str]) -> int | None:
+    """Tokens seen by the finished members (``card.json`` + ``final.pt``), or None."""
+    seen = set()
+    for m in members:
+        mdir = Path(work_dir) / "members" / m
+        if not ((mdir / "card.json").is_file() and (mdir / "final.pt").is_file()):
+            return None
+        seen.add(int(json.loads((mdir / "card.json").read_text())["tokens_seen"]))
+    return seen.pop() if len(seen) == 1 else None
+
+
 def universality_curve(cfg, work_dir: str | Path, max_tokens: int = 100_000,
                        threshold: float = 0.5, progress: bool = False) -> list[dict]:
-    """One row per common snapshot: median excess, share above 0.3/0.5, best excess.
+    """One row per common snapshot, and the finished members last: median excess, share
+    above 0.3/0.5, best excess.
 
     Each snapshot is exported to a temporary HF folder and correlated with the engine on the
     first ``max_tokens`` tokens of the bundled test split.
@@ -34,12 +46,20 @@ def universality_curve(cfg, work_dir: str | Path, max_tokens: int = 100_000,
 
     work = Path(work_dir)
     members = cfg.member_names()
+    points: list[tuple[int, bool]] = [(t, False) for t in snapshot_tokens(work, members)]
+    final = final_tokens(work, members)
+    if final is not None and all(t < final for t, _ in points):
+        points.append((final, True))
     rows = []
-    for tokens in snapshot_tokens(work, members):
+    for tokens, is_final in points:
         with tempfile.TemporaryDirectory() as tmp:
             folders, losses = [], []
             for m in members:
-                card, src = snapshot_card(cfg, work / "members" / m, tokens)
+                mdir = work / "members" / m
+                if is_final:
+                    card, src = json.loads((mdir / "card.json").read_text()), mdir / "final.pt"
+                else:
+                    card, src = snapshot_card(cfg, mdir, tokens)
                 folders.append(str(export_member(src, card, work / "tokenizer",
                                                  Path(tmp) / m)))
                 losses.append(card["test_loss"])

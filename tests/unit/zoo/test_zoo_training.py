@@ -148,3 +148,21 @@ def test_lr_schedule_warms_up_then_decays():
     assert max(lrs) == pytest.approx(cfg.lr)
     assert lrs[-1] == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=1e-3)
     assert json.dumps(cfg.member_names()) == json.dumps([f"tiny-gpt2-{c}" for c in "abcde"])
+
+
+def test_universality_curve_ends_with_the_finished_members(tmp_path, tokenizer_dir):
+    from universal_neurons.zoo.curve import final_tokens, snapshot_tokens, universality_curve
+
+    cfg, paths = _tiny_setup(tmp_path, tokenizer_dir)
+    members = cfg.member_names()
+    train.train_member(cfg, 0, tmp_path, **paths)
+    assert final_tokens(tmp_path, members) is None  # t-b has not finished
+    train.train_member(cfg, 1, tmp_path, **paths)
+    assert snapshot_tokens(tmp_path, members) == [4 * 16 * 3]
+    assert final_tokens(tmp_path, members) == cfg.tokens
+    (tmp_path / "tokenizer").symlink_to(tokenizer_dir)
+    rows = universality_curve(cfg, tmp_path, max_tokens=2_000)
+    assert [r["tokens"] for r in rows] == [4 * 16 * 3, cfg.tokens]
+    for r in rows:
+        assert 0 <= r["share_0.5"] <= r["share_0.3"] <= 1
+        assert r["median_excess"] <= r["max_excess"] <= 1
