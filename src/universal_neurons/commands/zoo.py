@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot", type=int, default=None, metavar="TOKENS",
                    help="export: take the training snapshot at this many tokens instead of "
                    "the final weights")
+    p.add_argument("--trained-on", default="",
+                   help="curve: the machine that trained the suite, for the card")
     p.add_argument("--curve-tokens", type=int, default=100_000,
                    help="curve: test tokens correlated per snapshot (default 100k)")
     p.add_argument("--jobs", type=int, default=None,
@@ -121,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
             p = np.bincount(tr, minlength=len(json.loads((work / "tokenizer" / "tokenizer.json")
                                                          .read_text())["model"]["vocab"]))
             p = p[p > 0] / p.sum()
-            text = suite_card_markdown(cards, float(-(p * np.log(p)).sum()), rows)
+            text = suite_card_markdown(cards, float(-(p * np.log(p)).sum()), rows,
+                                       trained_on=args.trained_on)
             (out_root / f"{cfg.suite}.md").write_text(text)
             print(text)
     return 0

@@ -56,7 +56,9 @@ def suite_card_markdown(cards: list[dict], unigram_entropy: float | None = None,
     if curve:
         lines += ["", "## Universality over training", "",
                   "Excess correlation of every neuron of member a against members b-e at the same "
-                  "number of training tokens (bundled test split; Haar-rotation baseline).", "",
+                  f"number of training tokens (first {curve[0].get('eval_tokens', 0):,} tokens of "
+                  "the bundled test split; Haar-rotation baseline). The last row is the shipped "
+                  "weights.", "",
                   "| tokens | mean test loss | median excess | share excess > 0.3 | "
                   "share excess > 0.5 | best excess |",
                   "| --- | --- | --- | --- | --- | --- |"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +166,21 @@ def test_universality_curve_ends_with_the_finished_members(tmp_path, tokenizer_d
     for r in rows:
         assert 0 <= r["share_0.5"] <= r["share_0.3"] <= 1
         assert r["median_excess"] <= r["max_excess"] <= 1
+
+
+def test_suite_card_lists_every_member_and_curve_row():
+    from universal_neurons.zoo.card import suite_card_markdown
+
+    cfg = train.TrainConfig()
+    cards = [{"name": n, "suite": "tiny-gpt2", "seed": s, "config": asdict(cfg),
+              "tokens_seen": 6_000_000, "train_loss_ema": 4.5 + s / 100, "test_loss": 4.6 + s / 10}
+             for n, s in zip(cfg.member_names()[:2], (0, 1))]
+    curve = [{"tokens": 250_000, "test_loss": 6.5, "median_excess": 0.02, "share_0.3": 0.0,
+              "share_0.5": 0.0, "max_excess": 0.21, "eval_tokens": 100_000},
+             {"tokens": 6_000_000, "test_loss": 4.6, "median_excess": 0.2, "share_0.3": 0.05,
+              "share_0.5": 0.004, "max_excess": 0.61, "eval_tokens": 100_000}]
+    text = suite_card_markdown(cards, 6.8, curve, trained_on="a test machine")
+    assert "| `tiny-gpt2-b` | 1 | 6,000,000 | 4.510 | 4.700 |" in text
+    assert "Test losses agree within 2.2%" in text
+    assert "| 6,000,000 | 4.600 | 0.200 | 5.00% | 0.40% | 0.610 |" in text
+    assert "first 100,000 tokens" in text and "Trained on: a test machine." in text
