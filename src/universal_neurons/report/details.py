@@ -89,6 +89,9 @@ class NeuronDetail:
     partners: list[Partner] = field(default_factory=list)
 
 
+_REPLACEMENT = "\ufffd"
+
+
 class TokenText:
     """Decodes token ids to display strings: with a tokenizer, else a list of surface
     strings indexed by id, else ``#id``."""
@@ -110,6 +113,31 @@ class TokenText:
                     pass
             self._cache[token_id] = text
         return self._cache[token_id]
+
+    def sequence(self, ids: Sequence[int]) -> list[str]:
+        """Display strings of consecutive tokens. A character split over several byte-level
+        tokens is shown on the token that completes it (the others show nothing), instead
+        of one U+FFFD per piece; sequences without split characters are decoded token by
+        token (cached)."""
+        alone = [self(i) for i in ids]
+        if self.tokenizer is None or not any(_REPLACEMENT in t for t in alone):
+            return alone
+        ids = [int(i) for i in ids]
+        out, prev = [], ""
+        for i in range(len(ids)):
+            try:
+                cur = self.tokenizer.decode(ids[:i + 1])
+            except Exception:  # noqa: BLE001 - an id outside the vocabulary
+                return alone
+            if i < len(ids) - 1:  # an incomplete character may still be completed
+                cur = cur.rstrip(_REPLACEMENT)
+            if cur.startswith(prev):
+                out.append(cur[len(prev):])
+                prev = cur
+            else:  # the decoder rewrote earlier text: fall back to this token alone
+                out.append(alone[i])
+                prev = cur
+        return out
 
 
 class DetailSource:
@@ -257,7 +285,7 @@ class DetailSource:
             lo, hi = max(1, p - self.before), min(ds.n_ctx, p + self.after + 1)
             ids = ds.tokens[s, lo:hi]
             acts = [known.get((s, q)) for q in range(lo, hi)]
-            out.append(Example([self.text(i) for i in ids], acts, p - lo, v, s, p))
+            out.append(Example(self.text.sequence(ids), acts, p - lo, v, s, p))
         return out
 
     def token_means(self, model: str, layer: int, neuron: int, n: int = 12):
