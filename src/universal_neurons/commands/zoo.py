@@ -48,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens per member")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--restart-at", type=int, nargs="+", default=list(d.restart_tokens),
+                   metavar="TOKENS", help="restart the learning-rate schedule (warm-up + "
+                   "cosine) at these token counts; a longer run continues a shorter one")
+    p.add_argument("--restart-lr", type=float, default=d.restart_lr,
+                   help="peak learning rate after a restart")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--snapshot", type=int, default=None, metavar="TOKENS",
                    help="export: take the training snapshot at this many tokens instead of "
@@ -66,7 +71,8 @@ def _config(args: argparse.Namespace):
     return TrainConfig(suite=args.suite, seeds=tuple(args.seeds), n_layer=args.layers,
                        d_model=args.d_model, d_mlp=args.d_mlp, n_head=args.heads,
                        n_ctx=args.n_ctx, tokens=args.tokens, batch_size=args.batch_size,
-                       lr=args.lr, compile=not args.no_compile)
+                       lr=args.lr, compile=not args.no_compile,
+                       restart_tokens=tuple(args.restart_at), restart_lr=args.restart_lr)
 
 
 def run(args: argparse.Namespace) -> int:

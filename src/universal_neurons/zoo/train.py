@@ -52,6 +52,13 @@ class TrainConfig:
     snapshot_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 3_000_000,
                                         4_000_000)
     eval_tokens: int = 200_000
+    restart_tokens: tuple[int, ...] = ()
+    """Token counts where the learning-rate schedule restarts: a new warm-up to
+    ``restart_lr``, then cosine decay to ``min_lr_ratio * restart_lr`` at the next restart or
+    the end. Steps before the first restart follow the schedule of a run that ends there,
+    so a longer run continues a shorter one exactly. The weights at each restart are saved
+    as a snapshot."""
+    restart_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
@@ -63,6 +70,10 @@ class TrainConfig:
         if self.tokens < self.batch_size * self.n_ctx:
             raise ValueError(f"tokens={self.tokens} is less than one batch "
                              f"({self.batch_size}x{self.n_ctx})")
+        steps = [t // self.tokens_per_step for t in self.restart_tokens]
+        if any(b <= a for a, b in zip([0, *steps], [*steps, self.total_steps])):
+            raise ValueError(f"restart_tokens={self.restart_tokens} must increase, each at least "
+                             f"one batch after the last and before tokens={self.tokens}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -72,17 +83,30 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.tokens // self.tokens_per_step
 
+    @property
+    def restart_steps(self) -> tuple[int, ...]:
+        """Optimiser steps at which a new learning-rate segment starts."""
+        return tuple(t // self.tokens_per_step for t in self.restart_tokens)
+
     def member_names(self) -> list[str]:
         return [f"{self.suite}-{chr(ord('a') + i)}" for i in range(len(self.seeds))]
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    """Per segment (split at ``cfg.restart_tokens``): linear warm-up, then cosine decay to
+    ``min_lr_ratio`` of the segment's peak (``lr`` for the first, ``restart_lr`` after)."""
+    start, end, peak = 0, cfg.total_steps, cfg.lr
+    for r in cfg.restart_steps:
+        if step < r:
+            end = r
+            break
+        start, peak = r, cfg.restart_lr
+    step -= start
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
+        return peak * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, end - start - cfg.warmup_steps)
     frac = min(1.0, frac)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def tokenize_split(tokenizer_dir: str | Path, corpus_path: str | Path,
@@ -216,7 +240,7 @@ def train_member(cfg: TrainConfig, index: int, work_dir: str | Path,
         bar.update(1)
         bar.set_postfix(loss=f"{state.train_loss_ema:.3f}")
         seen = state.step * tps
-        if any(seen - tps < s <= seen for s in snapshots):
+        if any(seen - tps < s <= seen for s in snapshots) or state.step in cfg.restart_steps:
             sdir = mdir / "snapshots" / f"tokens-{seen}"
             sdir.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().to(torch.float16).contiguous()

@@ -184,3 +184,31 @@ def test_suite_card_lists_every_member_and_curve_row():
     assert "Test losses agree within 2.2%" in text
     assert "| 6,000,000 | 4.600 | 0.200 | 5.00% | 0.40% | 0.610 |" in text
     assert "first 100,000 tokens" in text and "Trained on: a test machine." in text
+
+
+def test_restarted_schedule_continues_the_shorter_run_exactly():
+    short = train.TrainConfig()
+    long = replace(short, tokens=2 * short.tokens, restart_tokens=(short.tokens,))
+    r = long.restart_steps[0]
+    assert r == short.total_steps
+    assert [train.lr_at(long, s) for s in range(r)] == [train.lr_at(short, s) for s in range(r)]
+    assert train.lr_at(long, r) == pytest.approx(long.restart_lr / long.warmup_steps)
+    assert train.lr_at(long, r + long.warmup_steps) == pytest.approx(long.restart_lr)
+    assert train.lr_at(long, long.total_steps - 1) == pytest.approx(
+        long.restart_lr * long.min_lr_ratio, rel=1e-3)
+    with pytest.raises(ValueError, match="restart_tokens"):
+        replace(short, restart_tokens=(short.tokens,))
+
+
+def test_longer_run_with_a_restart_continues_a_finished_run(tmp_path, tokenizer_dir):
+    cfg, paths = _tiny_setup(tmp_path, tokenizer_dir)
+    longer = replace(cfg, tokens=2 * cfg.tokens, restart_tokens=(cfg.tokens,))
+    train.train_member(cfg, 0, tmp_path / "continued", **paths)
+    card = train.train_member(longer, 0, tmp_path / "continued", **paths)
+    train.train_member(longer, 0, tmp_path / "straight", **paths)
+    cont, straight = (_final_state(tmp_path / w, "t-a") for w in ("continued", "straight"))
+    for k in straight:
+        assert torch.equal(cont[k], straight[k]), k
+    assert card["tokens_seen"] == longer.tokens
+    snaps = tmp_path / "straight" / "members" / "t-a" / "snapshots"
+    assert (snaps / f"tokens-{cfg.tokens}" / "model.safetensors").exists()  # at the restart
