@@ -50,7 +50,7 @@ class TrainConfig:
     """Torch threads per member process."""
     checkpoint_every: int = 500_000
     snapshot_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 3_000_000,
-                                        4_000_000)
+                                        4_000_000, 8_000_000, 10_000_000)
     eval_tokens: int = 200_000
     restart_tokens: tuple[int, ...] = ()
     """Token counts where the learning-rate schedule restarts: a new warm-up to
