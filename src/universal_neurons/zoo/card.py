@@ -37,6 +37,9 @@ def suite_card_markdown(cards: list[dict], unigram_entropy: float | None = None,
         f"| batch | {c0['batch_size']} x {c0['n_ctx']} tokens |",
         f"| optimiser | AdamW lr {c0['lr']}, warm-up {c0['warmup_steps']} steps, cosine to "
         f"{c0['min_lr_ratio']}x, weight decay {c0['weight_decay']}, clip {c0['grad_clip']} |",
+        *([f"| learning-rate restarts | at {', '.join(f'{t:,}' for t in c0['restart_tokens'])} "
+            f"tokens: warm-up to {c0['restart_lr']}, cosine to {c0['min_lr_ratio']}x |"]
+          if c0.get("restart_tokens") else []),
         f"| precision | {'bf16 autocast' if c0['autocast_bf16'] else 'fp32'}; shipped as fp16 |",
         "",
         "## Losses (nats per token)",

@@ -35,7 +35,7 @@ class TrainConfig:
     d_mlp: int = 512
     n_head: int = 5
     n_ctx: int = 256
-    tokens: int = 6_000_000
+    tokens: int = 12_000_000
     """Training tokens per member."""
     batch_size: int = 16
     """Sequences per optimiser step."""
@@ -52,7 +52,7 @@ class TrainConfig:
     snapshot_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000, 3_000_000,
                                         4_000_000, 8_000_000, 10_000_000)
     eval_tokens: int = 200_000
-    restart_tokens: tuple[int, ...] = ()
+    restart_tokens: tuple[int, ...] = (6_000_000,)
     """Token counts where the learning-rate schedule restarts: a new warm-up to
     ``restart_lr``, then cosine decay to ``min_lr_ratio * restart_lr`` at the next restart or
     the end. Steps before the first restart follow the schedule of a run that ends there,

@@ -187,7 +187,7 @@ def test_suite_card_lists_every_member_and_curve_row():
 
 
 def test_restarted_schedule_continues_the_shorter_run_exactly():
-    short = train.TrainConfig()
+    short = train.TrainConfig(tokens=6_000_000, restart_tokens=())
     long = replace(short, tokens=2 * short.tokens, restart_tokens=(short.tokens,))
     r = long.restart_steps[0]
     assert r == short.total_steps
@@ -198,6 +198,8 @@ def test_restarted_schedule_continues_the_shorter_run_exactly():
         long.restart_lr * long.min_lr_ratio, rel=1e-3)
     with pytest.raises(ValueError, match="restart_tokens"):
         replace(short, restart_tokens=(short.tokens,))
+    shipped = train.TrainConfig()  # the bundled suite: 6M tokens, then a restart to 12M
+    assert [train.lr_at(shipped, s) for s in range(r)] == [train.lr_at(short, s) for s in range(r)]
 
 
 def test_longer_run_with_a_restart_continues_a_finished_run(tmp_path, tokenizer_dir):
