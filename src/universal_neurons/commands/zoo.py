@@ -48,9 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens per member")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--restart-at", type=int, nargs="+", default=list(d.restart_tokens),
+    p.add_argument("--restart-at", type=int, nargs="*", default=list(d.restart_tokens),
                    metavar="TOKENS", help="restart the learning-rate schedule (warm-up + "
-                   "cosine) at these token counts; a longer run continues a shorter one")
+                   "cosine) at these token counts (default 6000000; none if given without "
+                   "values); a longer run continues a shorter one")
     p.add_argument("--restart-lr", type=float, default=d.restart_lr,
                    help="peak learning rate after a restart")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
