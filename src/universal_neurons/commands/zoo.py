@@ -48,9 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens per member")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--restart-at", type=int, nargs="*", default=list(d.restart_tokens),
+    p.add_argument("--restart-at", type=int, nargs="*", default=None,
                    metavar="TOKENS", help="restart the learning-rate schedule (warm-up + "
-                   "cosine) at these token counts (default 6000000; none if given without "
+                   "cosine) at these token counts (default: the recipe's restarts below --tokens, "
+                   f"{', '.join(map(str, d.restart_tokens)) or 'none'}; none if given without "
                    "values); a longer run continues a shorter one")
     p.add_argument("--restart-lr", type=float, default=d.restart_lr,
                    help="peak learning rate after a restart")
@@ -69,11 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace):
     from universal_neurons.zoo.train import TrainConfig
 
+    restarts = args.restart_at
+    if restarts is None:  # the recipe's restarts that fall inside this run
+        restarts = [t for t in TrainConfig.restart_tokens if t < args.tokens]
     return TrainConfig(suite=args.suite, seeds=tuple(args.seeds), n_layer=args.layers,
                        d_model=args.d_model, d_mlp=args.d_mlp, n_head=args.heads,
                        n_ctx=args.n_ctx, tokens=args.tokens, batch_size=args.batch_size,
                        lr=args.lr, compile=not args.no_compile,
-                       restart_tokens=tuple(args.restart_at), restart_lr=args.restart_lr)
+                       restart_tokens=tuple(restarts), restart_lr=args.restart_lr)
 
 
 def run(args: argparse.Namespace) -> int:

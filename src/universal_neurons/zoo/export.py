@@ -38,6 +38,7 @@ def export_member(state_path: str | Path, card: dict, tokenizer_dir: str | Path,
 
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                               for k, v in card["config"].items()}
+    fields.setdefault("restart_tokens", ())  # cards written before restarts existed had none
     cfg = TrainConfig(**fields)
     tok_files = [Path(tokenizer_dir) / f for f in TOKENIZER_FILES
                  if (Path(tokenizer_dir) / f).exists()]

@@ -79,7 +79,7 @@ def _tiny_setup(tmp_path: Path, tokenizer_dir: Path) -> tuple[train.TrainConfig,
                             n_head=2, n_ctx=16, tokens=4 * 16 * 6, batch_size=4,
                             warmup_steps=2, compile=False, autocast_bf16=False,
                             checkpoint_every=4 * 16 * 2, snapshot_tokens=(4 * 16 * 3,),
-                            eval_tokens=64)
+                            eval_tokens=64, restart_tokens=())
     paths = dict(train_stream_path=tmp_path / "train.npy",
                  test_stream_path=tmp_path / "test.npy", tokenizer_dir=tokenizer_dir,
                  show_progress=False)
@@ -142,7 +142,7 @@ def test_config_validation_names_values():
 
 
 def test_lr_schedule_warms_up_then_decays():
-    cfg = train.TrainConfig(tokens=16 * 256 * 1000, warmup_steps=100)
+    cfg = train.TrainConfig(tokens=16 * 256 * 1000, warmup_steps=100, restart_tokens=())
     lrs = [train.lr_at(cfg, s) for s in range(cfg.total_steps)]
     assert lrs[0] == pytest.approx(cfg.lr / 100)
     assert max(lrs) == pytest.approx(cfg.lr)
@@ -214,3 +214,16 @@ def test_longer_run_with_a_restart_continues_a_finished_run(tmp_path, tokenizer_
     assert card["tokens_seen"] == longer.tokens
     snaps = tmp_path / "straight" / "members" / "t-a" / "snapshots"
     assert (snaps / f"tokens-{cfg.tokens}" / "model.safetensors").exists()  # at the restart
+
+
+def test_zoo_train_command_keeps_only_the_recipe_restarts_inside_the_run():
+    from universal_neurons.cli import build_parser
+    from universal_neurons.commands.zoo import _config
+
+    def config(*argv: str) -> train.TrainConfig:
+        return _config(build_parser().parse_args(["zoo", "train", *argv]))
+
+    assert config().restart_tokens == train.TrainConfig().restart_tokens == (6_000_000,)
+    assert config("--tokens", "4000000").restart_tokens == ()
+    assert config("--tokens", "12000000", "--restart-at").restart_tokens == ()
+    assert config("--tokens", "9000000", "--restart-at", "3000000").restart_tokens == (3_000_000,)
