@@ -8,9 +8,12 @@ Measures, in one run on this machine, for each ``--precisions`` (default fp32 an
   (c) end-to-end tokens/s of ``correlate`` for 5 models with the rotation baseline;
   (d) the paper code's way (wesg52/universal-neurons ``correlations_fast.py``) re-implemented
       faithfully on the same tokens: one job per (pair, baseline) -- 4 partners x {none,
-      rotation} -- each re-running both models, float16 activations, a float32 einsum per
-      layer pair added into float64 CPU sums, the baseline by explicitly rotating the
-      activations, then the full correlation matrix and its summaries; and the speed ratio;
+      rotation} -- each re-running both models through TransformerLens's
+      ``HookedTransformer.run_with_hooks`` (as that code does), float16 activations, a
+      float32 einsum per layer pair added into float64 CPU sums, the baseline by explicitly
+      rotating the activations, then the full correlation matrix and its summaries; and the
+      speed ratio. Also the same jobs with this package's HF-hook forward passes, which
+      isolates what one pass and the algebraic baseline buy;
   (e) the run's peak RSS (high-water mark, reset after the models are loaded) against the
       planner's estimate.
 
@@ -151,8 +154,25 @@ def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: i
 
 
 # ---- (d) the paper code's way -----------------------------------------------------------------
-def paper_activations(model, batch: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """As ``get_activations`` there: hook_post saved as float16, ``[l, n, tokens]``, filtered."""
+def paper_activations_tl(tl, batch: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """As ``get_activations`` there: TransformerLens ``run_with_hooks`` (stopping before the
+    unembedding), hook_post saved as float16, stacked, rearranged to ``[l, n, tokens]`` and
+    filtered."""
+    n_layers = tl.cfg.n_layers
+    store: dict[str, torch.Tensor] = {}
+
+    def save(t: torch.Tensor, hook) -> None:
+        store[hook.name] = t.detach().to(torch.float16)
+
+    hooks = [(f"blocks.{layer}.mlp.hook_post", save) for layer in range(n_layers)]
+    tl.run_with_hooks(batch, fwd_hooks=hooks, stop_at_layer=n_layers + 1)
+    acts = torch.stack([store[name] for name, _ in hooks], dim=2)  # [b, pos, l, n]
+    acts = acts.permute(2, 3, 0, 1).reshape(n_layers, acts.shape[3], -1)  # [l, n, b*pos]
+    return acts[:, :, keep.reshape(-1)]
+
+
+def paper_activations_hf(model, batch: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The same through this package's HF forward hooks (isolates the accumulation)."""
     acts = model.adapter.capture(batch, sites=("post",))["post"].half()  # [l, b, p, n]
     acts = acts.permute(0, 3, 1, 2).reshape(acts.shape[0], acts.shape[3], -1)
     return acts[:, :, keep.reshape(-1)]
@@ -205,16 +225,24 @@ def paper_summary(c: torch.Tensor) -> dict:
             "skew": (z ** 3).mean(1), "kurt": (z ** 4).mean(1)}
 
 
-def paper_way(specs: list[str], dataset, n_seq: int, batch_size: int = 32) -> float:
-    """Seconds for the 8 jobs (reference x 4 partners x {none, rotation})."""
+def paper_way(specs: list[str], dataset, n_seq: int, batch_size: int = 32,
+              forward: str = "tl") -> float:
+    """Seconds for the 8 jobs (reference x 4 partners x {none, rotation}); ``forward`` "tl"
+    runs TransformerLens's HookedTransformer as the paper code does, "hf" our HF hooks."""
     from universal_neurons.data.tokens import keep_mask
     from universal_neurons.models.loading import load_model
+    from universal_neurons.models.transformer_lens import hooked_transformer
 
     models = [load_model(s) for s in specs]
     tokens = np.asarray(dataset.tokens[:n_seq], dtype=np.int64)
     keep = torch.from_numpy(keep_mask(tokens, models[0].tokenizer))
+    if forward == "tl":  # built outside the timing, like the engine's model loads
+        runners = [hooked_transformer(m.hf_model) for m in models]
+        acts_of = paper_activations_tl
+    else:
+        runners, acts_of = models, paper_activations_hf
     t0 = time.perf_counter()
-    for partner in models[1:]:
+    for partner, runner in zip(models[1:], runners[1:]):
         for baseline in ("none", "rotation"):
             m1, m2 = models[0].adapter, partner.adapter
             comp = PaperPearson(m1.n_layers, m1.d_mlp, m2.n_layers, m2.d_mlp)
@@ -224,8 +252,8 @@ def paper_way(specs: list[str], dataset, n_seq: int, batch_size: int = 32) -> fl
             for s in range(0, n_seq, batch_size):
                 batch = torch.from_numpy(tokens[s:s + batch_size])
                 k = keep[s:s + batch_size]
-                a1 = paper_activations(models[0], batch, k)
-                a2 = paper_activations(partner, batch, k)
+                a1 = acts_of(runners[0], batch, k)
+                a2 = acts_of(runner, batch, k)
                 if baseline == "rotation":
                     a2 = torch.stack([torch.einsum("nt,mn->mt", a2[i].float(), rot[i].float())
                                       for i in range(a2.shape[0])])
@@ -286,13 +314,13 @@ def main() -> None:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     e2es: dict[str, list[dict]] = {pr: [] for pr in precs}
-    papers = []
+    papers: dict[str, list[float]] = {"tl": [], "hf": []}
     for _ in range(args.e2e_repeats):  # alternate, so that load changes hit all alike
         for pr in precs:
             e2es[pr].append(child(pr))
         if not args.skip_paper:
-            papers.append(paper_way(specs, ds, ds.n_seq, args.batch_size))
-    paper_s = min(papers) if papers else None
+            for fw in papers:
+                papers[fw].append(paper_way(specs, ds, ds.n_seq, args.batch_size, forward=fw))
 
     print("=" * 72)
     print(f"bench_correlate  torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -321,11 +349,14 @@ def main() -> None:
               f"{t.get('pass0_accumulate_s', 0):.1f} s, summarise "
               f"{t.get('pass0_summarize_s', 0):.1f} s; model load {e2e['load_s']:.1f} s not "
               f"counted); {e2e['n_universal']} universal")
-        if paper_s is not None:
-            print(f"(d) paper way, 8 jobs on the same tokens: {paper_s:.1f} s = "
-                  f"{e2e['n_tokens'] / paper_s:,.0f} tokens/s, best of "
-                  f"{', '.join(f'{x:.1f}' for x in papers)} s; {pr} engine speed-up "
-                  f"{paper_s / e2e['wall_s']:.1f}x")
+        for fw, label in (("tl", "TransformerLens forward, as the paper code"),
+                          ("hf", "our HF-hook forward")):
+            if papers[fw]:
+                paper_s = min(papers[fw])
+                print(f"(d) paper way, 8 jobs on the same tokens, {label}: {paper_s:.1f} s = "
+                      f"{e2e['n_tokens'] / paper_s:,.0f} tokens/s, best of "
+                      f"{', '.join(f'{x:.1f}' for x in papers[fw])} s; {pr} engine speed-up "
+                      f"{paper_s / e2e['wall_s']:.1f}x")
         used = e2e["rss_peak"] - e2e["rss_base"]
         est = e2e["plan_engine_bytes"]
         print(f"(e) {pr} peak RSS above the loaded models: {used / 2**20:.1f} MiB; planner "

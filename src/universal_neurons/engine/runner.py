@@ -27,7 +27,7 @@ class StreamModel(Protocol):
     """What the runner needs of a model (``models.loading.LoadedModel`` satisfies it)."""
 
     name: str
-    adapter: Any  # capture(input_ids, sites, stop_after_last_mlp, attention_mask) -> {site: [L, b, pos, d]}
+    adapter: Any  # capture_rows(input_ids, keep, sites, attention_mask) -> {site: [n_kept, L * d]}
 
 
 @dataclass
@@ -55,14 +55,6 @@ def batch_ranges(n_seq: int, batch_size: int, rank: int = 0, world_size: int = 1
     return [(s, min(s + batch_size, hi)) for s in range(lo, hi, batch_size)]
 
 
-def activations_to_rows(acts: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``Float[L, b, pos, d]`` and ``Bool[b, pos]`` -> ``Float32[n_kept, L * d]`` (neuron
-    index ``layer * d + neuron``)."""
-    n_layers, b, pos, d = acts.shape
-    rows = acts.permute(1, 2, 0, 3).reshape(b * pos, n_layers * d)
-    return rows[keep.reshape(-1).to(rows.device)].to(torch.float32)
-
-
 def make_batch(models: Sequence[StreamModel], input_ids: torch.Tensor, keep: torch.Tensor,
                first_seq: int, sites: Sequence[str], device: torch.device) -> ActivationBatch:
     """Run every model once on ``input_ids: Long[b, pos]`` and gather the kept rows."""
@@ -71,10 +63,8 @@ def make_batch(models: Sequence[StreamModel], input_ids: torch.Tensor, keep: tor
     mask = torch.ones_like(ids_dev)  # no padding: every window is full (silences HF's warning)
     for model in models:
         with torch.inference_mode():
-            out = model.adapter.capture(ids_dev, sites=tuple(sites), stop_after_last_mlp=True,
-                                        attention_mask=mask)
-            acts[model.name] = {s: activations_to_rows(out[s], keep) for s in sites}
-        del out
+            acts[model.name] = model.adapter.capture_rows(ids_dev, keep, sites=tuple(sites),
+                                                          attention_mask=mask)
     b, pos = input_ids.shape
     prev = torch.cat([torch.full((b, 1), -1, dtype=torch.long), input_ids[:, :-1]], 1)
     flat = keep.reshape(-1)

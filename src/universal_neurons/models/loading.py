@@ -33,8 +33,10 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 class LoadedModel:
     """A model ready for analysis.
 
-    ``hf_model`` is in eval mode with ``requires_grad`` False; ``adapter`` gives sizes,
-    hook points and processed weights in TransformerLens's terms.
+    ``hf_model`` is in eval mode with ``requires_grad`` False, its activation modules
+    fused where the architecture has a faster equivalent (``adapter.fuse_activations``:
+    GPT-2's ``gelu_new``); ``adapter`` gives sizes, hook points and processed weights in
+    TransformerLens's terms.
     """
 
     name: str
@@ -141,6 +143,7 @@ def load_model(spec: str, device: str | torch.device = "cpu",
     model.eval().requires_grad_(False)
     model.to(device)
     adapter = adapter_for(model, ref.spec)
+    adapter.fuse_activations()
     log.debug("loaded %s (%s) in %.2fs: %r", ref.name, location, time.perf_counter() - t0,
               adapter)
     return LoadedModel(name=ref.name, spec=ref.spec, source=ref.kind, location=location,

@@ -5,7 +5,6 @@ Nothing here touches the network (conftest.py forces the hub offline for these t
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -80,27 +79,8 @@ def save_model_folder(path: Path, arch: str = "gpt2", tokenizer=None, seed: int 
 
 def tl_oracle(hf_model, cfg_dir: Path, **processing):
     """A ``HookedTransformer`` built offline from ``hf_model`` with TransformerLens's own
-    config conversion and weight converters, processed with ``processing`` flags."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-    from transformer_lens.pretrained.weight_conversions import (
-        convert_gpt2_weights,
-        convert_llama_weights,
-        convert_neox_weights,
-        convert_qwen2_weights,
-    )
+    config conversion and weight converters, processed with ``processing`` flags
+    (``cfg_dir`` is unused: kept for the callers' signature)."""
+    from universal_neurons.models.transformer_lens import hooked_transformer
 
-    converters = {"gpt2": convert_gpt2_weights, "gpt_neox": convert_neox_weights,
-                  "llama": convert_llama_weights, "qwen2": convert_qwen2_weights}
-    hf_model.config.save_pretrained(cfg_dir)  # TL reads config.json from a folder
-    cfg = get_pretrained_model_config(str(cfg_dir), fold_ln=False, device="cpu")
-    if hf_model.config.model_type == "gpt2":  # TL assumes d_mlp = 4 d_model for GPT-2
-        cfg.d_mlp = hf_model.config.n_inner or 4 * cfg.d_model
-    cfg.tokenizer_name = None  # no tokenizer download
-    with warnings.catch_warnings():  # "HookedTransformer is deprecated" (TL 3.x)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        tl = HookedTransformer(cfg)
-    sd = converters[hf_model.config.model_type](hf_model, cfg)
-    tl.load_and_process_state_dict({k: v.detach().clone() for k, v in sd.items()},
-                                   **processing)
-    return tl.eval()
+    return hooked_transformer(hf_model, **processing)

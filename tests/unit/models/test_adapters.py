@@ -194,3 +194,39 @@ def test_unsupported_architecture_names_it():
                                        n_positions=8, rotary_dim=8))
     with pytest.raises(UserError, match="'gptj'.*gpt2"):
         adapter_for(model, "my-gptj")
+
+
+def test_capture_rows_are_the_kept_tokens_of_capture(pair):
+    _, _, a, _ = pair
+    x = tokens()
+    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) > 0.3
+    full = a.capture(x, sites=("pre", "post"))
+    for mask in (keep, None, torch.ones_like(keep)):
+        rows = a.capture_rows(x, mask, sites=("pre", "post"))
+        for site in ("pre", "post"):
+            ref = full[site].permute(1, 2, 0, 3).reshape(x.numel(), -1)  # [b*pos, L*d]
+            if mask is not None:
+                ref = ref[mask.reshape(-1)]
+            assert rows[site].dtype == torch.float32
+            torch.testing.assert_close(rows[site], ref, atol=0, rtol=0)
+
+
+def test_fused_activations_match_transformer_lens(tmp_path):
+    from transformers.activations import NewGELUActivation
+
+    from universal_neurons.models.adapters.gpt2 import FusedGELUTanh
+
+    v = torch.linspace(-8, 8, 100_001)
+    assert (FusedGELUTanh()(v) - NewGELUActivation()(v)).abs().max() < 2e-6
+    model = tiny_model("gpt2")
+    tl = tl_oracle(model, tmp_path, **DEFAULT)
+    a = adapter_for(model)
+    x = tokens()
+    before = a.capture(x, sites=("post",))["post"]
+    assert a.fuse_activations() == a.n_layers
+    assert all(isinstance(a.block(i).mlp.act, FusedGELUTanh) for i in range(a.n_layers))
+    after = a.capture(x, sites=("post",))["post"]
+    _, cache = tl.run_with_cache(x)
+    tl_acts = torch.stack([cache[f"blocks.{i}.mlp.hook_post"] for i in range(a.n_layers)])
+    torch.testing.assert_close(after, tl_acts, atol=ATOL, rtol=0)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)

@@ -116,31 +116,32 @@ class ArchitectureAdapter:
                                  "between layers; hooks there cannot tell layers apart")
 
     # ---- activations ------------------------------------------------------------------
-    @torch.no_grad()
-    def capture(self, input_ids: Tensor, sites: Sequence[str] = ("post",),
-                stop_after_last_mlp: bool = True, attention_mask: Tensor | None = None
-                ) -> dict[str, Tensor]:
-        """Run the model on ``input_ids: Long[batch, pos]`` and return the MLP neurons'
-        activations ``{site: Float[layers, batch, pos, d_mlp]}`` (model dtype and device;
-        the inputs are moved to the model's device).
+    def fuse_activations(self) -> int:
+        """Swap activation modules that run as several elementwise kernels for fused ones
+        that compute the same function to float32 rounding; returns how many were swapped.
+        The base adapter has none; architectures override (GPT-2's ``gelu_new``)."""
+        return 0
 
-        ``sites`` is a subset of ``("pre", "post")``. With ``stop_after_last_mlp`` the
-        forward pass ends as soon as the last layer's activations are captured (no final
-        norm or unembedding). Hooks are always removed, also on errors.
-        """
+    def _check_sites(self, sites: Sequence[str]) -> tuple[str, ...]:
         sites = tuple(dict.fromkeys(sites))
         bad = [s for s in sites if s not in SITES]
         if bad or not sites:
             raise ValueError(f"sites must be a non-empty subset of {SITES}, got {sites}")
+        return sites
+
+    def _run_hooked(self, input_ids: Tensor, sites: tuple[str, ...], stop_after_last_mlp: bool,
+                    attention_mask: Tensor | None, sink: Any) -> None:
+        """Forward ``input_ids`` with hooks calling ``sink(site, layer, t: [b, pos, d_mlp])``
+        at every site; the last one ends the pass when ``stop_after_last_mlp``. Hooks are
+        always removed, also on errors."""
         last_site = max(sites, key=SITES.index)  # fires last in the last layer
-        store: dict[str, list[Tensor | None]] = {s: [None] * self.n_layers for s in sites}
         handles = []
 
         def make_hook(site: str, layer: int, kind: HookKind):
             stop = stop_after_last_mlp and layer == self.n_layers - 1 and site == last_site
 
             def keep(t: Tensor) -> None:
-                store[site][layer] = t.detach()
+                sink(site, layer, t.detach())
                 if stop:
                     raise _StopForward
 
@@ -166,10 +167,69 @@ class ArchitectureAdapter:
         finally:
             for h in handles:
                 h.remove()
+
+    @torch.no_grad()
+    def capture(self, input_ids: Tensor, sites: Sequence[str] = ("post",),
+                stop_after_last_mlp: bool = True, attention_mask: Tensor | None = None
+                ) -> dict[str, Tensor]:
+        """Run the model on ``input_ids: Long[batch, pos]`` and return the MLP neurons'
+        activations ``{site: Float[layers, batch, pos, d_mlp]}`` (model dtype and device;
+        the inputs are moved to the model's device).
+
+        ``sites`` is a subset of ``("pre", "post")``. With ``stop_after_last_mlp`` the
+        forward pass ends as soon as the last layer's activations are captured (no final
+        norm or unembedding). Hooks are always removed, also on errors.
+        """
+        sites = self._check_sites(sites)
+        store: dict[str, list[Tensor | None]] = {s: [None] * self.n_layers for s in sites}
+
+        def sink(site: str, layer: int, t: Tensor) -> None:
+            store[site][layer] = t
+
+        self._run_hooked(input_ids, sites, stop_after_last_mlp, attention_mask, sink)
         missing = [(s, i) for s in sites for i, t in enumerate(store[s]) if t is None]
         if missing:
             raise RuntimeError(f"{type(self).__name__}: hooks did not fire for {missing[:4]}")
         return {s: torch.stack(store[s]) for s in sites}  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def capture_rows(self, input_ids: Tensor, keep: Tensor | None = None,
+                     sites: Sequence[str] = ("post",), attention_mask: Tensor | None = None,
+                     dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+        """The kept tokens' activations as rows: ``input_ids: Long[b, pos]``, ``keep:
+        Bool[b, pos]`` (None keeps all) -> ``{site: Float[n_kept, layers * d_mlp]}`` with
+        neuron index ``layer * d_mlp + j``, on the model's device, in ``dtype``.
+
+        Equal to ``capture`` rearranged, but each layer's kept rows are copied straight into
+        the output as its hook fires (no ``[layers, b, pos, d]`` stack, no permuted copy),
+        and the forward pass stops after the last MLP.
+        """
+        sites = self._check_sites(sites)
+        device = next(self.model.parameters()).device
+        d = self.d_mlp
+        idx = None
+        n_rows = input_ids.numel()
+        if keep is not None:
+            flat_keep = keep.reshape(-1).to(device)
+            if not bool(flat_keep.all()):
+                idx = flat_keep.nonzero().squeeze(1)
+                n_rows = int(idx.numel())
+        out = {s: torch.empty(n_rows, self.n_layers * d, dtype=dtype, device=device)
+               for s in sites}
+        seen: set[tuple[str, int]] = set()
+
+        def sink(site: str, layer: int, t: Tensor) -> None:
+            rows = t.reshape(-1, d)
+            if idx is not None:
+                rows = rows.index_select(0, idx)
+            out[site][:, layer * d:(layer + 1) * d].copy_(rows)
+            seen.add((site, layer))
+
+        self._run_hooked(input_ids, sites, True, attention_mask, sink)
+        if len(seen) != len(sites) * self.n_layers:
+            missing = [(s, i) for s in sites for i in range(self.n_layers) if (s, i) not in seen]
+            raise RuntimeError(f"{type(self).__name__}: hooks did not fire for {missing[:4]}")
+        return out
 
     # ---- weights ----------------------------------------------------------------------
     def raw_weights(self) -> RawWeights:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import einops
 import torch
+from torch import Tensor, nn
 
-from universal_neurons.models.adapters.base import ArchitectureAdapter, _f32
+from universal_neurons.models.adapters.base import ArchitectureAdapter, _f32, get_module
 from universal_neurons.models.weights import RawWeights
 
 
@@ -24,6 +25,17 @@ class GPT2Adapter(ArchitectureAdapter):
     hook_points = {"pre": ("mlp.c_fc", "output"), "post": ("mlp.act", "output")}
     attention_path = "attn"
     final_norm_path = "transformer.ln_f"
+
+    def fuse_activations(self) -> int:
+        """Replace ``gelu_new`` (five elementwise kernels in HF) by PyTorch's fused
+        tanh-approximate GELU: the same formula, equal to float32 rounding (~1e-7), about a
+        quarter of a CPU forward pass faster. The hook point (``mlp.act``) is unchanged."""
+        if getattr(self.config, "activation_function", None) != "gelu_new":
+            return 0
+        for layer in range(self.n_layers):
+            mlp = get_module(self.block(layer), "mlp")
+            mlp.act = FusedGELUTanh()
+        return self.n_layers
 
     def _d_mlp(self) -> int:
         # n_inner=None means 4 * n_embd. (TransformerLens's config conversion always uses
@@ -69,3 +81,10 @@ class GPT2Adapter(ArchitectureAdapter):
             b_U=(_f32(self.model.lm_head.bias) if getattr(self.model.lm_head, "bias", None)
                  is not None else torch.zeros(W_E.shape[0])),
         )
+
+
+class FusedGELUTanh(nn.Module):
+    """``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (GPT-2's ``gelu_new``) as one kernel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.gelu(x, approximate="tanh")
