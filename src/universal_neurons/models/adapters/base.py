@@ -187,18 +187,17 @@ class ArchitectureAdapter:
             store[site][layer] = t
 
         self._run_hooked(input_ids, sites, stop_after_last_mlp, attention_mask, sink)
-        missing = [(s, i) for s in sites for i, t in enumerate(store[s]) if t is None]
-        if missing:
-            raise RuntimeError(f"{type(self).__name__}: hooks did not fire for {missing[:4]}")
+        self._check_fired(sites, {(s, i) for s in sites for i, t in enumerate(store[s])
+                                  if t is not None})
         return {s: torch.stack(store[s]) for s in sites}  # type: ignore[arg-type]
 
     @torch.no_grad()
     def capture_rows(self, input_ids: Tensor, keep: Tensor | None = None,
-                     sites: Sequence[str] = ("post",), attention_mask: Tensor | None = None,
-                     dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+                     sites: Sequence[str] = ("post",), attention_mask: Tensor | None = None
+                     ) -> dict[str, Tensor]:
         """The kept tokens' activations as rows: ``input_ids: Long[b, pos]``, ``keep:
-        Bool[b, pos]`` (None keeps all) -> ``{site: Float[n_kept, layers * d_mlp]}`` with
-        neuron index ``layer * d_mlp + j``, on the model's device, in ``dtype``.
+        Bool[b, pos]`` (None keeps all) -> ``{site: Float32[n_kept, layers * d_mlp]}`` with
+        neuron index ``layer * d_mlp + j``, on the model's device.
 
         Equal to ``capture`` rearranged, but each layer's kept rows are copied straight into
         the output as its hook fires (no ``[layers, b, pos, d]`` stack, no permuted copy),
@@ -214,7 +213,7 @@ class ArchitectureAdapter:
             if not bool(flat_keep.all()):
                 idx = flat_keep.nonzero().squeeze(1)
                 n_rows = int(idx.numel())
-        out = {s: torch.empty(n_rows, self.n_layers * d, dtype=dtype, device=device)
+        out = {s: torch.empty(n_rows, self.n_layers * d, dtype=torch.float32, device=device)
                for s in sites}
         seen: set[tuple[str, int]] = set()
 
@@ -226,10 +225,13 @@ class ArchitectureAdapter:
             seen.add((site, layer))
 
         self._run_hooked(input_ids, sites, True, attention_mask, sink)
-        if len(seen) != len(sites) * self.n_layers:
-            missing = [(s, i) for s in sites for i in range(self.n_layers) if (s, i) not in seen]
-            raise RuntimeError(f"{type(self).__name__}: hooks did not fire for {missing[:4]}")
+        self._check_fired(sites, seen)
         return out
+
+    def _check_fired(self, sites: tuple[str, ...], seen: set[tuple[str, int]]) -> None:
+        missing = [(s, i) for s in sites for i in range(self.n_layers) if (s, i) not in seen]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}: hooks did not fire for {missing[:4]}")
 
     # ---- weights ----------------------------------------------------------------------
     def raw_weights(self) -> RawWeights:
