@@ -132,3 +132,42 @@ def brute_force_table(acts: dict[str, np.ndarray], shapes: dict[str, tuple[int, 
             "mean_baseline": mb.mean(1), "excess_corr": excess,
             "is_universal": np.nan_to_num(excess, nan=-np.inf) > threshold,
             "per_partner": mc, "per_partner_baseline": mb}
+
+
+def captured(suite, site="post", keep_all=False) -> dict[str, np.ndarray]:
+    """Every model's activations on the kept tokens, ``[n_kept, L * d]`` float32."""
+    from universal_neurons.data.dataset import open_token_dataset
+    from universal_neurons.data.tokens import keep_mask
+    from universal_neurons.models.loading import load_model
+
+    ds = open_token_dataset(suite["dataset"])
+    tokens = np.asarray(ds.tokens, dtype=np.int64)
+    keep = keep_mask(tokens, suite["tokenizer"], keep_all).reshape(-1)
+    out = {}
+    for path in suite["models"]:
+        m = load_model(path)
+        acts = m.adapter.capture(torch.from_numpy(tokens), sites=(site,))[site]  # [L, b, p, d]
+        rows = acts.permute(1, 2, 0, 3).reshape(keep.size, -1).numpy()
+        out[m.name] = rows[keep]
+    return out
+
+
+def assert_hists_agree(got, want, exact: np.ndarray, tol: float = 1e-4) -> None:
+    """Two correlation histograms ``[n, bins]`` on ``[-1, 1]`` computed in different
+    reduction orders agree as far as the engine promises: the same count per row, and at
+    every bin edge the net number of values that crossed it is at most the number of exact
+    (float64) correlations within ``tol`` of that edge. ``tol`` is the engine's tested
+    error against float64 (docs/engine.md): a value can land on different sides of an edge
+    in the two runs only if its exact value lies that close to the edge."""
+    got, want = np.asarray(got, dtype=np.int64), np.asarray(want, dtype=np.int64)
+    assert got.shape == want.shape
+    n, bins = got.shape
+    np.testing.assert_array_equal(got.sum(1), want.sum(1))
+    crossed = np.abs(np.cumsum(got - want, axis=1)[:, :-1])  # [n, bins - 1] interior edges
+    edges = np.linspace(-1.0, 1.0, bins + 1)[1:-1]
+    near = np.zeros((n, bins - 1), dtype=np.int64)
+    for e, edge in enumerate(edges):
+        near[:, e] = np.sum(np.abs(exact - edge) <= tol, axis=1)  # NaN compares False
+    bad = np.argwhere(crossed > near)
+    assert bad.size == 0, (f"{len(bad)} (row, edge) pairs moved more values than lie within "
+                           f"{tol} of the edge, first {bad[:3].tolist()}")
