@@ -265,6 +265,8 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
             acc.load_state_dict(st)
 
     baselines_on = config.baseline != "none"
+    # bases are made once per run (a QR per layer) and kept for every pass
+    base = Baselines(config.baseline, config.seed, _layout(shapes), dev) if baselines_on else None
     tokens_since = 0
     for p in my_passes:
         if p in completed:
@@ -314,10 +316,10 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         tf = time.perf_counter()
         if token_shard:
             dd.merge_moments(moments, ctx)
-        if stats is None:
-            stats = ModelStats.from_moments(moments)
+        if stats is None:  # first pass: keep O(N) stats, free the [L, d, d] co-moments
+            stats = ModelStats.from_moments(moments, base)
+        moments.cov = None
         if not token_shard or ctx.is_main:
-            base = Baselines(config.baseline, config.seed, stats, dev) if baselines_on else None
             summarize_moments(moments, stats, summaries, base)
         del moments
         timings[f"pass{p}_summarize_s"] = time.perf_counter() - tf

@@ -30,23 +30,42 @@ CHUNK_ELEMENTS = 2**24
 
 
 class ModelStats:
-    """What finalising needs from the first pass: token count, means and layer co-moments.
+    """What finalising needs from the first pass: token count, means, each neuron's sum of
+    squared deviations and, for the baseline, each layer's rotated variances.
 
-    ``cov[m]: Float64[L, d, d]`` are co-moment sums (covariance times ``n``).
+    Built once from the first pass's within-layer co-moments (:meth:`from_moments`), after
+    which those ``[L, d, d]`` co-moments can be freed: later passes need only ``O(N)``.
+    ``m2s[m]: Float64[N_m]``; ``rotvars[(m, layer)]: Float64[d]`` is ``diag(B^T S B)``.
     """
 
-    def __init__(self, layout: Layout, n: int, mean: torch.Tensor, cov: list[torch.Tensor]):
-        self.layout, self.n, self.mean, self.cov = layout, n, mean, cov
+    def __init__(self, layout: Layout, n: int, mean: torch.Tensor, m2s: list[torch.Tensor],
+                 rotvars: dict[tuple[int, int], torch.Tensor] | None = None,
+                 layer_scale: list[torch.Tensor] | None = None):
+        self.layout, self.n, self.mean, self.m2s = layout, n, mean, m2s
+        self.rotvars = rotvars or {}
+        # largest M_ii of each layer ([L] per model): the scale of "numerically zero"
+        self.layer_scale = layer_scale or [m2.view(s.n_layers, s.d_mlp).amax(1)
+                                           for m2, s in zip(m2s, layout.shapes)]
 
     @classmethod
-    def from_moments(cls, moments: CoMoments) -> ModelStats:
+    def from_moments(cls, moments: CoMoments, baselines: Baselines | None = None
+                     ) -> ModelStats:
+        """Stats of a first pass; with ``baselines``, every layer's rotated variances too
+        (each layer's basis is made here once and cached in ``baselines``)."""
         if moments.cov is None:
             raise ValueError("ModelStats needs moments accumulated with layer_cov=True")
-        return cls(moments.layout, moments.n, moments.mean, moments.cov)
+        m2s = [c.diagonal(dim1=1, dim2=2).reshape(-1).clone() for c in moments.cov]
+        rotvars: dict[tuple[int, int], torch.Tensor] = {}
+        if baselines is not None:
+            for m, s in enumerate(moments.layout.shapes):
+                for layer in range(s.n_layers):
+                    basis = baselines.basis(m, layer)
+                    rotvars[(m, layer)] = rotated_variances(moments.cov[m][layer], basis)
+        return cls(moments.layout, moments.n, moments.mean, m2s, rotvars)
 
     def m2(self, model: int) -> torch.Tensor:
         """``Float64[N_m]`` sums of squared deviations."""
-        return self.cov[model].diagonal(dim1=1, dim2=2).reshape(-1)
+        return self.m2s[model]
 
     def dead(self, model: int) -> torch.Tensor:
         """``Bool[N_m]``: neurons with (numerically) zero variance."""
@@ -60,34 +79,58 @@ class ModelStats:
         return torch.where(self.dead(model), torch.nan, inv)
 
     def state_dict(self) -> dict:
-        return {"n": self.n, "mean": self.mean.cpu(), "cov": [c.cpu() for c in self.cov]}
+        keys = sorted(self.rotvars)
+        return {"n": self.n, "mean": self.mean.cpu(), "m2": [m.cpu() for m in self.m2s],
+                "rotvar_keys": [list(k) for k in keys],
+                "rotvar": [self.rotvars[k].cpu() for k in keys]}
 
     @classmethod
     def from_state(cls, layout: Layout, state: dict, device: torch.device) -> ModelStats:
+        rotvars = {(int(k[0]), int(k[1])): v.to(device)
+                   for k, v in zip(state["rotvar_keys"], state["rotvar"])}
         return cls(layout, int(state["n"]), state["mean"].to(device),
-                   [c.to(device) for c in state["cov"]])
+                   [m.to(device) for m in state["m2"]], rotvars)
 
 
 class Baselines:
-    """Baseline bases and rotated inverse stds per (model, layer), made on first use."""
+    """Baseline bases per (model, layer), made once per run and cached as float32, and the
+    rotated inverse stds from :class:`ModelStats`."""
 
-    def __init__(self, kind: str, seed: int, stats: ModelStats, device: torch.device):
-        self.kind, self.seed, self.stats, self.device = kind, seed, stats, device
-        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, kind: str, seed: int, layout: Layout, device: torch.device):
+        self.kind, self.seed, self.layout, self.device = kind, seed, layout, device
+        self.stats: ModelStats | None = None
+        self._bases: dict[tuple[int, int], torch.Tensor] = {}
+        self._inv: dict[tuple[int, int], torch.Tensor] = {}
+
+    def basis(self, model: int, layer: int) -> torch.Tensor:
+        """``Float32[d, d]``: the basis of ``model``'s ``layer`` (QR once, then cached)."""
+        key = (model, layer)
+        if key not in self._bases:
+            shape = self.layout.shapes[model]
+            basis = baseline_basis(self.kind, self.seed, shape.name, layer, shape.d_mlp)
+            self._bases[key] = basis.to(self.device, torch.float32)
+        return self._bases[key]
+
+    def use(self, stats: ModelStats) -> None:
+        """Take the rotated variances from ``stats`` (built with these baselines)."""
+        if stats is not self.stats:
+            self.stats, self._inv = stats, {}
 
     def get(self, model: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B: Float32[d, d], inv_std: Float32[d])`` of rotated neurons (NaN if dead)."""
         key = (model, layer)
-        if key not in self._cache:
-            shape = self.stats.layout.shapes[model]
-            basis = baseline_basis(self.kind, self.seed, shape.name, layer, shape.d_mlp)
-            basis = basis.to(self.device)
-            cov = self.stats.cov[model][layer]
-            rv = rotated_variances(cov, basis)  # [d] float64
-            scale = cov.diagonal().max().clamp_min(1e-300)
+        if key not in self._inv:
+            if self.stats is None or key not in self.stats.rotvars:
+                raise ValueError(f"no rotated variances for model {model} layer {layer}: "
+                                 "build ModelStats.from_moments with these baselines")
+            rv = self.stats.rotvars[key]  # [d] float64
+            scale = self.stats.layer_scale[model][layer].clamp_min(1e-300)
             inv = torch.where(rv <= 1e-12 * scale, torch.nan, rv.clamp_min(1e-300).rsqrt())
-            self._cache[key] = (basis.float(), inv.float())
-        return self._cache[key]
+            self._inv[key] = inv.float()
+        return self.basis(model, layer), self._inv[key]
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bases.values())
 
 
 def summarize_moments(moments: CoMoments, stats: ModelStats,
@@ -100,21 +143,23 @@ def summarize_moments(moments: CoMoments, stats: ModelStats,
     ``max_chunk`` elements, so both rotations stay local to the chunk.
     """
     layout = stats.layout
+    if baselines is not None:
+        baselines.use(stats)
     inv = [stats.inv_std(m).float() for m in range(len(layout))]
     for block, cross in zip(moments.blocks, moments.cross):
         a = block.row
         da = layout.shapes[a].d_mlp
         col_base = layout.block_cols(block).start
-        for b in block.partners:
-            db, lbn = layout.shapes[b].d_mlp, layout.shapes[b].n_layers
-            group = max(1, min(lbn, max_chunk // (da * db)))
+        for b, lb0, lb1 in layout.block_partner_layers(block):
+            db = layout.shapes[b].d_mlp
+            group = max(1, min(lb1 - lb0, max_chunk // (da * db)))
             s_ab, s_ba = summaries[(a, b)], summaries[(b, a)]
             for la in range(block.layer_start, block.layer_stop):
                 r0 = (la - block.layer_start) * da
                 rows_a = slice(la * da, (la + 1) * da)
                 ia = inv[a][rows_a]
-                for g0 in range(0, lbn, group):
-                    g1 = min(lbn, g0 + group)
+                for g0 in range(lb0, lb1, group):
+                    g1 = min(lb1, g0 + group)
                     rows_b = slice(g0 * db, g1 * db)
                     c0 = layout.offsets[b] - col_base
                     c = cross[r0:r0 + da, c0 + rows_b.start:c0 + rows_b.stop].float()  # [d_a, n_b]

@@ -36,17 +36,29 @@ class ModelShape:
 @dataclass(frozen=True)
 class CrossBlock:
     """Cross co-moments of layers ``[layer_start, layer_stop)`` of model ``row`` against the
-    models ``col_start .. col_stop - 1`` (model indices; contiguous in the layout)."""
+    models ``col_start .. col_stop - 1`` (model indices; contiguous in the layout).
+
+    A *column tile* narrows the columns to whole partner layers: they start at layer
+    ``col_layer_start`` of model ``col_start`` and stop before layer ``col_layer_stop`` of
+    model ``col_stop - 1`` (None: after its last layer). The finest tile is one layer
+    against one partner layer; both baselines stay computable from it (each rotation
+    needs whole layers on its side only)."""
 
     row: int
     layer_start: int
     layer_stop: int
     col_start: int
     col_stop: int
+    col_layer_start: int = 0
+    col_layer_stop: int | None = None
 
     @property
     def partners(self) -> range:
         return range(self.col_start, self.col_stop)
+
+    def to_list(self) -> list[int | None]:
+        return [self.row, self.layer_start, self.layer_stop, self.col_start, self.col_stop,
+                self.col_layer_start, self.col_layer_stop]
 
 
 class Layout:
@@ -80,10 +92,21 @@ class Layout:
         return self.layer_cols(block.row, block.layer_start, block.layer_stop)
 
     def block_cols(self, block: CrossBlock) -> slice:
-        start = self.offsets[block.col_start]
-        stop = (self.offsets[block.col_stop] if block.col_stop < len(self.shapes)
-                else self.total)
-        return slice(start, stop)
+        parts = self.block_partner_layers(block)
+        first, last = parts[0], parts[-1]
+        return slice(self.layer_cols(first[0], first[1]).start,
+                     self.layer_cols(last[0], last[2] - 1).stop)
+
+    def block_partner_layers(self, block: CrossBlock) -> list[tuple[int, int, int]]:
+        """``(partner, layer_start, layer_stop)`` of every partner the block's columns cover."""
+        out = []
+        for b in block.partners:
+            lo = block.col_layer_start if b == block.col_start else 0
+            hi = self.shapes[b].n_layers
+            if b == block.col_stop - 1 and block.col_layer_stop is not None:
+                hi = block.col_layer_stop
+            out.append((b, lo, hi))
+        return out
 
 
 def pairs_for(n_models: int, mode: Mode) -> list[tuple[int, int]]:

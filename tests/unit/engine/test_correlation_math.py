@@ -162,13 +162,13 @@ def _crc(name: str) -> list[int]:
 
 
 def _summaries(acc: CoMoments, kind: str | None, seed: int = 0, k: int = 5, bins: int = 20):
-    st = ModelStats.from_moments(acc)
+    base = Baselines(kind, seed, acc.layout, torch.device("cpu")) if kind else None
+    st = ModelStats.from_moments(acc, base)
     out = {}
     for b in acc.blocks:
         for p in b.partners:
             out[(b.row, p)] = NeuronSummary(SIZES[b.row], SIZES[p], k, bins)
             out[(p, b.row)] = NeuronSummary(SIZES[p], SIZES[b.row], k, bins)
-    base = Baselines(kind, seed, st, torch.device("cpu")) if kind else None
     summarize_moments(acc, st, out, base)
     return {key: s.finalize() for key, s in out.items()}
 
