@@ -213,6 +213,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         baseline=config.baseline != "none", rows_per_gemm=config.rows_per_gemm,
         model_bytes=model_bytes(models),
         forward_bytes=forward_bytes(models, min(config.batch_size, n_seq) * dataset.n_ctx, 1),
+        batch_size=min(config.batch_size, n_seq),
         extra_bytes=sum(int(acc.nbytes()) for acc in extras if hasattr(acc, "nbytes")),
         bf16_copy=config.precision == "bf16", device_type=dev.type)
     semantic = {**config.semantic(), "models": [m.name for m in models],
@@ -241,7 +242,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
                         "that fits one pass (then ranks split the tokens)")
     my_passes = (list(range(plan.n_passes)) if not ctx.active or token_shard
                  else list(range(ctx.rank, plan.n_passes, ctx.world_size)))
-    ranges = batch_ranges(n_seq, config.batch_size, *((ctx.rank, ctx.world_size) if token_shard
+    ranges = batch_ranges(n_seq, plan.batch_size or config.batch_size, *((ctx.rank, ctx.world_size) if token_shard
                                                        else (0, 1)))
     summaries = _new_summaries(shapes, mode, config, dev)
     stats: ModelStats | None = None
@@ -377,7 +378,8 @@ def _plan_from_state(plan: Plan, state: dict[str, Any]) -> Plan:
                  state["plan"]["rows_per_gemm"])
     return dataclasses.replace(plan, passes=passes,
                                rows_per_gemm=int(state["plan"]["rows_per_gemm"]),
-                               gemm_rows=int(state["plan"]["gemm_rows"]))
+                               gemm_rows=int(state["plan"]["gemm_rows"]),
+                               batch_size=int(state["plan"].get("batch_size", plan.batch_size)))
 
 
 def _state(semantic, plan, completed, stats, summaries, stream_totals, extras, current):

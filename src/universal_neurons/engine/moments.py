@@ -244,8 +244,7 @@ class CoMoments:
                else torch.zeros(0, self.layout.total))
         return {
             "shapes": [[s.name, s.n_layers, s.d_mlp] for s in self.layout.shapes],
-            "blocks": [[b.row, b.layer_start, b.layer_stop, b.col_start, b.col_stop]
-                       for b in self.blocks],
+            "blocks": [b.to_list() for b in self.blocks],
             "n": self.n, "mean": self.mean.cpu(),
             "cov": None if self.cov is None else [c.cpu() for c in self.cov],
             "cross": [c.cpu() for c in self.cross],
@@ -254,8 +253,7 @@ class CoMoments:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shapes = [[s.name, s.n_layers, s.d_mlp] for s in self.layout.shapes]
-        blocks = [[b.row, b.layer_start, b.layer_stop, b.col_start, b.col_stop]
-                  for b in self.blocks]
+        blocks = [b.to_list() for b in self.blocks]
         if [list(x) for x in state["shapes"]] != shapes or [list(x) for x in state["blocks"]] != blocks:
             raise ValueError("checkpointed moments are for other models or blocks")
         if (state["cov"] is None) != (self.cov is None):

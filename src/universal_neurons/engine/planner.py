@@ -1,11 +1,22 @@
 """Memory planning: what a correlation run will hold, decided before it starts.
 
 The big items are the float64 cross co-moments (``T x N_partners`` per block), each
-model's within-layer co-moments ``[L, d, d]``, the float32 row buffer the GEMMs read,
-and the per-neuron summaries. If every block fits in the budget the run makes one pass
-over the data; otherwise the reference (row) neurons are tiled, whole layers at a time,
-over several passes. If one layer against its partners cannot fit, :func:`plan_correlation`
-raises :class:`~universal_neurons.errors.UserError` with the number of bytes needed.
+model's within-layer co-moments ``[L, d, d]`` (first pass only: afterwards they shrink to
+``O(N)`` statistics), the baseline bases (``[d, d]`` float32 per layer, made once, kept),
+the float32 row buffer the GEMMs read, one forward batch's activations, and the
+per-neuron summaries. If everything fits in the budget the run makes one pass over the
+data; otherwise the cross co-moments are tiled over several passes: whole layers of the
+row model when they fit, else one layer against as many whole partner layers as fit. The
+planner first lowers ``rows_per_gemm`` and the batch size when that saves passes. If even
+one layer against one partner layer cannot fit, :func:`plan_correlation` raises
+:class:`~universal_neurons.errors.UserError` with the number of bytes needed.
+
+Peak (bytes), with ``R = models + summaries + stats + extra + runtime`` and
+``stream = forward + buffer + gemm_temp``:
+
+- first pass:  ``R + cross_first + max(layer_cov + stream, layer_cov + bases,
+  bases + finalize)``
+- later passes: ``R + bases + cross + max(stream, finalize)``
 """
 
 from __future__ import annotations
@@ -33,6 +44,9 @@ by benchmarks/bench_correlate.py."""
 FINALIZE_BYTES_PER_ELEMENT = 28
 """Peak temporaries per element of one summarised chunk (see ``finalize.summarize_moments``)."""
 
+Atom = tuple[int, int, int, int]
+"""The finest unit of work: (row model, row layer, partner model, partner layer)."""
+
 
 @dataclass
 class Plan:
@@ -42,11 +56,15 @@ class Plan:
     rows_per_gemm: int
     gemm_rows: int
     budget_bytes: int
+    batch_size: int = 0
+    """Sequences per forward pass (0: as configured)."""
     bytes: dict[str, int] = field(default_factory=dict)
     """Components: ``models`` (weights), ``forward`` (activations of one batch),
-    ``layer_cov``, ``summaries``, ``cross`` (largest pass), ``buffer``, ``gemm_temp``,
-    ``finalize`` (bases and chunk temporaries), ``extra`` (other accumulators),
-    ``runtime`` (allocations outside tensors)."""
+    ``layer_cov`` (first pass), ``stats`` (kept after it), ``summaries``, ``cross``
+    (largest pass), ``cross_first`` (first pass), ``buffer``, ``gemm_temp``, ``bases``
+    (baseline bases, kept from the end of the first pass), ``finalize`` (chunk
+    temporaries), ``extra`` (other accumulators), ``runtime`` (allocations outside
+    tensors)."""
 
     @property
     def n_passes(self) -> int:
@@ -54,12 +72,9 @@ class Plan:
 
     @property
     def total_bytes(self) -> int:
-        """Peak estimate: resident parts plus the larger of the streaming and finalising phases."""
-        b = self.bytes
-        resident = (b["models"] + b["layer_cov"] + b["summaries"] + b["cross"] + b["extra"]
-                    + b["runtime"])
-        stream = b["forward"] + b["buffer"] + b["gemm_temp"]
-        return resident + max(stream, b["finalize"])
+        """Peak estimate over the phases of the run (see the module doc)."""
+        first, later = phase_bytes(self.bytes)
+        return first if self.n_passes < 2 else max(first, later)
 
     @property
     def engine_bytes(self) -> int:
@@ -69,122 +84,206 @@ class Plan:
     def to_dict(self) -> dict:
         return {
             "n_passes": self.n_passes, "rows_per_gemm": self.rows_per_gemm,
-            "gemm_rows": self.gemm_rows, "budget_bytes": self.budget_bytes,
+            "gemm_rows": self.gemm_rows, "batch_size": self.batch_size,
+            "budget_bytes": self.budget_bytes,
             "total_bytes": self.total_bytes, "bytes": dict(self.bytes),
-            "passes": [[[b.row, b.layer_start, b.layer_stop, b.col_start, b.col_stop]
-                        for b in p] for p in self.passes],
+            "passes": [[b.to_list() for b in p] for p in self.passes],
         }
 
     def describe(self, shapes: Sequence[ModelShape]) -> str:
         lines = [f"memory plan: {format_bytes(self.total_bytes)} of "
                  f"{format_bytes(self.budget_bytes)} budget, {self.n_passes} pass(es), "
-                 f"{self.rows_per_gemm} rows per GEMM"]
-        lines += [f"  {k:<10} {format_bytes(v)}" for k, v in self.bytes.items()]
-        for i, p in enumerate(self.passes):
-            desc = ", ".join(f"{shapes[b.row].name} L{b.layer_start}-{b.layer_stop - 1} x "
-                             f"{'+'.join(shapes[m].name for m in b.partners)}" for b in p)
-            lines.append(f"  pass {i}: {desc}")
+                 f"{self.rows_per_gemm} rows per GEMM"
+                 + (f", batch {self.batch_size}" if self.batch_size else "")]
+        lines += [f"  {k:<11} {format_bytes(v)}" for k, v in self.bytes.items()]
+        layout = Layout(shapes)
+        shown = self.passes if len(self.passes) <= 12 else self.passes[:5] + self.passes[-5:]
+        for p in shown:
+            i = self.passes.index(p)
+            if len(self.passes) > 12 and i == len(self.passes) - 5:
+                lines.append(f"  ... {len(self.passes) - 10} more passes")
+            lines.append(f"  pass {i}: " + ", ".join(describe_block(layout, b) for b in p))
         return "\n".join(lines)
+
+
+def phase_bytes(b: dict[str, int]) -> tuple[int, int]:
+    """Peak bytes of the first pass and of the largest later pass (module doc)."""
+    resident = b["models"] + b["summaries"] + b["stats"] + b["extra"] + b["runtime"]
+    stream = b["forward"] + b["buffer"] + b["gemm_temp"]
+    first = resident + b["cross_first"] + max(b["layer_cov"] + stream,
+                                              b["layer_cov"] + b["bases"],
+                                              b["bases"] + b["finalize"])
+    later = resident + b["bases"] + b["cross"] + max(stream, b["finalize"])
+    return first, later
+
+
+def describe_block(layout: Layout, b: CrossBlock) -> str:
+    """``ma L0-2 x mb+mc`` or, for a column tile, ``ma L3 x mb L4-11+mc L0-1``."""
+    rows = (f"L{b.layer_start}" if b.layer_stop - b.layer_start == 1
+            else f"L{b.layer_start}-{b.layer_stop - 1}")
+    parts = []
+    for m, lo, hi in layout.block_partner_layers(b):
+        name = layout.shapes[m].name
+        full = lo == 0 and hi == layout.shapes[m].n_layers
+        parts.append(name if full else f"{name} L{lo}" + (f"-{hi - 1}" if hi - lo > 1 else ""))
+    return f"{layout.shapes[b.row].name} {rows} x {'+'.join(parts)}"
 
 
 def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int, *,
                      k: int = 10, bins: int = 100, baseline: bool = True,
                      rows_per_gemm: int = 4096, model_bytes: int = 0, forward_bytes: int = 0,
                      extra_bytes: int = 0, bf16_copy: bool = False,
-                     device_type: str = "cpu") -> Plan:
+                     device_type: str = "cpu", batch_size: int = 0) -> Plan:
     """Plan a correlation run within ``budget_bytes`` (see module doc).
 
     ``model_bytes``/``forward_bytes``/``extra_bytes`` are the weights, one forward batch's
-    activations and other accumulators' state, counted against the budget too.
-    ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer (``--precision bf16``).
-    ``device_type``: ``cpu`` or ``cuda`` (GEMM scratch differs).
-    Candidate ``rows_per_gemm`` are halved down to 256 if that saves passes.
+    activations (of ``batch_size`` sequences) and other accumulators' state, counted
+    against the budget too. ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer
+    (``--precision bf16``). ``device_type``: ``cpu`` or ``cuda`` (GEMM scratch differs).
+    Candidates: ``rows_per_gemm`` halved down to 256 and, when ``batch_size`` is given, the
+    batch halved down to 1 (forward memory scales with it); the plan with the fewest
+    passes wins, then the most rows per GEMM, then the largest batch.
     """
     if len(shapes) < 2:
         raise UserError(f"correlation needs at least two models, got {len(shapes)}")
     layout = Layout(shapes)
     temp_bytes = GEMM_TEMP_BYTES.get(device_type, 4)
     fixed = {
-        "models": model_bytes, "forward": forward_bytes, "extra": extra_bytes,
+        "models": model_bytes, "extra": extra_bytes,
         "layer_cov": sum(s.n_layers * s.d_mlp ** 2 * 8 for s in shapes) + layout.total * 8,
+        "stats": layout.total * 8 * 3,  # mean, sums of squares, rotated variances
         "summaries": _summaries_bytes(shapes, mode, k, bins),
-        "finalize": _finalize_bytes(shapes, mode, baseline),
+        "bases": _bases_bytes(shapes) if baseline else 0,
+        "finalize": _finalize_bytes(shapes, mode),
         "temp_bytes": temp_bytes,
         "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cuda"]),
     }
+    atoms = _atoms(shapes, mode)
+    # GEMM scratch of the widest block the run could have: an upper bound for every pass
+    widest = _blocks(layout, mode, atoms)
+    fixed["gemm_temp"] = max(_gemm_rows(layout, widest, temp_bytes) * max(
+        _cols(layout, b) for b in widest) * temp_bytes, max(s.d_mlp for s in shapes) ** 2
+        * temp_bytes)
+    batches = [batch_size]
+    while batches[-1] > 1:
+        batches.append(batches[-1] // 2)
     best: Plan | None = None
     rows = rows_per_gemm
     while True:
-        plan = _pack(shapes, layout, mode, budget_bytes, rows, fixed, bf16_copy)
-        if plan is not None and (best is None or plan.n_passes < best.n_passes):
-            best = plan
+        for batch in batches:
+            fwd = forward_bytes * batch // batch_size if batch_size else forward_bytes
+            plan = _pack(layout, mode, atoms, budget_bytes, rows, {**fixed, "forward": fwd},
+                         bf16_copy)
+            if plan is not None:
+                plan.batch_size = batch
+                if best is None or _cost(plan, layout, model_bytes) < _cost(best, layout,
+                                                                             model_bytes):
+                    best = plan
+                break  # a larger batch that fits beats a smaller one with as many passes
         if rows <= MIN_ROWS_PER_GEMM or (best is not None and best.n_passes == 1):
             break
         rows = max(MIN_ROWS_PER_GEMM, rows // 2)
     if best is None:
-        need = _min_need(shapes, layout, mode, MIN_ROWS_PER_GEMM, fixed, bf16_copy)
+        fwd = forward_bytes // batch_size if batch_size else forward_bytes
+        need = max(_need(layout, mode, [a], MIN_ROWS_PER_GEMM, {**fixed, "forward": fwd},
+                         bf16_copy, first) for a in atoms for first in (True, False))
         raise UserError(
             f"--max-memory {format_bytes(budget_bytes)} is too small: the smallest tile (one "
-            f"layer of one model against its partners) needs {need:,} bytes "
+            f"layer of one model against one layer of a partner) needs {need:,} bytes "
             f"({format_bytes(need)}); raise --max-memory to at least {format_bytes(need)}, "
             "use fewer or smaller models, or run on a device with more memory")
     log.debug("plan: %s", best.to_dict())
     return best
 
 
-def _pack(shapes: Sequence[ModelShape], layout: Layout, mode: Mode, budget: int, rows: int,
+FLOAT64_ADD_FLOPS = 142
+"""Cost of folding one float32 GEMM output element into its float64 sum, in GEMM flops
+(about 28 bytes of memory traffic at ~15 GB/s against a ~150 GFLOP/s matmul): a GEMM over
+``r`` rows costs ``2 r`` flops per output element plus this."""
+
+
+def _cost(plan: Plan, layout: Layout, model_bytes: int) -> float:
+    """Relative time of a plan per token: every pass re-runs the forward passes (about 2
+    flops per float32 parameter), and the cross GEMMs pay the float64 fold once per
+    ``rows_per_gemm`` rows."""
+    cross = sum(_rows(layout, b) * _cols(layout, b) for p in plan.passes for b in p)
+    return (plan.n_passes * 2 * model_bytes / 4
+            + cross * (2 + FLOAT64_ADD_FLOPS / plan.rows_per_gemm))
+
+
+def _atoms(shapes: Sequence[ModelShape], mode: Mode) -> list[Atom]:
+    """Every (row model, row layer, partner, partner layer) of the run, in layout order."""
+    return [(m, layer, b, lb) for m in range(len(shapes))
+            for layer in range(shapes[m].n_layers)
+            for b in partner_range(m, len(shapes), mode) for lb in range(shapes[b].n_layers)]
+
+
+def _pack(layout: Layout, mode: Mode, atoms: list[Atom], budget: int, rows: int,
           fixed: dict[str, int], bf16_copy: bool) -> Plan | None:
-    """Greedy: add one (row model, layer) unit at a time; a new pass when the next won't fit."""
-    units = [(m, layer) for m in range(len(shapes)) if len(partner_range(m, len(shapes), mode))
-             for layer in range(shapes[m].n_layers)]
-    passes: list[list[tuple[int, int]]] = [[]]
-    for unit in units:
-        trial = passes[-1] + [unit]
-        if _pass_total(shapes, layout, mode, trial, rows, fixed, bf16_copy) <= budget:
-            passes[-1] = trial
-            continue
-        if not passes[-1] or _pass_total(shapes, layout, mode, [unit], rows, fixed,
-                                         bf16_copy) > budget:
+    """Greedy: each pass takes the longest run of the remaining atoms that fits (binary
+    search: a pass's need grows with its run), the first pass under its own terms."""
+    passes: list[list[CrossBlock]] = []
+    i = 0
+    while i < len(atoms):
+        first = not passes
+        if _need(layout, mode, atoms[i:i + 1], rows, fixed, bf16_copy, first) > budget:
             return None
-        passes.append([unit])
-    block_passes = [_blocks(shapes, mode, p) for p in passes]
-    worst = max(block_passes, key=lambda p: _cross_bytes(layout, p))
-    plan = Plan(block_passes, rows, _gemm_rows(layout, worst, fixed["temp_bytes"]), budget)
-    plan.bytes = _components(layout, worst, rows, fixed, bf16_copy)
+        lo, hi = 1, len(atoms) - i  # lo fits; find the largest that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _need(layout, mode, atoms[i:i + mid], rows, fixed, bf16_copy, first) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        passes.append(_blocks(layout, mode, atoms[i:i + lo]))
+        i += lo
+    worst = max(passes[1:] or passes, key=lambda p: _cross_bytes(layout, p))
+    plan = Plan(passes, rows, _gemm_rows(layout, worst + passes[0], fixed["temp_bytes"]),
+                budget)
+    plan.bytes = _components(layout, worst, passes[0], rows, fixed, bf16_copy)
     return plan
 
 
-def _min_need(shapes, layout, mode, rows, fixed, bf16_copy) -> int:
-    units = [(m, layer) for m in range(len(shapes)) if len(partner_range(m, len(shapes), mode))
-             for layer in range(shapes[m].n_layers)]
-    return max(_pass_total(shapes, layout, mode, [u], rows, fixed, bf16_copy) for u in units)
-
-
-def _pass_total(shapes, layout, mode, units, rows, fixed, bf16_copy) -> int:
-    blocks = _blocks(shapes, mode, units)
-    plan = Plan([blocks], rows, _gemm_rows(layout, blocks, fixed["temp_bytes"]), 0)
-    plan.bytes = _components(layout, blocks, rows, fixed, bf16_copy)
-    return plan.total_bytes
+def _need(layout: Layout, mode: Mode, atoms: list[Atom], rows: int, fixed: dict[str, int],
+          bf16_copy: bool, first: bool) -> int:
+    """Peak bytes of one pass over ``atoms`` (the first pass, or a later one)."""
+    blocks = _blocks(layout, mode, atoms)
+    first_total, later_total = phase_bytes(
+        _components(layout, blocks, blocks if first else [], rows, fixed, bf16_copy))
+    return first_total if first else later_total
 
 
 def single_pass_blocks(shapes: Sequence[ModelShape], mode: Mode) -> list[CrossBlock]:
     """Every cross block of a run in one pass (one block per row model)."""
-    units = [(m, layer) for m in range(len(shapes)) if len(partner_range(m, len(shapes), mode))
-             for layer in range(shapes[m].n_layers)]
-    return _blocks(shapes, mode, units)
+    layout = Layout(shapes)
+    return _blocks(layout, mode, _atoms(shapes, mode))
 
 
-def _blocks(shapes: Sequence[ModelShape], mode: Mode, units: list[tuple[int, int]]
-            ) -> list[CrossBlock]:
-    """Runs of consecutive layers of one row model become one block."""
-    blocks: list[CrossBlock] = []
-    for m, layer in units:
-        pr = partner_range(m, len(shapes), mode)
-        last = blocks[-1] if blocks else None
-        if last is not None and last.row == m and last.layer_stop == layer:
-            blocks[-1] = CrossBlock(m, last.layer_start, layer + 1, pr.start, pr.stop)
+def _blocks(layout: Layout, mode: Mode, atoms: list[Atom]) -> list[CrossBlock]:
+    """Group a run of atoms into blocks: one row layer's consecutive partner layers form a
+    column tile; consecutive row layers against *all* their partners merge into one block."""
+    n = len(layout)
+    tiles: list[CrossBlock] = []
+    for m, layer, b, lb in atoms:
+        t = tiles[-1] if tiles else None
+        if t is not None and (t.row, t.layer_start) == (m, layer):
+            tiles[-1] = CrossBlock(m, layer, layer + 1, t.col_start, b + 1, t.col_layer_start,
+                                   lb + 1)
         else:
-            blocks.append(CrossBlock(m, layer, layer + 1, pr.start, pr.stop))
+            tiles.append(CrossBlock(m, layer, layer + 1, b, b + 1, lb, lb + 1))
+    blocks: list[CrossBlock] = []
+    for t in tiles:
+        pr = partner_range(t.row, n, mode)
+        full = (t.col_start, t.col_layer_start) == (pr.start, 0) and t.col_stop == pr.stop \
+            and t.col_layer_stop == layout.shapes[pr.stop - 1].n_layers
+        if full:
+            t = CrossBlock(t.row, t.layer_start, t.layer_stop, pr.start, pr.stop)
+        last = blocks[-1] if blocks else None
+        if (full and last is not None and last.row == t.row and last.layer_stop == t.layer_start
+                and last.col_layer_stop is None and last.col_layer_start == 0):
+            blocks[-1] = CrossBlock(t.row, last.layer_start, t.layer_stop, pr.start, pr.stop)
+        else:
+            blocks.append(t)
     return blocks
 
 
@@ -210,17 +309,17 @@ def _gemm_rows(layout: Layout, blocks: list[CrossBlock], temp_bytes: int = 12) -
     return max(1, min(tallest, max(128, GEMM_TEMP_CAP // (temp_bytes * widest))))
 
 
-def _components(layout: Layout, blocks: list[CrossBlock], rows: int, fixed: dict[str, int],
-                bf16_copy: bool) -> dict[str, int]:
-    d_max = max(s.d_mlp for s in layout.shapes)
+def _components(layout: Layout, blocks: list[CrossBlock], first: list[CrossBlock], rows: int,
+                fixed: dict[str, int], bf16_copy: bool) -> dict[str, int]:
+    """Bytes of each part, ``blocks`` the largest pass and ``first`` the first pass."""
     buffer = (rows + 1) * layout.total * (6 if bf16_copy else 4)
-    widest = max((_cols(layout, b) for b in blocks), default=0)
-    tb = fixed["temp_bytes"]
-    gemm_temp = max(_gemm_rows(layout, blocks, tb) * widest * tb, d_max * d_max * tb)
+    gemm_temp = fixed["gemm_temp"]
     return {"models": fixed["models"], "forward": fixed["forward"],
-            "layer_cov": fixed["layer_cov"], "summaries": fixed["summaries"],
-            "cross": _cross_bytes(layout, blocks), "buffer": buffer, "gemm_temp": gemm_temp,
-            "finalize": fixed["finalize"], "extra": fixed["extra"], "runtime": fixed["runtime"]}
+            "layer_cov": fixed["layer_cov"], "stats": fixed["stats"],
+            "summaries": fixed["summaries"], "cross": _cross_bytes(layout, blocks),
+            "cross_first": _cross_bytes(layout, first), "buffer": buffer,
+            "gemm_temp": gemm_temp, "bases": fixed["bases"], "finalize": fixed["finalize"],
+            "extra": fixed["extra"], "runtime": fixed["runtime"]}
 
 
 def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int) -> int:
@@ -232,8 +331,15 @@ def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int
     return total
 
 
-def _finalize_bytes(shapes: Sequence[ModelShape], mode: Mode, baseline: bool) -> int:
-    """Cached float32 bases of every model, plus the temporaries of the largest chunk."""
+def _bases_bytes(shapes: Sequence[ModelShape]) -> int:
+    """Float32 bases and rotated inverse stds of every layer, plus the float64 transients
+    of making one (Gaussian, Q, R, a float64 copy while computing rotated variances)."""
+    d_max = max(s.d_mlp for s in shapes)
+    return sum(s.n_layers * s.d_mlp * (s.d_mlp + 1) * 4 for s in shapes) + 4 * d_max ** 2 * 8
+
+
+def _finalize_bytes(shapes: Sequence[ModelShape], mode: Mode) -> int:
+    """Temporaries of the largest summarised chunk."""
     from universal_neurons.engine.finalize import CHUNK_ELEMENTS
 
     chunk = 0
@@ -242,12 +348,7 @@ def _finalize_bytes(shapes: Sequence[ModelShape], mode: Mode, baseline: bool) ->
             da, db = shapes[a].d_mlp, shapes[b].d_mlp
             group = max(1, min(shapes[b].n_layers, CHUNK_ELEMENTS // (da * db)))
             chunk = max(chunk, da * db * group)
-    temps = FINALIZE_BYTES_PER_ELEMENT * chunk
-    if not baseline:
-        return temps
-    d_max = max(s.d_mlp for s in shapes)
-    bases = sum(s.n_layers * s.d_mlp * (s.d_mlp + 1) * 4 for s in shapes)
-    return bases + temps + 4 * d_max * d_max * 8  # float64 Gaussian, Q, R, S B while caching
+    return FINALIZE_BYTES_PER_ELEMENT * chunk
 
 
 # ---- sizes --------------------------------------------------------------------------------

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from universal_neurons.engine.layout import ModelShape, pairs_for
+from universal_neurons.engine.layout import Layout, ModelShape, pairs_for
 from universal_neurons.engine.planner import format_bytes, parse_bytes, plan_correlation
 from universal_neurons.errors import UserError
 
 SHAPES = [ModelShape(f"m{i}", 4, 256) for i in range(4)]
 
 
-def covered(plan) -> list[tuple[int, int, int]]:
-    """(row model, layer, partner) triples the plan accumulates, in order."""
-    return sorted((b.row, layer, p) for blocks in plan.passes for b in blocks
-                  for layer in range(b.layer_start, b.layer_stop) for p in b.partners)
+def covered(plan, shapes=SHAPES) -> list[tuple[int, int, int, int]]:
+    """(row model, layer, partner, partner layer) the plan accumulates, sorted."""
+    layout = Layout(shapes)
+    return sorted((b.row, layer, p, lp) for blocks in plan.passes for b in blocks
+                  for layer in range(b.layer_start, b.layer_stop)
+                  for p, lo, hi in layout.block_partner_layers(b) for lp in range(lo, hi))
 
 
 @pytest.mark.parametrize("mode", ["reference", "all-pairs"])
 def test_one_pass_when_everything_fits(mode):
     plan = plan_correlation(SHAPES, mode, 2**34)
     assert plan.n_passes == 1 and plan.rows_per_gemm == 4096
-    want = sorted((a, layer, b) for a, b in pairs_for(4, mode) for layer in range(4))
+    want = sorted((a, layer, b, lb) for a, b in pairs_for(4, mode) for layer in range(4)
+                  for lb in range(4))
     assert covered(plan) == want
     n = 1024
     cross = sum(n * n * 8 for _ in pairs_for(4, mode))
@@ -41,10 +44,37 @@ def test_tiles_reference_layers_over_passes_when_short_of_memory():
 
 
 def test_lowers_rows_per_gemm_before_adding_passes():
-    big = plan_correlation(SHAPES, "reference", 2**34)
-    budget = big.total_bytes - big.bytes["buffer"] // 2
-    plan = plan_correlation(SHAPES, "reference", budget)
+    weights = 2**27  # every extra pass re-runs the forward passes
+    big = plan_correlation(SHAPES, "reference", 2**34, model_bytes=weights)
+    budget = big.total_bytes - big.bytes["buffer"] // 2 + 2**16
+    plan = plan_correlation(SHAPES, "reference", budget, model_bytes=weights)
     assert plan.n_passes == 1 and plan.rows_per_gemm < 4096
+
+
+def test_lowers_the_batch_when_that_saves_passes():
+    big = plan_correlation(SHAPES, "reference", 2**34, forward_bytes=2**26, batch_size=8,
+                           model_bytes=2**27)
+    assert big.batch_size == 8 and big.n_passes == 1
+    budget = big.total_bytes - 2**25  # half the forward activations must go
+    plan = plan_correlation(SHAPES, "reference", budget, forward_bytes=2**26, batch_size=8,
+                            model_bytes=2**27)
+    assert plan.n_passes == 1 and plan.batch_size <= 4 and plan.total_bytes <= budget
+
+
+def test_tiles_partner_layers_when_one_layer_does_not_fit():
+    """GPT-2-small shape, 5 seeds, from shapes alone: a budget below one whole layer against
+    its partners still plans, with column tiles covering every (layer, partner layer)."""
+    shapes = [ModelShape(f"s{c}", 12, 3072) for c in "abcde"]
+    plan = plan_correlation(shapes, "reference", 10 * 2**30, model_bytes=5 * 340 * 2**20)
+    assert plan.total_bytes <= 10 * 2**30
+    assert any(b.col_layer_stop is not None for p in plan.passes for b in p)
+    want = sorted((0, layer, p, lp) for layer in range(12) for p in range(1, 5)
+                  for lp in range(12))
+    assert covered(plan, shapes) == want
+    # whole study of GPT-2 small x 5 in one pass on an 80 GB GPU
+    gpu = plan_correlation(shapes, "reference", int(0.9 * 80e9), device_type="cuda",
+                           model_bytes=5 * 500 * 2**20)
+    assert gpu.n_passes == 1
 
 
 def test_refuses_with_the_bytes_needed():
@@ -54,7 +84,8 @@ def test_refuses_with_the_bytes_needed():
     need = int(str(e.value).split("needs ")[1].split(" bytes")[0].replace(",", ""))
     plan = plan_correlation(SHAPES, "reference", need)  # exactly enough is enough
     assert plan.total_bytes <= need
-    assert len(plan.passes) == 4  # one layer per pass
+    with pytest.raises(UserError, match="one layer of a partner"):
+        plan_correlation(SHAPES, "reference", need - 1)
 
 
 def test_single_model_is_refused():
