@@ -12,6 +12,7 @@ COMMANDS: list[str] = [
     "universal_neurons.commands.models",
     "universal_neurons.commands.tokenize",
     "universal_neurons.commands.correlate",
+    "universal_neurons.commands.plan",
     "universal_neurons.commands.weights",
     "universal_neurons.commands.stats",
     "universal_neurons.commands.properties",

@@ -178,26 +178,17 @@ def model_bytes(models: Sequence[Any]) -> int:
     return total
 
 
-def forward_bytes(models: Sequence[Any], batch_tokens: int, n_sites: int) -> int:
-    """Estimate of one batch's activation memory. With ``c_m`` the bytes of model ``m``'s
-    kept rows ``[n, L * d_mlp]`` (float32): while the last model runs, every model's rows
-    (``capture_rows`` writes each layer into them as its hook fires) plus one layer's
-    gathered copy, ``sum c + max c / L``; plus the largest model's transients (residual
-    stream, MLP hidden, one attention-score tensor)."""
-    c = [batch_tokens * m.adapter.n_layers * m.adapter.d_mlp * 4 * n_sites for m in models]
-    layer = max(ci // m.adapter.n_layers for ci, m in zip(c, models))
-    transient = max(batch_tokens * 4 * (4 * m.adapter.d_model + m.adapter.d_mlp
-                                        + m.adapter.n_heads * m.adapter.n_ctx)
-                    for m in models)
-    return sum(c) + layer + transient
-
-
 def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: str, ctx,
          timings: dict[str, float], t0: float) -> CorrelateResult:
     from universal_neurons.engine import distributed as dd
     from universal_neurons.engine.checkpoint import check_config, load_checkpoint, save_checkpoint
     from universal_neurons.engine.finalize import Baselines, ModelStats, summarize_moments
-    from universal_neurons.engine.planner import default_budget, parse_bytes, plan_correlation
+    from universal_neurons.engine.planner import (
+        default_budget,
+        forward_bytes,
+        parse_bytes,
+        plan_correlation,
+    )
     from universal_neurons.engine.runner import StreamStats, batch_ranges, stream
 
     fingerprint = _check_models(models)
@@ -212,7 +203,8 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         shapes, mode, budget, k=config.top_k, bins=config.bins,
         baseline=config.baseline != "none", rows_per_gemm=config.rows_per_gemm,
         model_bytes=model_bytes(models),
-        forward_bytes=forward_bytes(models, min(config.batch_size, n_seq) * dataset.n_ctx, 1),
+        forward_bytes=forward_bytes([m.adapter for m in models],
+                                    min(config.batch_size, n_seq) * dataset.n_ctx, 1),
         batch_size=min(config.batch_size, n_seq),
         extra_bytes=sum(int(acc.nbytes()) for acc in extras if hasattr(acc, "nbytes")),
         bf16_copy=config.precision == "bf16", device_type=dev.type)

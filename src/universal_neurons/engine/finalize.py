@@ -57,6 +57,8 @@ class ModelStats:
         m2s = [c.diagonal(dim1=1, dim2=2).reshape(-1).clone() for c in moments.cov]
         rotvars: dict[tuple[int, int], torch.Tensor] = {}
         if baselines is not None:
+            baselines.prepare([(m, layer) for m, s in enumerate(moments.layout.shapes)
+                               for layer in range(s.n_layers)])
             for m, s in enumerate(moments.layout.shapes):
                 for layer in range(s.n_layers):
                     basis = baselines.basis(m, layer)
@@ -102,13 +104,37 @@ class Baselines:
         self._bases: dict[tuple[int, int], torch.Tensor] = {}
         self._inv: dict[tuple[int, int], torch.Tensor] = {}
 
+    def prepare(self, keys: list[tuple[int, int]], workers: int | None = None) -> None:
+        """Make the bases of ``keys`` (model, layer) concurrently: each QR runs on one
+        thread (so its bits do not depend on the thread count), one per core."""
+        todo = [k for k in keys if k not in self._bases]
+        workers = workers or max(1, min(len(todo), torch.get_num_threads()))
+        if len(todo) < 2 or workers < 2:
+            for k in todo:
+                self.basis(*k)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # set once here, not raced by the workers
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                made = pool.map(lambda k: self._make(*k), todo)
+                for k, basis in zip(todo, made):
+                    self._bases[k] = basis
+        finally:
+            torch.set_num_threads(threads)
+
+    def _make(self, model: int, layer: int) -> torch.Tensor:
+        shape = self.layout.shapes[model]
+        basis = baseline_basis(self.kind, self.seed, shape.name, layer, shape.d_mlp)
+        return basis.to(self.device, torch.float32)
+
     def basis(self, model: int, layer: int) -> torch.Tensor:
         """``Float32[d, d]``: the basis of ``model``'s ``layer`` (QR once, then cached)."""
         key = (model, layer)
         if key not in self._bases:
-            shape = self.layout.shapes[model]
-            basis = baseline_basis(self.kind, self.seed, shape.name, layer, shape.d_mlp)
-            self._bases[key] = basis.to(self.device, torch.float32)
+            self._bases[key] = self._make(model, layer)
         return self._bases[key]
 
     def use(self, stats: ModelStats) -> None:

@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from universal_neurons.engine.layout import CrossBlock, Layout, Mode, ModelShape, partner_range
 from universal_neurons.engine.summary import summary_nbytes
@@ -117,6 +118,20 @@ def phase_bytes(b: dict[str, int]) -> tuple[int, int]:
     return first, later
 
 
+def forward_bytes(dims: Sequence[Any], batch_tokens: int, n_sites: int = 1) -> int:
+    """Estimate of one batch's activation memory, for models with ``n_layers, d_model,
+    d_mlp, n_heads, n_ctx`` (adapters or :class:`~universal_neurons.models.dims.ModelDims`).
+    With ``c_m`` the bytes of model ``m``'s kept rows ``[n, L * d_mlp]`` (float32): while
+    the last model runs, every model's rows (``capture_rows`` writes each layer into them
+    as its hook fires) plus one layer's gathered copy, ``sum c + max c / L``; plus the
+    largest model's transients (residual stream, MLP hidden, one attention-score tensor)."""
+    c = [batch_tokens * m.n_layers * m.d_mlp * 4 * n_sites for m in dims]
+    layer = max(ci // m.n_layers for ci, m in zip(c, dims))
+    transient = max(batch_tokens * 4 * (4 * m.d_model + m.d_mlp + m.n_heads * m.n_ctx)
+                    for m in dims)
+    return sum(c) + layer + transient
+
+
 def describe_block(layout: Layout, b: CrossBlock) -> str:
     """``ma L0-2 x mb+mc`` or, for a column tile, ``ma L3 x mb L4-11+mc L0-1``."""
     rows = (f"L{b.layer_start}" if b.layer_stop - b.layer_start == 1
@@ -202,13 +217,21 @@ FLOAT64_ADD_FLOPS = 142
 ``r`` rows costs ``2 r`` flops per output element plus this."""
 
 
+def accumulate_flops_per_token(plan: Plan, layout: Layout, layer_cov: bool = True) -> float:
+    """GEMM flops per kept token of the whole run's accumulation (every pass's cross blocks
+    and the first pass's within-layer co-moments), the float64 folds counted as
+    :data:`FLOAT64_ADD_FLOPS` per output element per ``rows_per_gemm`` rows."""
+    per = 2 + FLOAT64_ADD_FLOPS / plan.rows_per_gemm
+    cross = sum(_rows(layout, b) * _cols(layout, b) for p in plan.passes for b in p)
+    cov = sum(s.n_layers * s.d_mlp ** 2 for s in layout.shapes) if layer_cov else 0
+    return (cross + cov) * per
+
+
 def _cost(plan: Plan, layout: Layout, model_bytes: int) -> float:
     """Relative time of a plan per token: every pass re-runs the forward passes (about 2
-    flops per float32 parameter), and the cross GEMMs pay the float64 fold once per
-    ``rows_per_gemm`` rows."""
-    cross = sum(_rows(layout, b) * _cols(layout, b) for p in plan.passes for b in p)
+    flops per float32 parameter), plus the accumulation."""
     return (plan.n_passes * 2 * model_bytes / 4
-            + cross * (2 + FLOAT64_ADD_FLOPS / plan.rows_per_gemm))
+            + accumulate_flops_per_token(plan, layout, layer_cov=False))
 
 
 def _atoms(shapes: Sequence[ModelShape], mode: Mode) -> list[Atom]:

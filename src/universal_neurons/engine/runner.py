@@ -3,7 +3,8 @@
 Per batch of sequences: the keep mask drops BOS/pad and newline tokens (unless
 ``keep_all``), each model runs once and stops after its last MLP, and every accumulator
 receives the same :class:`~universal_neurons.engine.batch.ActivationBatch` with the
-union of the sites they asked for.
+union of the sites they asked for. The activation rows live in buffers reused from batch
+to batch: an accumulator copies what it keeps and holds no views of a batch.
 """
 
 from __future__ import annotations
@@ -56,15 +57,18 @@ def batch_ranges(n_seq: int, batch_size: int, rank: int = 0, world_size: int = 1
 
 
 def make_batch(models: Sequence[StreamModel], input_ids: torch.Tensor, keep: torch.Tensor,
-               first_seq: int, sites: Sequence[str], device: torch.device) -> ActivationBatch:
-    """Run every model once on ``input_ids: Long[b, pos]`` and gather the kept rows."""
+               first_seq: int, sites: Sequence[str], device: torch.device,
+               buffers: dict[str, dict[str, torch.Tensor]] | None = None) -> ActivationBatch:
+    """Run every model once on ``input_ids: Long[b, pos]`` and gather the kept rows (into
+    ``buffers[model][site]`` when given: then the batch is valid until the next one)."""
     acts: dict[str, dict[str, torch.Tensor]] = {}
     ids_dev = input_ids.to(device)
     mask = torch.ones_like(ids_dev)  # no padding: every window is full (silences HF's warning)
     for model in models:
         with torch.inference_mode():
-            acts[model.name] = model.adapter.capture_rows(ids_dev, keep, sites=tuple(sites),
-                                                          attention_mask=mask)
+            acts[model.name] = model.adapter.capture_rows(
+                ids_dev, keep, sites=tuple(sites), attention_mask=mask,
+                buffers=None if buffers is None else buffers.setdefault(model.name, {}))
     b, pos = input_ids.shape
     prev = torch.cat([torch.full((b, 1), -1, dtype=torch.long), input_ids[:, :-1]], 1)
     flat = keep.reshape(-1)
@@ -99,6 +103,7 @@ def stream(dataset: Any, models: Sequence[StreamModel], accumulators: Sequence[A
     stats = StreamStats()
     todo = ranges[start_batch:]
     n_ctx = int(dataset.tokens.shape[1])
+    buffers: dict[str, dict[str, torch.Tensor]] = {}  # activation rows, reused every batch
     bar = tqdm(total=sum(hi - lo for lo, hi in todo) * n_ctx, unit="tok", unit_scale=True,
                desc=desc, disable=not progress)
     with bar:
@@ -108,7 +113,7 @@ def stream(dataset: Any, models: Sequence[StreamModel], accumulators: Sequence[A
                     else keep_mask(tokens, tokenizer, keep_all))
             t0 = time.perf_counter()
             batch = make_batch(models, torch.from_numpy(tokens), torch.from_numpy(keep), lo,
-                               sites, dev)
+                               sites, dev, buffers)
             t1 = time.perf_counter()
             for acc in accumulators:
                 acc.update(batch)

@@ -193,15 +193,18 @@ class ArchitectureAdapter:
 
     @torch.no_grad()
     def capture_rows(self, input_ids: Tensor, keep: Tensor | None = None,
-                     sites: Sequence[str] = ("post",), attention_mask: Tensor | None = None
-                     ) -> dict[str, Tensor]:
+                     sites: Sequence[str] = ("post",), attention_mask: Tensor | None = None,
+                     buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The kept tokens' activations as rows: ``input_ids: Long[b, pos]``, ``keep:
         Bool[b, pos]`` (None keeps all) -> ``{site: Float32[n_kept, layers * d_mlp]}`` with
         neuron index ``layer * d_mlp + j``, on the model's device.
 
         Equal to ``capture`` rearranged, but each layer's kept rows are copied straight into
         the output as its hook fires (no ``[layers, b, pos, d]`` stack, no permuted copy),
-        and the forward pass stops after the last MLP.
+        and the forward pass stops after the last MLP. With ``buffers`` (site -> tensor,
+        filled and grown here), the rows are written into those tensors and returned as
+        views of them: a stream reuses the same memory for every batch instead of
+        faulting in fresh pages, and each result is valid until the next call.
         """
         sites = self._check_sites(sites)
         device = next(self.model.parameters()).device
@@ -213,8 +216,16 @@ class ArchitectureAdapter:
             if not bool(flat_keep.all()):
                 idx = flat_keep.nonzero().squeeze(1)
                 n_rows = int(idx.numel())
-        out = {s: torch.empty(n_rows, self.n_layers * d, dtype=torch.float32, device=device)
-               for s in sites}
+        width = self.n_layers * d
+        out = {}
+        for s in sites:
+            buf = None if buffers is None else buffers.get(s)
+            if buf is None or buf.shape[0] < n_rows or buf.shape[1] != width \
+                    or buf.device != device:
+                buf = torch.empty(n_rows, width, dtype=torch.float32, device=device)
+                if buffers is not None:
+                    buffers[s] = buf
+            out[s] = buf[:n_rows]
         seen: set[tuple[str, int]] = set()
 
         def sink(site: str, layer: int, t: Tensor) -> None:
