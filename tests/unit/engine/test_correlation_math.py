@@ -281,3 +281,17 @@ def test_universality_table_equals_brute_force():
     assert 0 < table["is_universal"].sum() < len(table)
     best = corr64(x, z[:, LAYOUT.cols(1)]).argmax(1)
     assert list(table["b_best"]) == [f"L{j // 8}.{j % 8}" for j in best]
+
+
+def test_bases_made_concurrently_equal_those_made_one_by_one():
+    from universal_neurons.engine.layout import Layout, ModelShape
+
+    layout = Layout([ModelShape("x", 3, 96), ModelShape("y", 2, 64)])
+    keys = [(m, layer) for m, s in enumerate(layout.shapes) for layer in range(s.n_layers)]
+    one = Baselines("rotation", 4, layout, torch.device("cpu"))
+    many = Baselines("rotation", 4, layout, torch.device("cpu"))
+    many.prepare(keys, workers=3)
+    threads = torch.get_num_threads()
+    for k in keys:
+        assert torch.equal(one.basis(*k), many.basis(*k)), k
+    assert torch.get_num_threads() == threads
