@@ -28,14 +28,6 @@ examples:
       --precision bf16 --tokens 100M
 """
 
-A100_PEAK_TFLOPS = {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}
-"""Dense matmul peaks of an A100 (NVIDIA's data sheet): the default for --device cuda."""
-ACCUMULATE_EFFICIENCY = 0.8
-"""Fraction of the matmul peak the accumulate step reaches (docs/engine.md measures 80-88%
-on CPU)."""
-FORWARD_EFFICIENCY = 0.5
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", required=True, metavar="M",
                    help="models or suites (first = reference), as for correlate")
@@ -60,15 +52,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.engine.layout import Layout, ModelShape
+    from universal_neurons.engine.layout import ModelShape
     from universal_neurons.engine.planner import (
-        accumulate_flops_per_token,
         default_budget,
         format_bytes,
         forward_bytes,
         parse_bytes,
         plan_correlation,
     )
+    from universal_neurons.engine.projection import format_duration, project
     from universal_neurons.errors import UserError
     from universal_neurons.models.dims import model_dims
     from universal_neurons.models.registry import expand_model_specs
@@ -96,10 +88,9 @@ def run(args: argparse.Namespace) -> int:
         forward_bytes=forward_bytes(dims, batch_tokens), batch_size=args.batch_size,
         bf16_copy=args.precision == "bf16", device_type=device_type)
     peak, peak_source = _peak(args, device_type)
-    acc = accumulate_flops_per_token(plan, Layout(shapes))
-    fwd = plan.n_passes * sum(d.forward_flops_per_token for d in dims)
-    per_token = acc / (peak * ACCUMULATE_EFFICIENCY) + fwd / (peak * FORWARD_EFFICIENCY)
-    seconds = args.tokens * per_token
+    proj = project(plan, shapes, dims, args.tokens, peak)
+    acc, fwd, seconds = proj.accumulate_flops_per_token, proj.forward_flops_per_token, \
+        proj.seconds
     if args.json:
         print(json.dumps({"models": specs, "plan": plan.to_dict(),
                           "accumulate_gflop_per_token": acc / 1e9,
@@ -111,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"per token: accumulate {acc / 1e9:.2f} GFLOP, forward {fwd / 1e9:.2f} GFLOP "
           f"({plan.n_passes} pass(es) x {len(dims)} models)")
     print(f"projected for {args.tokens:,} tokens on {args.device} at {peak / 1e12:.2f} TFLOP/s "
-          f"peak ({peak_source}): {_duration(seconds)}  "
+          f"peak ({peak_source}): {format_duration(seconds)}  "
           f"(plan total {format_bytes(plan.total_bytes)})")
     return 0
 
@@ -124,33 +115,10 @@ def _cuda_available() -> bool:
 
 def _peak(args: argparse.Namespace, device_type: str) -> tuple[float, str]:
     """Matmul peak in FLOP/s and where it came from."""
+    from universal_neurons.engine.projection import A100_PEAK_TFLOPS, cpu_matmul_peak
+
     if args.peak_tflops is not None:
         return args.peak_tflops * 1e12, "given"
     if device_type == "cuda":
         return A100_PEAK_TFLOPS[args.precision] * 1e12, f"A100 dense {args.precision} peak"
-    return _measure_cpu_peak(), "measured here, fp32"
-
-
-def _measure_cpu_peak(n: int = 2048, repeats: int = 3) -> float:
-    import time
-
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    return cpu_matmul_peak(), "measured here, fp32"
