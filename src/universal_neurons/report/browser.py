@@ -11,6 +11,7 @@ displayed) to keep pages small; text columns and family lists are dictionary-enc
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,7 @@ from universal_neurons.constants import neuron_name, safe_name
 from universal_neurons.report.html import esc, json_script, page
 from universal_neurons.report.packing import pack_floats, pack_ints, unpack_floats, unpack_ints
 
+_NEURON_NAME = re.compile(r"L(\d+)\.(\d+)")
 # Columns in display order; any other numeric column of the table follows them.
 CORE_COLUMNS = [
     "excess_corr", "mean_corr", "max_corr", "min_corr", "mean_baseline", "max_baseline",
@@ -145,15 +147,17 @@ def _dictionary(values: list, *, key=lambda v: v) -> dict:
 
 def _neuron_names(col) -> dict | None:
     """A column of neuron names (``L3.17``) as ``{"span", "names": packed layer*span+neuron}``."""
-    text = col.astype("string")
-    parts = text.str.extract(r"^L(\d+)\.(\d+)$")
-    present = text.notna().to_numpy()
-    if not present.any() or parts[0].isna().to_numpy()[present].any():
+    import pandas as pd
+
+    codes, distinct = pd.factorize(col)  # code -1: missing
+    found = [_NEURON_NAME.fullmatch(v) if isinstance(v, str) else None for v in distinct.tolist()]
+    if not found or any(m is None for m in found):
         return None
-    layer = parts[0].astype("float64").to_numpy()
-    neuron = parts[1].astype("float64").to_numpy()
-    span = int(np.nanmax(neuron)) + 1
-    return {"span": span, "names": pack_ints(layer * span + neuron)}
+    layer = np.array([int(m[1]) for m in found if m], dtype=np.float64)
+    neuron = np.array([int(m[2]) for m in found if m], dtype=np.float64)
+    span = int(neuron.max()) + 1
+    values = np.where(codes >= 0, (layer * span + neuron)[codes], np.nan)
+    return {"span": span, "names": pack_ints(values)}
 
 
 def _column_payload(df, c: dict) -> Any:
