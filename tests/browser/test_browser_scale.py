@@ -225,6 +225,28 @@ return last.top >= v.top && last.bottom <= v.bottom + 1;""")
     assert set(driver.execute_script(ROWS_JS, "is_universal")) == {"yes"}
     _timed(driver, _click_js("#universal-only"))
     assert _count(driver) == len(df)
+
+    # a column shown from the chooser; partner names sort by layer, then index (A to Z first)
+    driver.execute_script("""[...document.querySelectorAll('#column-chooser label')]
+        .find(l => l.textContent.trim() === 'seed-b_best').querySelector('input').click()""")
+    _timed(driver, _click_js(_header("seed-b_best")))
+    key = df["seed-b_best"].str.extract(r"L(\d+)\.(\d+)").astype(int)
+    first = df["seed-b_best"][(key[0] * 10_000 + key[1]).idxmin()]
+    assert driver.execute_script(ROWS_JS, "seed-b_best")[0] == first
+
+    # pages of 100 rows instead of one scrolling table
+    driver.execute_script("const s = document.getElementById('page-size'); s.value = '100';"
+                          "s.dispatchEvent(new Event('change'));")
+    order = df.assign(k=key[0] * 10_000 + key[1]).sort_values("k", kind="stable")
+    names = ("L" + order.layer.astype(str) + "." + order.neuron.astype(str)).tolist()
+    rowcount = "return document.getElementById('neuron-table').getAttribute('aria-rowcount')"
+    assert driver.execute_script(rowcount) == "101" and driver.find_element("id", "pager").is_displayed()
+    assert driver.execute_script(ROWS_JS, "name")[0] == names[0]
+    driver.find_element("id", "next").click()
+    assert driver.execute_script(ROWS_JS, "name")[0] == names[100]
+    _scroll_to(driver, "v.scrollHeight")
+    assert driver.execute_script(ROWS_JS, "name")[-1] == names[199]
+    assert driver.find_element("id", "page-info").text == f"page 2 of {len(df) // 100}"
     assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
     assert [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"] == []
 

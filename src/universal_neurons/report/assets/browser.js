@@ -9,7 +9,7 @@
   var OVERSCAN = 10;
   var $ = function (id) { return document.getElementById(id); };
   var data = JSON.parse($("neuron-data").textContent);
-  var cols = data.columns, n = data.n, idx = {};
+  var cols = data.columns, n = data.n, idx = Object.create(null);
   cols.forEach(function (c, i) { idx[c.key] = i; });
 
   // --- decoding (see report/packing.py). A cell reads its word straight from the packed
@@ -107,7 +107,7 @@
     });
   }
   if ("families" in idx) {
-    var fams = {};
+    var fams = Object.create(null);
     meta[idx.families].dict.forEach(function (list) { list.forEach(function (f) { fams[f] = 1; }); });
     addOptions(family, Object.keys(fams).sort());
   }
@@ -293,7 +293,6 @@
         if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(c); }
       });
       tr.appendChild(th);
-      if (c.key === focused) { th.focus({ preventScroll: true }); }
     });
     table.insertBefore(group, table.firstChild);
     table.style.width = "calc(" + total + "ch + " + (16 * shownCols) + "px)";
@@ -369,7 +368,7 @@
     pending = true;
     requestAnimationFrame(function () { pending = false; draw(false); });
   });
-  window.addEventListener("resize", function () { draw(true); });
+  window.addEventListener("resize", function () { measure(); resize(); draw(true); });  // zoom too
   function reset() { state.page = 0; update(); }
   search.addEventListener("input", reset);
   [univBox, family, layer, pageSize].forEach(function (el) { el.addEventListener("change", reset); });
