@@ -1,20 +1,28 @@
 """The neuron browser: one page per model with a searchable, sortable table of every neuron.
 
-The table's data is embedded as JSON (``<script type="application/json" id="neuron-data">``,
-escaped by :func:`html.json_script`) and rendered by ``assets/browser.js`` with
-``textContent`` only. Floats are rounded to 4 significant digits to keep pages small.
+The table's data is embedded column by column as JSON (``<script type="application/json"
+id="neuron-data">``, escaped by :func:`html.json_script`; see :func:`browser_data`) and
+rendered by ``assets/browser.js`` with ``textContent`` only. The script keeps only the rows
+in view (plus a few) in the DOM and sorts and filters permutations of typed arrays, so a
+table of 100,000 neurons stays interactive. Floats are rounded to 4 significant digits (as
+displayed) to keep pages small; text columns and family lists are dictionary-encoded.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 from universal_neurons.constants import neuron_name, safe_name
 from universal_neurons.report.html import esc, json_script, page
+from universal_neurons.report.packing import pack_floats, pack_ints, unpack_floats, unpack_ints
 
+_NEURON_NAME = re.compile(r"L(\d+)\.(\d+)")
 # Columns in display order; any other numeric column of the table follows them.
 CORE_COLUMNS = [
     "excess_corr", "mean_corr", "max_corr", "min_corr", "mean_baseline", "max_baseline",
@@ -107,8 +115,6 @@ def families_of(value) -> list[str]:
 
 def round_sig_array(values, digits: int = 4) -> list[float | None]:
     """Floats rounded to ``digits`` significant digits (vectorised); NaN/inf -> None."""
-    import numpy as np
-
     x = np.asarray(values, dtype=np.float64)
     out = x.copy()
     ok = np.isfinite(x) & (x != 0)
@@ -121,55 +127,124 @@ def round_sig_array(values, digits: int = 4) -> list[float | None]:
     return [None if not math.isfinite(f) else f for f in out.tolist()]
 
 
-def _column_values(df, c: dict) -> list:
+def _dictionary(values: list, *, key=lambda v: v) -> dict:
+    """``{"dict": distinct values in first-seen order, "codes": packed indices}``."""
+    table: dict[Any, int] = {}
+    distinct: list = []
+    codes: list[float] = []
+    for v in values:
+        if v is None:
+            codes.append(math.nan)
+            continue
+        k = key(v)
+        i = table.get(k)
+        if i is None:
+            i = table[k] = len(distinct)
+            distinct.append(v)
+        codes.append(i)
+    return {"dict": distinct, "codes": pack_ints(codes)}
+
+
+def _neuron_names(col) -> dict | None:
+    """A column of neuron names (``L3.17``) as ``{"span", "names": packed layer*span+neuron}``."""
+    import pandas as pd
+
+    codes, distinct = pd.factorize(col)  # code -1: missing
+    found = [_NEURON_NAME.fullmatch(v) if isinstance(v, str) else None for v in distinct.tolist()]
+    if not found or any(m is None for m in found):
+        return None
+    layer = np.array([int(m[1]) for m in found if m], dtype=np.float64)
+    neuron = np.array([int(m[2]) for m in found if m], dtype=np.float64)
+    span = int(neuron.max()) + 1
+    values = np.where(codes >= 0, (layer * span + neuron)[codes], np.nan)
+    return {"span": span, "names": pack_ints(values)}
+
+
+def _column_payload(df, c: dict) -> Any:
+    """One column, encoded for ``browser.js`` (see :func:`browser_data`)."""
     key, kind = c["key"], c["type"]
     if key == "name":
-        return [neuron_name(a, b) for a, b in zip(df["layer"].tolist(), df["neuron"].tolist())]
+        return None  # browser.js spells it from layer and neuron
     col = df[key]
     if key == "families":
-        return [families_of(v) for v in col.tolist()]
+        return _dictionary([families_of(v) for v in col.tolist()], key=tuple)
     if kind == "num":
-        if key in ("layer", "neuron"):
-            return [int(v) for v in col.tolist()]
-        return round_sig_array(col.to_numpy(dtype="float64", na_value=float("nan")))
+        x = col.to_numpy(dtype="float64", na_value=float("nan"))
+        finite = x[np.isfinite(x)]
+        if key in ("layer", "neuron") or (np.all(finite == np.rint(finite)) and np.all(np.abs(finite) < 2**31)):
+            return pack_ints(np.where(np.isfinite(x), x, np.nan))
+        return pack_floats(x)
     if kind == "bool":
-        return [None if v is None or v != v else bool(v) for v in col.tolist()]
-    return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in col.tolist()]
+        return pack_ints([math.nan if v is None or v != v else int(bool(v)) for v in col.tolist()])
+    return _neuron_names(col) or _dictionary(
+        [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in col.tolist()])
 
 
 def browser_data(df, model: str, models: Sequence[str], pages: Iterable[tuple[int, int]]) -> dict:
-    """The JSON object ``browser.js`` reads: columns, rows (lists), which rows have a page."""
+    """The column-oriented JSON object ``browser.js`` reads.
+
+    ``{model, n, columns: [{key, label, type, visible, title}], values, pages, pageDir, sort}``:
+    ``values[i]`` holds column ``i`` for all ``n`` rows, packed by :mod:`.packing`: numbers
+    (``num``: integers, or floats to 4 significant digits), ``bool`` as integers 0/1, text
+    and ``families`` lists as ``{"dict": [...], "codes": packed}``, columns of neuron names
+    (``{partner}_best``) as ``{"span", "names": packed layer*span+neuron}``, and ``null`` for
+    ``name`` (spelled from layer and neuron). ``pages`` lists the row indices of neurons that
+    have a page. :func:`browser_rows` decodes it into rows.
+    """
     cols = browser_columns(df, model, models)
     with_page = set(pages)
-    columns = [_column_values(df, c) for c in cols]
-    rows = [list(r) for r in zip(*columns)]
-    has_page = [1 if (int(a), int(b)) in with_page else 0
-                for a, b in zip(df["layer"].tolist(), df["neuron"].tolist())]
+    values = [_column_payload(df, c) for c in cols]
+    has_page = [i for i, (a, b) in enumerate(zip(df["layer"].tolist(), df["neuron"].tolist()))
+                if (int(a), int(b)) in with_page]
     sort = "excess_corr" if "excess_corr" in df.columns else None
-    return {"model": model, "columns": cols, "rows": rows, "pages": has_page,
+    return {"model": model, "n": len(df), "columns": cols, "values": values, "pages": has_page,
             "pageDir": neuron_page_dir(model), "sort": sort}
+
+
+def _unpack(c: dict, v: Any) -> list:
+    if "f" in v:
+        return unpack_floats(v)
+    if "names" in v:
+        return [None if x is None else neuron_name(x // v["span"], x % v["span"])
+                for x in unpack_ints(v["names"])]
+    if "dict" in v:
+        return [None if i is None else v["dict"][i] for i in unpack_ints(v["codes"])]
+    ints = unpack_ints(v)
+    return [None if x is None else bool(x) for x in ints] if c["type"] == "bool" else ints
+
+
+def browser_rows(data: dict) -> list[list]:
+    """The rows of a :func:`browser_data` object, one list of cell values per neuron."""
+    cols = data["columns"]
+    out: list[list] = [[] if v is None else _unpack(c, v) for c, v in zip(cols, data["values"])]
+    keys = [c["key"] for c in cols]
+    if "name" in keys:
+        layer, neuron = out[keys.index("layer")], out[keys.index("neuron")]
+        out[keys.index("name")] = [neuron_name(a, b) for a, b in zip(layer, neuron)]
+    return [list(r) for r in zip(*out)] if out else [[] for _ in range(data["n"])]
 
 
 def browser_page(model: str, data: dict, *, n_universal: int | None = None) -> str:
     """The complete browser page of one model."""
-    summary = f"{len(data['rows']):,} neurons"
+    summary = f"{data['n']:,} neurons"
     if n_universal is not None:
         summary += f", {n_universal:,} universal"
     body = f"""
-<p>{esc(summary)}. Click a column header to sort; neurons with a page are links. Search
-terms like <code>L3.</code> match neuron names by prefix, others any text column.</p>
+<p>{esc(summary)}. Click a column header (or focus it and press Enter) to sort; neurons
+with a page are links. Search terms like <code>L3.</code> match neuron names by prefix,
+others any text column.</p>
 <div class="controls">
   <input type="search" id="search" placeholder="search: L3. or L3.17, family, feature…" aria-label="search">
   <label><input type="checkbox" id="universal-only"> universal only</label>
   <label>family <select id="family"><option value="">all</option></select></label>
   <label>layer <select id="layer"><option value="">all</option></select></label>
-  <label>rows <select id="page-size"><option>50</option><option selected>100</option>
-    <option>500</option><option value="all">all</option></select></label>
-  <span id="count"></span>
+  <label>rows <select id="page-size"><option>50</option><option>100</option>
+    <option>500</option><option value="all" selected>all</option></select></label>
+  <span id="count" role="status"></span>
 </div>
 <details class="columns"><summary>columns</summary><div id="column-chooser"></div></details>
-<div class="scroll"><table id="neuron-table"></table></div>
-<div class="pager"><button id="prev">previous</button><span id="page-info"></span>
+<div class="viewport" id="viewport"><div id="sizer"><table id="neuron-table"></table></div></div>
+<div class="pager" id="pager"><button id="prev">previous</button><span id="page-info"></span>
 <button id="next">next</button></div>
 """
     return page(f"Neuron browser: {model}", body, nav=[("index.html", "report")],

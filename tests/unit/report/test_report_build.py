@@ -21,7 +21,7 @@ from report_fixtures import (
 from universal_neurons.cli import main
 from universal_neurons.constants import safe_name
 from universal_neurons.errors import UserError
-from universal_neurons.report.browser import browser_file
+from universal_neurons.report.browser import browser_file, browser_rows
 from universal_neurons.report.build import ReportConfig, build_report, select_pages
 from universal_neurons.report.rundata import RunData, paper_reference
 
@@ -43,7 +43,9 @@ def _embedded(page: Path) -> dict:
     m = re.search(r'<script type="application/json" id="neuron-data">(.*?)</script>',
                   page.read_text(encoding="utf-8"), re.S)
     assert m is not None
-    return json.loads(m.group(1))
+    data = json.loads(m.group(1))  # column-oriented; the tests read rows and per-row page flags
+    with_page = set(data["pages"])
+    return {**data, "rows": browser_rows(data), "pages": [int(i in with_page) for i in range(data["n"])]}
 
 
 def test_report_layout(built):

@@ -1,19 +1,102 @@
-// Neuron browser: filter, search, sort and page through one model's neuron table.
-// Data comes from <script type="application/json" id="neuron-data"> (see report/browser.py).
+// Neuron browser: filter, search, sort and scroll through one model's neuron table.
+// Data comes column by column from <script type="application/json" id="neuron-data">
+// (report/browser.py browser_data; number columns packed as in report/packing.py).
+// Only the rows in view, plus OVERSCAN above and below, are in the DOM; #sizer keeps the
+// scrollbar right. Sorting and filtering work on typed arrays and index permutations.
 // Cells are written with textContent only, so no string from the data is parsed as HTML.
 (function () {
   "use strict";
-  var data = JSON.parse(document.getElementById("neuron-data").textContent);
-  var cols = data.columns;
-  var idx = {};
-  cols.forEach(function (c, i) { idx[c.key] = i; });
-  var rows = data.rows.map(function (r, i) { return { cells: r, page: data.pages[i] === 1 }; });
-
+  var OVERSCAN = 10;
   var $ = function (id) { return document.getElementById(id); };
-  var search = $("search"), univ = $("universal-only"), family = $("family"), layer = $("layer");
-  var pageSize = $("page-size"), table = $("neuron-table"), count = $("count");
-  var state = { sortKey: data.sort || null, sortDir: -1, page: 0, shown: null };
+  var data = JSON.parse($("neuron-data").textContent);
+  var cols = data.columns, n = data.n, idx = Object.create(null);
+  cols.forEach(function (c, i) { idx[c.key] = i; });
+
+  // --- decoding (see report/packing.py). A cell reads its word straight from the packed
+  // string; a whole column is decoded only when it is sorted or filtered on. ---
+  var B64 = new Uint8Array(128), POW = new Float64Array(701);  // POW[350 + k] = 10^k
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".split("").forEach(
+    function (ch, i) { B64[ch.charCodeAt(0)] = i; });
+  for (var k0 = -350; k0 <= 350; k0++) {
+    POW[350 + k0] = Math.abs(k0) > 308 ? Math.pow(10, k0 >> 1) * Math.pow(10, k0 - (k0 >> 1)) : Number("1e" + k0);
+  }
+  // meta[i]: {s, w, float, lo, e0, missing} and, for text, {dict | span, lower}; null: name.
+  var meta = cols.map(function (c, i) {
+    var v = data.values[i];
+    if (v === null || v === undefined) { return null; }
+    var p = v.names || v.codes || v;
+    var m = { s: p.f !== undefined ? p.f : p.s, w: p.w, float: p.f !== undefined, lo: p.min - 1,
+              e0: p.e0 - 3, missing: c.type === "num" ? NaN : -1, dict: v.dict, span: v.span, lower: null };
+    return m;
+  });
+  function decode(m, x) {  // one word -> value (floats: ±m·10^(e-3), m in 1000..9999)
+    if (!m.float) { return x === 0 ? m.missing : x + m.lo; }
+    if (x < 2) { return x === 0 ? NaN : 0; }
+    x -= 2;
+    var q = x >>> 1, d = (q / 9000) | 0, mant = 1000 + q - d * 9000, e = m.e0 + d;
+    var v = e < 0 ? mant / POW[350 - e] : mant * POW[350 + e];
+    return (x & 1) ? -v : v;
+  }
+  function word(m, r) {
+    var pos = r * m.w, x = 0;
+    for (var k = 0; k < m.w; k++) { x = x * 64 + B64[m.s.charCodeAt(pos + k)]; }
+    return x;
+  }
+  // column(i): num -> Float64Array (NaN: missing); bool -> Int8Array and text codes ->
+  // Int32Array (-1: missing).
+  var colData = cols.map(function () { return null; });
+  function column(i) {
+    var m = meta[i];
+    if (colData[i] === null && m !== null) {
+      var out = cols[i].type === "num" ? new Float64Array(n) : cols[i].type === "bool" ? new Int8Array(n) : new Int32Array(n);
+      for (var r = 0, pos = 0, w = m.w, s = m.s; r < n; r++) {
+        var x = 0;
+        for (var k = 0; k < w; k++) { x = x * 64 + B64[s.charCodeAt(pos++)]; }
+        out[r] = decode(m, x);
+      }
+      colData[i] = out;
+    }
+    return colData[i];
+  }
+  function at(i, r) { return colData[i] !== null ? colData[i][r] : decode(meta[i], word(meta[i], r)); }
+  var L = column(idx.layer), N = column(idx.neuron);
+  var hasPage = new Uint8Array(n);
+  data.pages.forEach(function (r) { hasPage[r] = 1; });
+  var pageDir = data.pageDir, defaultSort = data.sort in idx ? data.sort : null;
+  var univ = "is_universal" in idx ? column(idx.is_universal) : null;
+  data = null;
+  var maxL = 0, maxN = 0;
+  for (var r1 = 0; r1 < n; r1++) { maxL = Math.max(maxL, L[r1]); maxN = Math.max(maxN, N[r1]); }
+  if ("name" in idx) {  // searched like a column of neuron names: code layer*span+index
+    meta[idx.name] = { span: maxN + 1, lower: null };
+    colData[idx.name] = Int32Array.from(L, function (l, r) { return l * (maxN + 1) + N[r]; });
+  }
+
+  var search = $("search"), univBox = $("universal-only"), family = $("family");
+  var layer = $("layer"), pageSize = $("page-size"), table = $("neuron-table");
+  var viewport = $("viewport"), sizer = $("sizer"), count = $("count");
   var visible = cols.map(function (c) { return c.visible; });
+  var state = { sortKey: defaultSort, sortDir: -1, page: 0 };
+
+  function entryText(m, k) {  // display text of code k of a str/list column
+    if (m.span) { return "L" + Math.floor(k / m.span) + "." + (k % m.span); }
+    var v = m.dict[k];
+    return Array.isArray(v) ? v.join(", ") : String(v);
+  }
+  function lowerTexts(i) {  // lower-case text per dictionary entry or neuron-name code (cached)
+    var m = meta[i];
+    if (!m.lower) {
+      if (m.span) {
+        var codes = column(i), top = -1;
+        for (var r = 0; r < n; r++) { top = Math.max(top, codes[r]); }
+        m.lower = new Array(top + 1);
+        for (var k = 0; k <= top; k++) { m.lower[k] = entryText(m, k).toLowerCase(); }
+      } else {
+        m.lower = m.dict.map(function (v, k) { return entryText(m, k).toLowerCase(); });
+      }
+    }
+    return m.lower;
+  }
 
   function addOptions(select, values) {
     values.forEach(function (v) {
@@ -24,145 +107,292 @@
     });
   }
   if ("families" in idx) {
-    var fams = {};
-    rows.forEach(function (r) { (r.cells[idx.families] || []).forEach(function (f) { fams[f] = 1; }); });
+    var fams = Object.create(null);
+    meta[idx.families].dict.forEach(function (list) { list.forEach(function (f) { fams[f] = 1; }); });
     addOptions(family, Object.keys(fams).sort());
   }
   if (!("families" in idx) || family.options.length < 2) { family.disabled = true; }
   var layers = {};
-  rows.forEach(function (r) { layers[r.cells[idx.layer]] = 1; });
+  for (var r0 = 0; r0 < n; r0++) { layers[L[r0]] = 1; }
   addOptions(layer, Object.keys(layers).map(Number).sort(function (a, b) { return a - b; }));
-  if (!("is_universal" in idx)) { univ.disabled = true; }
+  if (!univ) { univBox.disabled = true; }
 
-  // Column chooser.
+  function fmtNum(v) {
+    if (v !== v) { return ""; }
+    if (Number.isInteger(v)) { return String(v); }
+    var a = Math.abs(v);
+    return (a < 1e-3 || a >= 1e6) ? v.toExponential(3) : String(Number(v.toPrecision(4)));
+  }
+  function cellText(i, r) {
+    var c = cols[i];
+    if (c.key === "name") { return "L" + L[r] + "." + N[r]; }
+    var v = at(i, r);
+    if (c.type === "num") { return fmtNum(v); }
+    if (c.type === "bool") { return v < 0 ? "" : (v ? "yes" : "no"); }
+    return v < 0 ? "" : entryText(meta[i], v);
+  }
+
+  // --- sorting: keys ascending, missing values (Infinity) last in both directions ---
+  function sortKeys(key, dir) {
+    var k = new Float64Array(n), c = cols[idx[key]], m = meta[idx[key]], d = column(idx[key]), r;
+    if (key === "name") {
+      var span = 1;
+      for (r = 0; r < n; r++) { span = Math.max(span, N[r] + 1); }
+      for (r = 0; r < n; r++) { k[r] = dir * (L[r] * span + N[r]); }
+    } else if (c.type === "num" || c.type === "bool") {
+      for (r = 0; r < n; r++) {
+        var v = d[r];
+        k[r] = (v !== v || (c.type === "bool" && v < 0)) ? Infinity : dir * v;
+      }
+    } else {
+      var rank = null;  // neuron names sort by layer, then index: the code itself
+      if (!m.span) {
+        var raw = m.dict.map(function (v) { return Array.isArray(v) ? v.join(",") : String(v); });
+        var byText = raw.map(function (t, j) { return j; });
+        byText.sort(function (a, b) { return raw[a] < raw[b] ? -1 : raw[a] > raw[b] ? 1 : 0; });
+        rank = new Float64Array(raw.length);
+        byText.forEach(function (j, pos) { rank[j] = pos; });
+      }
+      for (r = 0; r < n; r++) {
+        var code = d[r];
+        k[r] = code < 0 ? Infinity : dir * (rank ? rank[code] : code);
+      }
+    }
+    return k;
+  }
+  // Stable LSD radix sort of the row indices by the keys as float32 (exact for values with
+  // 4 significant digits, so their order is kept); ties keep the natural order.
+  var order = new Int32Array(n), spare = new Int32Array(n);
+  function sortRows() {
+    var r;
+    for (r = 0; r < n; r++) { order[r] = r; }
+    if (state.sortKey === null) { return; }
+    var f = new Float32Array(sortKeys(state.sortKey, state.sortDir)), u = new Uint32Array(f.buffer);
+    for (r = 0; r < n; r++) { u[r] = u[r] & 0x80000000 ? ~u[r] : u[r] | 0x80000000; }
+    var src = order, dst = spare, hist = new Int32Array(2048);
+    for (var shift = 0; shift < 32; shift += 11) {
+      hist.fill(0);
+      for (r = 0; r < n; r++) { hist[(u[r] >>> shift) & 2047] += 1; }
+      for (var b = 0, sum = 0; b < 2048; b++) { var h = hist[b]; hist[b] = sum; sum += h; }
+      for (r = 0; r < n; r++) { var row = src[r]; dst[hist[(u[row] >>> shift) & 2047]++] = row; }
+      var tmp = src; src = dst; dst = tmp;
+    }
+    order = src;
+    spare = dst;
+  }
+
+  // --- filtering: the rows of `order` that pass every control, in sorted order ---
+  var NEURON_TERM = /^l\d+(\.\d*)?$/;
+  var view = order;
+  function textTest(t) {  // per text column: codes and which entries contain t
+    var nameLike = /^[l0-9.]+$/.test(t);  // else no neuron name ("L3.17") can contain it
+    return cols.filter(function (c) {
+      var m = meta[idx[c.key]];
+      return (c.type === "str" || c.type === "list") && m && (nameLike || !m.span);
+    }).map(function (c) {
+      var lower = lowerTexts(idx[c.key]);
+      return { codes: column(idx[c.key]),
+               ok: Uint8Array.from(lower, function (s) { return s.indexOf(t) >= 0 ? 1 : 0; }) };
+    });
+  }
+  function nameTest(t) {  // "l3", "l3." or "l3.17": which layers and indices "L{l}.{i}" starts with t
+    var dot = t.indexOf("."), lp = dot < 0 ? t.slice(1) : t.slice(1, dot), np = dot < 0 ? "" : t.slice(dot + 1);
+    var ok = function (size, test) {
+      return Uint8Array.from({ length: size + 1 }, function (_, v) { return test(String(v)) ? 1 : 0; });
+    };
+    return { layer: ok(maxL, function (s) { return dot < 0 ? s.lastIndexOf(lp, 0) === 0 : s === lp; }),
+             neuron: ok(maxN, function (s) { return s.lastIndexOf(np, 0) === 0; }) };
+  }
+  function filterRows() {
+    var terms = search.value.toLowerCase().split(/\s+/).filter(Boolean);
+    var lay = layer.value === "" ? null : Number(layer.value);
+    var onlyU = univ && univBox.checked, famOk = null, famCodes = null, names = [], texts = [];
+    if (family.value !== "" && !family.disabled) {
+      var want = family.value;
+      famCodes = column(idx.families);
+      famOk = Uint8Array.from(meta[idx.families].dict, function (list) { return list.indexOf(want) >= 0 ? 1 : 0; });
+    }
+    terms.forEach(function (t) { if (NEURON_TERM.test(t)) { names.push(nameTest(t)); } else { texts.push(textTest(t)); } });
+    var out = new Int32Array(n), m = 0, j, t, q;
+    rows: for (j = 0; j < n; j++) {
+      var r = order[j];
+      if (onlyU && univ[r] !== 1) { continue; }
+      if (lay !== null && L[r] !== lay) { continue; }
+      if (famOk && (famCodes[r] < 0 || !famOk[famCodes[r]])) { continue; }
+      for (t = 0; t < names.length; t++) { if (!names[t].layer[L[r]] || !names[t].neuron[N[r]]) { continue rows; } }
+      for (t = 0; t < texts.length; t++) {
+        var hit = false;
+        for (q = 0; q < texts[t].length && !hit; q++) {
+          var tc = texts[t][q], code = tc.codes[r];
+          hit = code >= 0 && tc.ok[code] === 1;
+        }
+        if (!hit) { continue rows; }
+      }
+      out[m++] = r;
+    }
+    view = out.subarray(0, m);
+  }
+
+  // --- column chooser and header (fixed layout: widths do not jump while scrolling) ---
   var chooser = $("column-chooser");
   cols.forEach(function (c, i) {
     var label = document.createElement("label");
     var box = document.createElement("input");
     box.type = "checkbox";
     box.checked = visible[i];
-    box.addEventListener("change", function () { visible[i] = box.checked; render(); });
+    box.addEventListener("change", function () { visible[i] = box.checked; header(); resize(); draw(true); });
     label.appendChild(box);
     label.appendChild(document.createTextNode(" " + c.label));
     chooser.appendChild(label);
   });
+  function widthCh(c, i) {  // from the dictionary, without decoding the column
+    var w = c.label.length + 3, p = meta[i];
+    if (c.key === "name") { return Math.max(w, 9); }
+    if (c.type === "num") { return Math.max(w, c.key === "layer" || c.key === "neuron" ? 6 : 11); }
+    if (c.type === "bool" || !p) { return Math.max(w, 5); }
+    if (p.span) { return Math.max(w, 10); }
+    var longest = 0;
+    p.dict.forEach(function (v) { longest = Math.max(longest, (Array.isArray(v) ? v.join(", ") : String(v)).length); });
+    return Math.max(w, Math.min(longest + 2, 32));
+  }
+  var widths = cols.map(widthCh);
 
-  function fmt(v, type) {
-    if (v === null || v === undefined) { return ""; }
-    if (type === "bool") { return v ? "yes" : "no"; }
-    if (type === "list") { return v.join(", "); }
-    if (type === "num" && typeof v === "number" && !Number.isInteger(v)) {
-      var a = Math.abs(v);
-      return (a !== 0 && (a < 1e-3 || a >= 1e6)) ? v.toExponential(3) : String(Number(v.toPrecision(4)));
+  function sortBy(c) {
+    if (state.sortKey === c.key) { state.sortDir = -state.sortDir; } else {
+      state.sortKey = c.key;
+      state.sortDir = (c.type === "num" || c.type === "bool") ? -1 : 1;
     }
-    return String(v);
+    state.page = 0;
+    sortRows();
+    update();
   }
-
-  function haystack(r) {
-    var parts = [];
-    cols.forEach(function (c, i) {
-      if (c.type === "str" || c.type === "list") { parts.push(fmt(r.cells[i], c.type)); }
-    });
-    return parts.join(" ").toLowerCase();
-  }
-  var NEURON_TERM = /^l\d+(\.\d*)?$/;
-  rows.forEach(function (r) { r.text = haystack(r); r.name = String(r.cells[idx.name]).toLowerCase(); });
-
-  function filtered() {
-    var terms = search.value.toLowerCase().split(/\s+/).filter(Boolean);
-    var fam = family.value, lay = layer.value, onlyU = univ.checked;
-    return rows.filter(function (r) {
-      if (onlyU && !r.cells[idx.is_universal]) { return false; }
-      if (lay !== "" && String(r.cells[idx.layer]) !== lay) { return false; }
-      if (fam !== "" && (r.cells[idx.families] || []).indexOf(fam) < 0) { return false; }
-      for (var t = 0; t < terms.length; t++) {
-        // "L3." or "l3.17": a neuron name prefix; anything else: a substring of a text column
-        if (NEURON_TERM.test(terms[t])) {
-          if (r.name.indexOf(terms[t]) !== 0) { return false; }
-        } else if (r.text.indexOf(terms[t]) < 0) { return false; }
-      }
-      return true;
-    });
-  }
-
-  function compare(a, b) {
-    if (state.sortKey === null) { return 0; }
-    var i = idx[state.sortKey];
-    if (state.sortKey === "name") {  // natural order: layer, then neuron
-      return state.sortDir * ((a.cells[idx.layer] - b.cells[idx.layer]) ||
-                              (a.cells[idx.neuron] - b.cells[idx.neuron]));
-    }
-    var x = a.cells[i], y = b.cells[i];
-    var xn = x === null || x === undefined, yn = y === null || y === undefined;
-    if (xn || yn) { return xn === yn ? 0 : (xn ? 1 : -1); }  // missing values last
-    if (Array.isArray(x)) { x = x.join(","); y = y.join(","); }
-    if (typeof x === "boolean") { x = +x; y = +y; }
-    return state.sortDir * (x < y ? -1 : x > y ? 1 : 0);
-  }
-
   function header() {
-    var thead = table.tHead || table.createTHead();
-    thead.textContent = "";
-    var tr = thead.insertRow();
+    var focused = document.activeElement && document.activeElement.tagName === "TH"
+      ? document.activeElement.dataset.key : null;
+    table.textContent = "";
+    var group = document.createElement("colgroup"), total = 0, shownCols = 0;
+    var tr = table.createTHead().insertRow();
     cols.forEach(function (c, i) {
       if (!visible[i]) { return; }
+      var col = document.createElement("col");
+      col.style.width = widths[i] + "ch";
+      total += widths[i];
+      shownCols += 1;
+      group.appendChild(col);
       var th = document.createElement("th");
       th.textContent = c.label;
       th.title = c.title || c.key;
       th.dataset.key = c.key;
-      if (state.sortKey === c.key) { th.className = state.sortDir > 0 ? "sorted-asc" : "sorted-desc"; }
-      th.addEventListener("click", function () {
-        if (state.sortKey === c.key) { state.sortDir = -state.sortDir; } else {
-          state.sortKey = c.key;
-          state.sortDir = (c.type === "num" || c.type === "bool") ? -1 : 1;
-        }
-        state.page = 0;
-        render();
+      th.tabIndex = 0;
+      if (state.sortKey === c.key) {
+        th.className = state.sortDir > 0 ? "sorted-asc" : "sorted-desc";
+        th.setAttribute("aria-sort", state.sortDir > 0 ? "ascending" : "descending");
+      }
+      th.addEventListener("click", function () { sortBy(c); });
+      th.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(c); }
       });
       tr.appendChild(th);
     });
+    table.insertBefore(group, table.firstChild);
+    table.style.width = "calc(" + total + "ch + " + (16 * shownCols) + "px)";
+    table.appendChild(document.createElement("tbody"));
+    if (focused !== null) {
+      var again = table.querySelector('th[data-key="' + CSS.escape(focused) + '"]');
+      if (again) { again.focus({ preventScroll: true }); }
+    }
   }
 
-  function render() {
-    var list = filtered();
-    list.sort(compare);
-    var size = pageSize.value === "all" ? list.length || 1 : Number(pageSize.value);
-    var pages = Math.max(1, Math.ceil(list.length / size));
-    state.page = Math.min(state.page, pages - 1);
-    header();
-    var old = table.tBodies[0];
+  // --- virtual scrolling over `shown` (the current page of `view`) ---
+  var shown = view, rowH = 0, drawn = [-1, -1];
+  function measure() {
+    var tb = table.tBodies[0], probe = tb.insertRow();
+    probe.insertCell().textContent = "0";
+    rowH = probe.getBoundingClientRect().height || 24;
+    tb.removeChild(probe);
+  }
+  function resize() {
+    var head = table.tHead.getBoundingClientRect().height;
+    sizer.style.height = (head + shown.length * rowH) + "px";
+    table.setAttribute("aria-rowcount", String(shown.length + 1));
+  }
+  function draw(force) {
+    var first = Math.max(0, Math.floor(viewport.scrollTop / rowH) - OVERSCAN);
+    var last = Math.min(shown.length, first + Math.ceil(viewport.clientHeight / rowH) + 2 * OVERSCAN);
+    first = Math.max(0, Math.min(first, last - Math.ceil(viewport.clientHeight / rowH) - OVERSCAN));
+    if (!force && first === drawn[0] && last === drawn[1]) { return; }
+    drawn = [first, last];
     var tbody = document.createElement("tbody");
-    list.slice(state.page * size, (state.page + 1) * size).forEach(function (r) {
-      var tr = tbody.insertRow();
-      if ("is_universal" in idx && r.cells[idx.is_universal]) { tr.className = "universal"; }
-      cols.forEach(function (c, i) {
-        if (!visible[i]) { return; }
-        var td = tr.insertCell();
-        var text = fmt(r.cells[i], c.type);
-        if (c.key === "name" && r.page) {
+    for (var j = first; j < last; j++) {
+      var r = shown[j], tr = tbody.insertRow();
+      tr.setAttribute("aria-rowindex", String(j + 2));
+      if (univ && univ[r] === 1) { tr.className = "universal"; }
+      for (var i = 0; i < cols.length; i++) {
+        if (!visible[i]) { continue; }
+        var td = tr.insertCell(), text = cellText(i, r), c = cols[i];
+        if (c.key === "name" && hasPage[r]) {
           var a = document.createElement("a");
-          a.href = data.pageDir + encodeURIComponent(text) + ".html";
+          a.href = pageDir + encodeURIComponent(text) + ".html";
           a.textContent = text;
           td.appendChild(a);
         } else {
           td.textContent = text;
         }
-        if (c.type === "num") { td.className = "num"; }
-      });
-    });
-    if (old) { table.replaceChild(tbody, old); } else { table.appendChild(tbody); }
-    count.textContent = list.length + " of " + rows.length + " neurons";
+        if (c.type === "num") { td.className = "num"; } else if (c.type !== "bool") { td.title = text; }
+      }
+    }
+    table.replaceChild(tbody, table.tBodies[0]);
+    table.style.marginTop = (first * rowH) + "px";
+  }
+
+  function update() {  // sort, filter or page changed
+    filterRows();
+    var size = pageSize.value === "all" ? Math.max(view.length, 1) : Number(pageSize.value);
+    var pages = Math.max(1, Math.ceil(view.length / size));
+    state.page = Math.min(state.page, pages - 1);
+    shown = view.subarray(state.page * size, (state.page + 1) * size);
+    header();
+    resize();
+    viewport.scrollTop = 0;
+    draw(true);
+    count.textContent = view.length.toLocaleString("en-US") + " of " + n.toLocaleString("en-US") + " neurons";
     $("page-info").textContent = "page " + (state.page + 1) + " of " + pages;
     $("prev").disabled = state.page === 0;
     $("next").disabled = state.page >= pages - 1;
-    state.shown = list;
+    $("pager").hidden = pageSize.value === "all";
   }
 
-  function reset() { state.page = 0; render(); }
+  var pending = false;
+  viewport.addEventListener("scroll", function () {
+    if (pending) { return; }
+    pending = true;
+    requestAnimationFrame(function () { pending = false; draw(false); });
+  });
+  window.addEventListener("resize", function () { measure(); resize(); draw(true); });  // zoom too
+  function reset() { state.page = 0; update(); }
   search.addEventListener("input", reset);
-  [univ, family, layer, pageSize].forEach(function (el) { el.addEventListener("change", reset); });
-  $("prev").addEventListener("click", function () { state.page -= 1; render(); });
-  $("next").addEventListener("click", function () { state.page += 1; render(); });
-  if (location.hash === "#universal" && !univ.disabled) { univ.checked = true; }
-  render();
+  [univBox, family, layer, pageSize].forEach(function (el) { el.addEventListener("change", reset); });
+  $("prev").addEventListener("click", function () { state.page -= 1; update(); });
+  $("next").addEventListener("click", function () { state.page += 1; update(); });
+  if (location.hash === "#universal" && !univBox.disabled) { univBox.checked = true; }
+
+  header();
+  measure();
+  sortRows();  // the data's default sort, largest first
+  update();
+  performance.mark("neuron-rows-rendered");
+  requestAnimationFrame(function () {
+    setTimeout(function () { performance.mark("neuron-rows-painted"); }, 0);
+  });
+  // While idle, decode the other columns and the search texts, so the first sort or search
+  // on them does not pay for it.
+  var later = cols.map(function (c, i) { return i; });
+  (window.requestIdleCallback || function (f) { return setTimeout(f, 50); })(function warm(deadline) {
+    while (later.length && (!deadline || deadline.timeRemaining() > 5)) {
+      var i = later.shift();
+      if (meta[i]) { column(i); }
+      if (meta[i] && meta[i].dict) { lowerTexts(i); }
+    }
+    if (later.length) { (window.requestIdleCallback || function (f) { return setTimeout(f, 50); })(warm); }
+  });
 })();
