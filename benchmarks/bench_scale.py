@@ -1,0 +1,219 @@
+"""The whole study at the paper's model sizes, on small token counts (not a timed test).
+
+Builds five GPT-2-small-shaped models (12 layers, d_model 768, 3,072 neurons per layer;
+``--shape medium``: 24 layers, d_model 1024, 4,096 neurons) from seeds 0-4 with random
+weights and the bundled suite's tokenizer, in a cache folder outside the repository, then
+runs every stage of ``universal-neurons run`` as its own process (the same argument lists
+the pipeline uses) and prints, per stage: wall time, tokens/s, peak RSS; for correlate also
+the plan against the measured peak, and the accumulate step's GFLOP/s against this
+machine's float32 matmul peak measured in the same run. Last, the projected time of the
+paper's 100M-token correlate stage here and on one 80 GB GPU (A100 dense peaks; the
+figures used are printed).
+
+    .venv/bin/python benchmarks/bench_scale.py                      # GPT-2 small x 5
+    .venv/bin/python benchmarks/bench_scale.py --tokens 2k --skip entropy attention
+    .venv/bin/python benchmarks/bench_scale.py --shape medium --plan-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPES = {"small": dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072),
+          "medium": dict(n_layer=24, n_embd=1024, n_head=16, n_inner=4096)}
+
+
+def build_suite(work: Path, shape: str, seeds: range = range(5)) -> list[str]:
+    """Five random GPT-2s of ``shape`` saved with the bundled tokenizer (made once)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from universal_neurons.models.registry import bundled_member_path
+
+    tok = AutoTokenizer.from_pretrained(bundled_member_path("tiny-gpt2-a"))
+    paths = []
+    for seed in seeds:
+        out = work / f"gpt2-{shape}-{'abcde'[seed]}"
+        if not (out / "model.safetensors").is_file():
+            torch.manual_seed(seed)
+            cfg = GPT2Config(**SHAPES[shape], n_positions=1024, vocab_size=len(tok),
+                             bos_token_id=tok.bos_token_id or 0,
+                             eos_token_id=tok.eos_token_id or 0)
+            GPT2LMHeadModel(cfg).save_pretrained(out, safe_serialization=True)
+            tok.save_pretrained(out)
+        paths.append(str(out))
+    return paths
+
+
+def run_stage(argv: list[str], log: Path) -> dict:
+    """One stage in a fresh process: wall seconds, peak RSS (ru_maxrss), exit code."""
+    cmd = [sys.executable, "-m", "universal_neurons", *argv]
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return {"wall_s": time.perf_counter() - t, "rss_peak": usage.ru_maxrss * 1024,
+            "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+            "minor_faults": usage.ru_minflt, "rc": os.waitstatus_to_exitcode(status)}
+
+
+def correlate_figures(run: Path, peak: float) -> dict:
+    """Plan, token counts and the accumulate step's rate from the correlate manifest."""
+    from universal_neurons.engine.layout import Layout, ModelShape
+    from universal_neurons.engine.planner import FLOAT64_ADD_FLOPS
+
+    m = json.loads((run / "manifest.json").read_text())["stages"]["correlate"]
+    plan, t, kept = m["plan"], m["timings"], m["tokens"]["kept_tokens"]
+    shapes = [ModelShape(*s) for s in _shapes(m)]
+    layout = Layout(shapes)
+    rates = []
+    for p, blocks in enumerate(plan["passes"]):
+        elems = 0
+        for b in blocks:
+            from universal_neurons.engine.layout import CrossBlock
+
+            blk = CrossBlock(*b)
+            rows, cols = layout.block_rows(blk), layout.block_cols(blk)
+            elems += (rows.stop - rows.start) * (cols.stop - cols.start)
+        if p == 0:
+            elems += sum(s.n_layers * s.d_mlp ** 2 for s in shapes)
+        flops = kept * elems * (2 + FLOAT64_ADD_FLOPS / plan["rows_per_gemm"])
+        acc_s = t.get(f"pass{p}_accumulate_s")
+        if acc_s and p > 0:  # pass 0 also feeds the activation statistics
+            rates.append(flops / acc_s)
+    return {"plan": plan, "kept": kept, "timings": t, "shapes": shapes,
+            "accumulate_flops_s": sum(rates) / len(rates) if rates else None,
+            "peak_flops_s": peak}
+
+
+def _shapes(manifest: dict) -> list[tuple[str, int, int]]:
+    from universal_neurons.models.dims import model_dims
+
+    return [(name, model_dims(path).n_layers, model_dims(path).d_mlp)
+            for name, path in zip(manifest["models"], manifest["config"]["models"])]
+
+
+def main() -> None:
+    from universal_neurons.data.dataset import parse_count
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=tuple(SHAPES), default="small")
+    p.add_argument("--work", default=os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+        "universal-neurons", "bench-scale"), help="models, dataset and run (outside the repo)")
+    p.add_argument("--tokens", default="1k", help="correlate/statistics tokens (default 1k)")
+    p.add_argument("--explain-tokens", default="4k")
+    p.add_argument("--intervention-tokens", default="512")
+    p.add_argument("--max-memory", default=None, help="correlate budget (default: its own)")
+    p.add_argument("--skip", nargs="*", default=[], help="stages not to run")
+    p.add_argument("--plan-only", action="store_true", help="print the plans and stop")
+    p.add_argument("--gpu-memory", default="80GB", help="GPU for the projection (80GB)")
+    p.add_argument("--gpu-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
+    args = p.parse_args()
+
+    from universal_neurons.engine.projection import (
+        A100_PEAK_TFLOPS,
+        cpu_matmul_peak,
+        format_duration,
+    )
+    from universal_neurons.pipeline import RunConfig, stage_commands
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    specs = build_suite(work, args.shape)
+    print(f"models: {', '.join(specs)} (built in {time.perf_counter() - t0:.0f} s)")
+    peak = max(cpu_matmul_peak(2048) for _ in range(2))
+    print(f"float32 matmul peak here: {peak / 1e9:.0f} GFLOP/s (2048^3, best of 2), "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    gpu_proj = _gpu_projection(specs, args)
+    if args.plan_only:
+        return
+
+    run = work / f"run-{args.shape}"
+    cfg = RunConfig(models=tuple(specs), out=str(run), tokens=parse_count(args.tokens),
+                    explain_tokens=parse_count(args.explain_tokens),
+                    intervention_tokens=parse_count(args.intervention_tokens),
+                    skip=tuple(args.skip))
+    rows = []
+    for name, argv in stage_commands(cfg, specs[0]):
+        if name == "correlate":
+            argv = [*argv, "--restart"] + (["--max-memory", args.max_memory]
+                                          if args.max_memory else [])
+        print(f"[{name}] universal-neurons {' '.join(argv)}", flush=True)
+        r = run_stage([*argv, "--quiet"], work / f"{name}.log")
+        rows.append((name, r))
+        print(f"  {r['wall_s']:.1f} s, peak RSS {r['rss_peak'] / 2**30:.2f} GiB, "
+              f"sys {r['sys_s']:.0f} s, {r['minor_faults']:,} minor faults, rc {r['rc']}",
+              flush=True)
+        if r["rc"]:
+            print(f"  failed; see {work / (name + '.log')}")
+            break
+
+    print("=" * 78)
+    print(f"bench_scale  GPT-2 {args.shape} shape x {len(specs)} seeds, "
+          f"{parse_count(args.tokens):,} correlate tokens, load avg {os.getloadavg()[0]:.1f}")
+    tokens = {"correlate": cfg.tokens, "explain": cfg.explain_tokens,
+              "entropy": cfg.intervention_tokens, "attention": cfg.intervention_tokens}
+    print(f"{'stage':<11}{'wall':>9}{'tokens/s':>10}{'peak RSS':>11}{'sys':>7}")
+    for name, r in rows:
+        tps = f"{tokens[name] / r['wall_s']:.1f}" if name in tokens else "-"
+        print(f"{name:<11}{r['wall_s']:>8.1f}s{tps:>10}{r['rss_peak'] / 2**30:>10.2f}G"
+              f"{r['sys_s']:>6.0f}s")
+    if rows and rows[0][0] == "correlate" and rows[0][1]["rc"] == 0:
+        _report_correlate(run, peak, rows[0][1], gpu_proj, A100_PEAK_TFLOPS[args.gpu_precision],
+                          args.gpu_precision, format_duration)
+
+
+def _gpu_projection(specs: list[str], args) -> float:
+    """Plan and projected 100M-token correlate time on one GPU of ``--gpu-memory``."""
+    from universal_neurons.engine.layout import ModelShape
+    from universal_neurons.engine.planner import forward_bytes, parse_bytes, plan_correlation
+    from universal_neurons.engine.projection import A100_PEAK_TFLOPS, format_duration, project
+    from universal_neurons.models.dims import model_dims
+
+    dims = [model_dims(s) for s in specs]
+    shapes = [ModelShape(Path(s).name, d.n_layers, d.d_mlp) for s, d in zip(specs, dims)]
+    budget = int(0.9 * parse_bytes(args.gpu_memory))
+    plan = plan_correlation(shapes, "reference", budget, model_bytes=sum(d.n_params * 4
+                                                                         for d in dims),
+                            forward_bytes=forward_bytes(dims, 8 * 512), batch_size=8,
+                            bf16_copy=args.gpu_precision == "bf16", device_type="cuda")
+    tf = A100_PEAK_TFLOPS[args.gpu_precision]
+    proj = project(plan, shapes, dims, 100_000_000, tf * 1e12)
+    print(f"GPU plan ({args.gpu_memory}, 90% usable, {args.gpu_precision}): {plan.n_passes} "
+          f"pass(es), {plan.total_bytes / 2**30:.1f} GiB; 100M tokens at {tf} TFLOP/s "
+          f"(A100 dense peak) x 80% accumulate / 50% forward: {format_duration(proj.seconds)}")
+    return proj.seconds
+
+
+def _report_correlate(run: Path, peak: float, r: dict, gpu_s: float, gpu_tf: float,
+                      gpu_prec: str, fmt) -> None:
+    f = correlate_figures(run, peak)
+    plan, t = f["plan"], f["timings"]
+    print(f"correlate: plan {plan['n_passes']} pass(es), {plan['rows_per_gemm']} rows/GEMM, "
+          f"batch {plan.get('batch_size')}; planned {plan['total_bytes'] / 2**30:.2f} GiB, "
+          f"measured peak RSS {r['rss_peak'] / 2**30:.2f} GiB "
+          f"({r['rss_peak'] / plan['total_bytes']:.0%} of plan)")
+    if f["accumulate_flops_s"]:
+        print(f"  accumulate step (passes after the first): "
+              f"{f['accumulate_flops_s'] / 1e9:.0f} GFLOP/s = "
+              f"{f['accumulate_flops_s'] / peak:.0%} of the fp32 matmul peak")
+    stream = sum(v for k, v in t.items() if k.endswith("_stream_s"))
+    summ = sum(v for k, v in t.items() if k.endswith("_summarize_s"))
+    fixed = t.get("total_s", r["wall_s"]) - stream
+    per_tok = stream / max(f["kept"], 1)
+    print(f"  streaming {stream:.0f} s ({f['kept'] / stream:.1f} kept tokens/s over all "
+          f"passes), summarising {summ:.0f} s, other fixed costs {fixed - summ:.0f} s")
+    print(f"  projected 100M-token correlate here: {fmt(fixed + per_tok * 1e8)}; on one GPU "
+          f"({gpu_tf} TFLOP/s {gpu_prec}): {fmt(gpu_s)}")
+
+
+if __name__ == "__main__":
+    main()
