@@ -322,7 +322,7 @@ class ExplainConfig:
     precision: Literal["fp32", "fp64"] = "fp32"
     """dtype of the per-batch group sums (tables are float64 either way)."""
     max_memory: str | None = None
-    """Token-table budget, e.g. ``8G`` (default: 50% of available RAM); above it the
+    """Token-table budget, e.g. ``8G`` (default: 70% of available RAM); above it the
     neurons are tiled over several passes."""
     progress: bool = True
 

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows-per-gemm", type=int, default=4096,
                    help="kept tokens per accumulation GEMM (default 4096)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory budget, e.g. 16G (default: 50%% of available RAM, 90%% of "
+                   help="memory budget, e.g. 16G (default: 70%% of available RAM, 90%% of "
                         "free GPU memory on CUDA)")
     p.add_argument("--max-tokens", type=_count, default=None, metavar="N",
                    help="use only the first N tokens of the dataset, e.g. 1M")

@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="token-table budget, e.g. 8G (default 50%% of available RAM)")
+                   help="token-table budget, e.g. 8G (default 70%% of available RAM)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -279,8 +279,11 @@ class ActivationStats:
         """State bytes plus per-chunk scratch (for the engine's memory planner)."""
         state = sum(getattr(self, k).numel() * getattr(self, k).element_size()
                     for k in self._STATE)
-        scratch = 6 * 8 * min(self.config.chunk_elements, self.n_neurons * 8192)
-        return state + self.token_table_nbytes + scratch
+        return state + self.token_table_nbytes + self.scratch_nbytes()
+
+    def scratch_nbytes(self) -> int:
+        """Temporaries of one update (freed before the next accumulator runs)."""
+        return 6 * 8 * min(self.config.chunk_elements, self.n_neurons * 8192)
 
     # ------------------------------------------------------------------ update
     def update(self, batch: ActivationBatch) -> None:

@@ -61,7 +61,7 @@ class CorrelateConfig:
     rows_per_gemm: int = 4096
     """Kept tokens buffered per GEMM (the planner may lower it to fit memory)."""
     max_memory: str | None = None
-    """Budget, e.g. ``8G``; default 50% of available RAM (90% of free GPU memory on CUDA)."""
+    """Budget, e.g. ``8G``; default 70% of available RAM (90% of free GPU memory on CUDA)."""
     max_tokens: int | None = None
     """Use only the first ``max_tokens`` tokens of the dataset (whole sequences)."""
     n_ctx: int | None = None
@@ -199,14 +199,18 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
     budget = (parse_bytes(config.max_memory) if config.max_memory is not None
               else default_budget(device))
     budget = dd.agree_min(budget, ctx, device)  # one plan for every rank
+    # accumulators update one after another: their states add up, their scratch does not
+    scratch = [int(getattr(acc, "scratch_nbytes", lambda: 0)()) for acc in extras]
+    extra_state = sum(int(acc.nbytes()) for acc in extras if hasattr(acc, "nbytes")) \
+        - sum(scratch)
     plan = plan_correlation(
         shapes, mode, budget, k=config.top_k, bins=config.bins,
         baseline=config.baseline != "none", rows_per_gemm=config.rows_per_gemm,
         model_bytes=model_bytes(models),
         forward_bytes=forward_bytes([m.adapter for m in models],
                                     min(config.batch_size, n_seq) * dataset.n_ctx, 1),
-        batch_size=min(config.batch_size, n_seq),
-        extra_bytes=sum(int(acc.nbytes()) for acc in extras if hasattr(acc, "nbytes")),
+        scratch_bytes=max(scratch, default=0),
+        batch_size=min(config.batch_size, n_seq), extra_bytes=extra_state,
         bf16_copy=config.precision == "bf16", device_type=dev.type)
     semantic = {**config.semantic(), "models": [m.name for m in models],
                 "dataset": str(dataset.path), "dataset_fingerprint": fingerprint,
@@ -310,7 +314,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         if token_shard:
             dd.merge_moments(moments, ctx)
         if stats is None:  # first pass: keep O(N) stats, free the [L, d, d] co-moments
-            stats = ModelStats.from_moments(moments, base)
+            stats = ModelStats.from_moments(moments, base, free_cov=True)
         moments.cov = None
         if not token_shard or ctx.is_main:
             summarize_moments(moments, stats, summaries, base)

@@ -48,21 +48,26 @@ class ModelStats:
                                            for m2, s in zip(m2s, layout.shapes)]
 
     @classmethod
-    def from_moments(cls, moments: CoMoments, baselines: Baselines | None = None
-                     ) -> ModelStats:
+    def from_moments(cls, moments: CoMoments, baselines: Baselines | None = None,
+                     free_cov: bool = False) -> ModelStats:
         """Stats of a first pass; with ``baselines``, every layer's rotated variances too
-        (each layer's basis is made here once and cached in ``baselines``)."""
+        (each layer's basis is made here once and cached in ``baselines``). ``free_cov``
+        drops ``moments.cov`` model by model as it is used, so the co-moments and the
+        bases are never all held at once."""
         if moments.cov is None:
             raise ValueError("ModelStats needs moments accumulated with layer_cov=True")
         m2s = [c.diagonal(dim1=1, dim2=2).reshape(-1).clone() for c in moments.cov]
         rotvars: dict[tuple[int, int], torch.Tensor] = {}
-        if baselines is not None:
-            baselines.prepare([(m, layer) for m, s in enumerate(moments.layout.shapes)
-                               for layer in range(s.n_layers)])
-            for m, s in enumerate(moments.layout.shapes):
+        for m, s in enumerate(moments.layout.shapes):
+            if baselines is not None:
+                baselines.prepare([(m, layer) for layer in range(s.n_layers)])
                 for layer in range(s.n_layers):
                     basis = baselines.basis(m, layer)
                     rotvars[(m, layer)] = rotated_variances(moments.cov[m][layer], basis)
+            if free_cov:
+                moments.cov[m] = moments.cov[m].new_empty(0, s.d_mlp, s.d_mlp)
+        if free_cov:
+            moments.cov = None
         return cls(moments.layout, moments.n, moments.mean, m2s, rotvars)
 
     def m2(self, model: int) -> torch.Tensor:

@@ -14,14 +14,15 @@ one layer against one partner layer cannot fit, :func:`plan_correlation` raises
 Peak (bytes), with ``R = models + summaries + stats + extra + runtime`` and
 ``stream = forward + buffer + gemm_temp``:
 
-- first pass:  ``R + cross_first + max(layer_cov + stream, layer_cov + bases,
-  bases + finalize)``
+- first pass:  ``R + cross_first + max(layer_cov + stream, layer_cov + bases_step,
+  bases + finalize)`` (the co-moments are freed model by model as the bases are made)
 - later passes: ``R + bases + cross + max(stream, finalize)``
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def phase_bytes(b: dict[str, int]) -> tuple[int, int]:
     resident = b["models"] + b["summaries"] + b["stats"] + b["extra"] + b["runtime"]
     stream = b["forward"] + b["buffer"] + b["gemm_temp"]
     first = resident + b["cross_first"] + max(b["layer_cov"] + stream,
-                                              b["layer_cov"] + b["bases"],
+                                              b["layer_cov"] + b["bases_step"],
                                               b["bases"] + b["finalize"])
     later = resident + b["bases"] + b["cross"] + max(stream, b["finalize"])
     return first, later
@@ -148,12 +149,14 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
                      k: int = 10, bins: int = 100, baseline: bool = True,
                      rows_per_gemm: int = 4096, model_bytes: int = 0, forward_bytes: int = 0,
                      extra_bytes: int = 0, bf16_copy: bool = False,
-                     device_type: str = "cpu", batch_size: int = 0) -> Plan:
+                     device_type: str = "cpu", batch_size: int = 0,
+                     scratch_bytes: int = 0) -> Plan:
     """Plan a correlation run within ``budget_bytes`` (see module doc).
 
     ``model_bytes``/``forward_bytes``/``extra_bytes`` are the weights, one forward batch's
     activations (of ``batch_size`` sequences) and other accumulators' state, counted
-    against the budget too. ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer
+    against the budget too; ``scratch_bytes`` the largest temporaries of one accumulator
+    update (streaming phase, whatever the batch). ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer
     (``--precision bf16``). ``device_type``: ``cpu`` or ``cuda`` (GEMM scratch differs).
     Candidates: ``rows_per_gemm`` halved down to 256 and, when ``batch_size`` is given, the
     batch halved down to 1 (forward memory scales with it); the plan with the fewest
@@ -169,6 +172,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
         "stats": layout.total * 8 * 3,  # mean, sums of squares, rotated variances
         "summaries": _summaries_bytes(shapes, mode, k, bins),
         "bases": _bases_bytes(shapes) if baseline else 0,
+        "bases_step": _bases_bytes(shapes, largest_only=True) if baseline else 0,
         "finalize": _finalize_bytes(shapes, mode),
         "temp_bytes": temp_bytes,
         "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cuda"]),
@@ -186,7 +190,8 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     rows = rows_per_gemm
     while True:
         for batch in batches:
-            fwd = forward_bytes * batch // batch_size if batch_size else forward_bytes
+            fwd = (forward_bytes * batch // batch_size if batch_size else forward_bytes) \
+                + scratch_bytes
             plan = _pack(layout, mode, atoms, budget_bytes, rows, {**fixed, "forward": fwd},
                          bf16_copy)
             if plan is not None:
@@ -199,7 +204,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
             break
         rows = max(MIN_ROWS_PER_GEMM, rows // 2)
     if best is None:
-        fwd = forward_bytes // batch_size if batch_size else forward_bytes
+        fwd = (forward_bytes // batch_size if batch_size else forward_bytes) + scratch_bytes
         need = max(_need(layout, mode, [a], MIN_ROWS_PER_GEMM, {**fixed, "forward": fwd},
                          bf16_copy, first) for a in atoms for first in (True, False))
         raise UserError(
@@ -341,8 +346,8 @@ def _components(layout: Layout, blocks: list[CrossBlock], first: list[CrossBlock
             "layer_cov": fixed["layer_cov"], "stats": fixed["stats"],
             "summaries": fixed["summaries"], "cross": _cross_bytes(layout, blocks),
             "cross_first": _cross_bytes(layout, first), "buffer": buffer,
-            "gemm_temp": gemm_temp, "bases": fixed["bases"], "finalize": fixed["finalize"],
-            "extra": fixed["extra"], "runtime": fixed["runtime"]}
+            "gemm_temp": gemm_temp, "bases": fixed["bases"], "bases_step": fixed["bases_step"],
+            "finalize": fixed["finalize"], "extra": fixed["extra"], "runtime": fixed["runtime"]}
 
 
 def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int) -> int:
@@ -354,11 +359,19 @@ def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int
     return total
 
 
-def _bases_bytes(shapes: Sequence[ModelShape]) -> int:
-    """Float32 bases and rotated inverse stds of every layer, plus the float64 transients
-    of making one (Gaussian, Q, R, a float64 copy while computing rotated variances)."""
+QR_WORKERS = min(8, os.cpu_count() or 1)
+"""Bases made at once (``finalize.Baselines.prepare``: one single-threaded QR per core)."""
+
+
+def _bases_bytes(shapes: Sequence[ModelShape], largest_only: bool = False) -> int:
+    """Float32 bases and rotated inverse stds of every layer; ``largest_only``: those of
+    the largest model plus the float64 transients of the QRs in flight (Gaussian, Q, R, a
+    float64 copy for the rotated variances), what is made while the co-moments are held."""
     d_max = max(s.d_mlp for s in shapes)
-    return sum(s.n_layers * s.d_mlp * (s.d_mlp + 1) * 4 for s in shapes) + 4 * d_max ** 2 * 8
+    per_model = [s.n_layers * s.d_mlp * (s.d_mlp + 1) * 4 for s in shapes]
+    if largest_only:
+        return max(per_model) + QR_WORKERS * 4 * d_max ** 2 * 8
+    return sum(per_model)
 
 
 def _finalize_bytes(shapes: Sequence[ModelShape], mode: Mode) -> int:
@@ -400,8 +413,14 @@ def format_bytes(n: int | float) -> str:
     raise AssertionError
 
 
+CPU_BUDGET_FRACTION = 0.7
+"""Share of available RAM a CPU run plans for by default: the plan is a peak estimate
+(measured within 10% at GPT-2-small shape, docs/scale.md), so 30% stays for the rest of
+the machine."""
+
+
 def default_budget(device: str) -> int:
-    """50% of available RAM on CPU; 90% of free device memory on CUDA."""
+    """70% of available RAM on CPU; 90% of free device memory on CUDA."""
     import torch
 
     dev = torch.device(device)
@@ -411,8 +430,9 @@ def default_budget(device: str) -> int:
     try:
         import psutil
 
-        return int(psutil.virtual_memory().available * 0.5)
+        available = int(psutil.virtual_memory().available)
     except ImportError:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024 // 2
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    return int(available * CPU_BUDGET_FRACTION)

@@ -171,3 +171,12 @@ def assert_hists_agree(got, want, exact: np.ndarray, tol: float = 1e-4) -> None:
     bad = np.argwhere(crossed > near)
     assert bad.size == 0, (f"{len(bad)} (row, edge) pairs moved more values than lie within "
                            f"{tol} of the edge, first {bad[:3].tolist()}")
+
+
+def tiling_budget(plan, keep: float = 0.5) -> str:
+    """A ``--max-memory`` that forces several passes: room for only ``keep`` of the cross
+    co-moments of ``plan`` (one pass), even at a batch of one sequence (the planner may
+    lower it). Below 1 / (row layers) it forces column tiles."""
+    fwd = plan.bytes["forward"]
+    return str(plan.total_bytes - int(plan.bytes["cross"] * (1 - keep)) - fwd
+               + fwd // plan.batch_size)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.multiprocessing as mp
-from correlate_helpers import assert_hists_agree, captured, corr64
+from correlate_helpers import assert_hists_agree, captured, corr64, tiling_budget
 from safetensors.torch import load_file
 
 from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
@@ -43,7 +43,7 @@ def test_two_gloo_processes_equal_one(tiny_suite, tmp_path):
             "progress": False, "rows_per_gemm": 256, "batch_size": 4}
     single = run_correlate(CorrelateConfig(out=str(tmp_path / "single"), **base))
     p = single.plan
-    tile_budget = str(p.total_bytes - p.bytes["cross"] // 2)
+    tile_budget = tiling_budget(p)
     runs = [{**base, "out": str(tmp_path / "tokens")},
             {**base, "out": str(tmp_path / "tiles"), "max_memory": tile_budget, "_passes": 2}]
     mp.spawn(_worker, args=(2, [free_port(), free_port()], runs), nprocs=2, join=True)

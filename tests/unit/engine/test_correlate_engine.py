@@ -12,6 +12,7 @@ from correlate_helpers import (
     captured,
     corr64,
     nanmax_rows,
+    tiling_budget,
 )
 
 from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
@@ -93,7 +94,7 @@ def test_tiled_run_equals_single_pass(reference_run, acts, tiny_suite, tmp_path)
     single, _ = reference_run
     p = single.plan
     tiled = run_correlate(config(tiny_suite, tmp_path, rows_per_gemm=256,
-                                 max_memory=str(p.total_bytes - p.bytes["cross"] // 2)))
+                                 max_memory=tiling_budget(p, keep=0.3)))
     assert tiled.plan.n_passes > 1
     # the budget cuts through a layer's partners: column tiles are exercised too
     assert any(b.col_layer_stop is not None for p in tiled.plan.passes for b in p)
@@ -130,7 +131,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_suite, tmp_path, monkeypatc
     straight = run_correlate(config(tiny_suite, tmp_path / "straight", **kw))
     if tiled:
         p = straight.plan
-        kw["max_memory"] = str(p.total_bytes - p.bytes["cross"] // 2)
+        kw["max_memory"] = tiling_budget(p)
         straight = run_correlate(config(tiny_suite, tmp_path / "straight", **kw))
         assert straight.plan.n_passes >= 2
     per_pass = -(-48 // straight.plan.batch_size)  # batches per pass over the 48 sequences
@@ -185,7 +186,7 @@ def test_extra_accumulators_see_every_kept_token_once(tiny_suite, tmp_path, refe
     p = reference_run[0].plan
     counter = Counter()
     res = run_correlate(config(tiny_suite, tmp_path, rows_per_gemm=256,
-                               max_memory=str(p.total_bytes - p.bytes["cross"] // 2)), [counter])
+                               max_memory=tiling_budget(p)), [counter])
     assert res.plan.n_passes > 1
     assert counter.finalize() == res.n_kept
 
