@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
+from helpers import tiny_model
 from universal_neurons.analysis.weights import NEURON_COLUMNS, WeightStats, compute_weight_stats
 
 N_LAYERS, D_MODEL, N_HEADS, D_VOCAB, N_CTX = 3, 32, 4, 96, 16
@@ -22,12 +23,9 @@ def models():
     """A random HF GPT-2 (LayerNorm parameters randomised too) and TL's processed copy."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=N_LAYERS, n_embd=D_MODEL, n_head=N_HEADS,
-                                    vocab_size=D_VOCAB, n_positions=N_CTX,
-                                    activation_function="gelu_new")).eval()
+    hf = tiny_model("gpt2", perturb=0.0, n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS,
+                    d_mlp=D_MLP, vocab=D_VOCAB, n_ctx=N_CTX, activation_function="gelu_new")
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "ln" in name:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_builders import ARCHS, VOCAB, tiny_model, tl_oracle
 
+from helpers import ARCHS, VOCAB, tiny_model, tl_oracle
 from universal_neurons.models.adapters import ADAPTERS, adapter_for
 from universal_neurons.models.adapters.gpt2 import GPT2Adapter
 from universal_neurons.models.adapters.llama import LlamaAdapter
@@ -17,11 +17,11 @@ WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O",
                 "W_in", "b_in", "W_gate", "W_out", "b_out", "W_U", "b_U")
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def pair(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=tuple(ARCHS))
+def pair(request):
     """(arch, HF model, adapter, TL oracle with TL's default processing)."""
     model = tiny_model(request.param)
-    tl = tl_oracle(model, tmp_path_factory.mktemp("cfg"), **DEFAULT)
+    tl = tl_oracle(model, **DEFAULT)
     return request.param, model, adapter_for(model), tl
 
 
@@ -160,9 +160,9 @@ def test_processed_weights_reproduce_the_model(pair):
      "fold_value_biases": False},
 ])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_processing_flags_match_tl(arch, flags, tmp_path):
+def test_processing_flags_match_tl(arch, flags):
     model = tiny_model(arch)
-    tl = tl_oracle(model, tmp_path, **flags)
+    tl = tl_oracle(model, **flags)
     pw = adapter_for(model).processed_weights(**flags)
     for name in ("W_E", "W_Q", "W_K", "b_V", "W_O", "b_O", "W_in", "b_in", "W_out", "b_out",
                  "W_U", "b_U"):
@@ -211,7 +211,7 @@ def test_capture_rows_are_the_kept_tokens_of_capture(pair):
             torch.testing.assert_close(rows[site], ref, atol=0, rtol=0)
 
 
-def test_fused_activations_match_transformer_lens(tmp_path):
+def test_fused_activations_match_transformer_lens():
     from transformers.activations import NewGELUActivation
 
     from universal_neurons.models.adapters.gpt2 import FusedGELUTanh
@@ -219,7 +219,7 @@ def test_fused_activations_match_transformer_lens(tmp_path):
     v = torch.linspace(-8, 8, 100_001)
     assert (FusedGELUTanh()(v) - NewGELUActivation()(v)).abs().max() < 2e-6
     model = tiny_model("gpt2")
-    tl = tl_oracle(model, tmp_path, **DEFAULT)
+    tl = tl_oracle(model, **DEFAULT)
     a = adapter_for(model)
     x = tokens()
     before = a.capture(x, sites=("post",))["post"]
