@@ -74,6 +74,56 @@ def test_stop_after_last_mlp_same_and_stops(pair):
     torch.testing.assert_close(only_pre["pre"], full["pre"], atol=0, rtol=0)
 
 
+def test_attention_modules_read_tl_queries_keys_values(pair):
+    """The adapter's attention layout: per-head q/k/v read from the projections' outputs
+    equal TL's ``hook_q/k/v`` (pre-rotary; GQA heads repeated), values less
+    ``value_bias()`` (TL folds value biases into ``b_O``); ``out`` sees TL's ``hook_z``
+    plus that bias."""
+    _, model, a, tl = pair
+    x = tokens()
+    _, cache = tl.run_with_cache(x)
+    for layer in range(a.n_layers):
+        s = a.attention_modules(layer)
+        seen, handles = {}, []
+        for kind in ("q", "k", "v"):
+            handles.append(s.projection(kind).register_forward_hook(
+                lambda _m, _a, out, kind=kind, s=s, seen=seen: seen.__setitem__(
+                    kind, s.heads(kind, out))))
+        handles.append(s.out.register_forward_pre_hook(
+            lambda _m, args, seen=seen: seen.__setitem__("z", args[0])))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        for kind in ("q", "k", "v"):
+            want = cache[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, heads (or kv heads), d]
+            want = want.repeat_interleave(a.n_heads // want.shape[-2], dim=-2)
+            got = seen[kind] - (s.value_bias() if kind == "v" else 0.0)
+            assert got.shape == (*x.shape, a.n_heads, a.d_head)
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        # attention weights sum to one, so HF's z carries the value bias that TL folded out
+        z = (cache[f"blocks.{layer}.attn.hook_z"] + s.value_bias()).flatten(-2)  # [b, pos, H * d]
+        torch.testing.assert_close(seen["z"], z, atol=ATOL, rtol=0)
+
+
+def test_every_adapter_declares_an_attention_layout():
+    from universal_neurons.errors import UserError
+    from universal_neurons.models.adapters.attention_layout import AttentionLayout
+
+    assert all(cls.attention_layout is not None for cls in ADAPTERS.values())
+    for bad in ({}, {"qkv": "attn.c_attn", "q": "q"}, {"q": "q", "k": "k"}):
+        with pytest.raises(ValueError, match="either a fused qkv"):
+            AttentionLayout(norm="ln", o="out", **bad)
+
+    class NoLayout(GPT2Adapter):
+        attention_layout = None
+
+    with pytest.raises(UserError, match="declares no attention layout"):
+        NoLayout(tiny_model("gpt2")).attention_modules(0)
+
+
 def _hook_count(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
