@@ -27,7 +27,21 @@ from universal_neurons.analysis.attention_heuristic import (
     random_like_norms,
     top_pairs,
 )
-from universal_neurons.constants import neuron_name
+from universal_neurons.constants import (
+    ATTENTION_BOS_VALUE_NORMS,
+    ATTENTION_DIR,
+    ATTENTION_HEURISTIC_HIST,
+    ATTENTION_HEURISTIC_SUMMARY,
+    ATTENTION_HEURISTIC_TOP,
+    ATTENTION_PATH_ABLATION,
+    ATTENTION_PATH_ABLATION_POINTS,
+    FIG_ATTENTION_BOS_VALUE_NORMS,
+    FIG_ATTENTION_HEURISTIC,
+    FIG_ATTENTION_PATH_ABLATION,
+    PLOTS_DIR,
+    neuron_name,
+    parse_neuron_name,
+)
 from universal_neurons.errors import UserError
 
 
@@ -100,7 +114,6 @@ def run_attention(config: AttentionConfig) -> AttentionResult:
     import time
 
     from universal_neurons.analysis.interventions import open_dataset, token_progress
-    from universal_neurons.constants import PLOTS_DIR, parse_neuron_name
     from universal_neurons.models.loading import load_model
     from universal_neurons.rundir import RunDir, write_json, write_table
 
@@ -132,25 +145,25 @@ def run_attention(config: AttentionConfig) -> AttentionResult:
                                 config.max_points, update, weights=w)
 
     run = RunDir(config.out)
-    d = run / "attention"
+    d = run / ATTENTION_DIR
     for df in (top, passed.path_ablation, passed.value_norms):
         df.insert(0, "model", model.name)
-    write_table(d / "heuristic_top.parquet", top)
-    write_table(d / "heuristic_hist.parquet", hist)
-    write_table(d / "path_ablation.parquet", passed.path_ablation)
-    write_table(d / "path_ablation_points.parquet", passed.points, csv=False)
-    write_table(d / "bos_value_norms.parquet", passed.value_norms)
+    write_table(d / ATTENTION_HEURISTIC_TOP, top)
+    write_table(d / ATTENTION_HEURISTIC_HIST, hist)
+    write_table(d / ATTENTION_PATH_ABLATION, passed.path_ablation)
+    write_table(d / ATTENTION_PATH_ABLATION_POINTS, passed.points, csv=False)
+    write_table(d / ATTENTION_BOS_VALUE_NORMS, passed.value_norms)
     summary["median_head_value_norm_ratio"] = float(passed.value_norms["ratio"].median())
-    write_json(d / "heuristic_summary.json", summary)
+    write_json(d / ATTENTION_HEURISTIC_SUMMARY, summary)
     plots = []
     if config.plots:
         from universal_neurons.report import plots_roles as pr
 
         pd_ = run / PLOTS_DIR
-        plots = [pr.plot_heuristic_hist(hist, pd_ / "attention_heuristic.png", model.name),
+        plots = [pr.plot_heuristic_hist(hist, pd_ / FIG_ATTENTION_HEURISTIC, model.name),
                  pr.plot_path_ablation(passed.points, passed.path_ablation,
-                                       pd_ / "attention_path_ablation.png", model.name),
-                 pr.plot_bos_value_norms(passed.value_norms, pd_ / "attention_bos_value_norms.png",
+                                       pd_ / FIG_ATTENTION_PATH_ABLATION, model.name),
+                 pr.plot_bos_value_norms(passed.value_norms, pd_ / FIG_ATTENTION_BOS_VALUE_NORMS,
                                          model.name)]
     run.record_stage(
         "attention", config, model=model.name, pairs=[p.name for p in pairs], summary=summary,
