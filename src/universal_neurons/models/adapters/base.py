@@ -59,6 +59,9 @@ class ArchitectureAdapter:
     block (what the attention analyses read and patch)."""
     final_norm_path: ClassVar[str] = ""
     """Final norm, relative to the model."""
+    transformer_lens_converters: ClassVar[dict[str, str]] = {}
+    """HF ``model_type`` -> TransformerLens weight converter (a function name in
+    ``transformer_lens.pretrained.weight_conversions``), for the TransformerLens oracle."""
 
     def __init__(self, hf_model: nn.Module):
         self.model: Any = hf_model  # a transformers *ForCausalLM (attributes vary by arch)

@@ -32,6 +32,7 @@ class GPT2Adapter(ArchitectureAdapter):
     attention_layout = AttentionLayout(norm="ln_1", qkv="attn.c_attn", order="qkv_head",
                                        o="attn.c_proj")
     final_norm_path = "transformer.ln_f"
+    transformer_lens_converters = {"gpt2": "convert_gpt2_weights"}
 
     def fuse_activations(self) -> int:
         """Replace ``gelu_new`` (five elementwise kernels in HF) by PyTorch's fused

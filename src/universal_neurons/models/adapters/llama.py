@@ -36,6 +36,8 @@ class LlamaAdapter(ArchitectureAdapter):
                                        k="self_attn.k_proj", v="self_attn.v_proj",
                                        o="self_attn.o_proj")
     final_norm_path = "model.norm"
+    transformer_lens_converters = {"llama": "convert_llama_weights",
+                                   "qwen2": "convert_qwen2_weights"}
 
     def _d_head(self) -> int:
         return getattr(self.config, "head_dim", None) or self.d_model // self.n_heads

@@ -35,6 +35,7 @@ class NeoXAdapter(ArchitectureAdapter):
     attention_layout = AttentionLayout(norm="input_layernorm", qkv="attention.query_key_value",
                                        order="head_qkv", o="attention.dense")
     final_norm_path = "gpt_neox.final_layer_norm"
+    transformer_lens_converters = {"gpt_neox": "convert_neox_weights"}
 
     def _unembed(self):
         # transformers >= 5.14 calls it lm_head; older versions embed_out
