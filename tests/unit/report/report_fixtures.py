@@ -21,18 +21,18 @@ MODELS = ("toy-a", "org/toy-b")
 N_LAYERS, D_MLP, N_SEQ, N_CTX, TOP_K = 3, 8, 6, 12, 4
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = '"><img src=x onerror=alert(1)>'
-FIGURES = {  # plots/ file -> colour, one figure per report section and one unlisted
+FIGURES = {  # plots/ file -> colour (the browser tests count four figures)
     "universal_by_layer.png": (30, 90, 200),
-    "families_toy-a.png": (90, 30, 200),
     "prediction_curves.png": (120, 120, 0),
     "entropy_L2.3.png": (200, 30, 30),
     "attention_bos_value_norms.png": (30, 160, 60),
-    "my_extra_figure.png": (60, 60, 60),
 }
+MORE_FIGURES = {"families_toy-a.png": (90, 30, 200), "my_extra_figure.png": (60, 60, 60)}
 FIGURE_SECTION_IDS = {"universal_by_layer.png": "claims", "families_toy-a.png": "families",
                       "prediction_curves.png": "prediction", "entropy_L2.3.png": "entropy",
                       "attention_bos_value_norms.png": "attention",
                       "my_extra_figure.png": "figures"}
+"""Report section (its HTML id) of each figure of FIGURES and MORE_FIGURES."""
 HOSTILE = [XSS_SCRIPT, XSS_IMG, "</script><!--", "a&amp;b", "\u2028line"]
 VOCAB = ["<bos>", "the", " cat", " sat", "\n", *HOSTILE, " on", " mat", "!"]
 STATS = ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty", "mean", "var",
