@@ -1,13 +1,123 @@
-"""Names of every file a run directory holds, in one place."""
+"""Every path of a run directory, in one place.
+
+A run directory (``RUN/``) holds::
+
+    manifest.json                       MANIFEST: config, versions, seeds, token counts, timings
+    pipeline.json                       PIPELINE_FILE: the ``run`` command's cache record
+    neurons/<model>.parquet (+ .csv)    neuron_table(model): one row per neuron
+    correlations/<a>__<b>.safetensors   correlations_file(a, b): per-pair summaries
+    checkpoints/                        CHECKPOINT_DIR: resumable engine state
+    stats/<model>/                      STATS_DIR: activation_stats.safetensors, weights.safetensors,
+                                        weight_tokens.parquet
+    features/<fingerprint[:16]>/        FEATURES_DIR: vocab_features.parquet (+ .json), sequence labels
+    explanations/<model>.parquet        EXPLANATIONS_DIR (+ <model>_vr.parquet)
+    families/<model>_counts.csv         FAMILIES_DIR (+ <model>_prediction_tokens.parquet)
+    properties/                         PROPERTIES_DIR: claims, comparison, percentiles
+    entropy/                            ENTROPY_DIR: candidates, candidate pairs, sweeps
+    attention/                          ATTENTION_DIR: heuristic, path ablation, value norms
+    plots/*.png                         PLOTS_DIR: the figures of FIGURE_SECTIONS
+    report/index.html                   REPORT_DIR, REPORT_INDEX
+"""
+
+import re
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
+PIPELINE_FILE = "pipeline.json"
+"""The ``run`` command's record (``pipeline.py`` still declares its own copy)."""
+
+# ---- folders --------------------------------------------------------------------------------
 NEURONS_DIR = "neurons"
 CORRELATIONS_DIR = "correlations"
 PLOTS_DIR = "plots"
 REPORT_DIR = "report"
 STATS_DIR = "stats"
 CHECKPOINT_DIR = "checkpoints"
+FEATURES_DIR = "features"
+EXPLANATIONS_DIR = "explanations"
+FAMILIES_DIR = "families"
+PROPERTIES_DIR = "properties"
+PREDICTION_DIR = "prediction"
+ENTROPY_DIR = "entropy"
+ATTENTION_DIR = "attention"
+DATASET_DIR = "dataset"
+"""A token dataset kept inside the run (the report looks here for token text)."""
+TOKENIZER_DIR = "tokenizer"
+"""A tokenizer kept inside the run (the report looks here for token text)."""
+WEIGHTS_DIR = "weights"
+"""Flat ``weights/<model>.safetensors``, also read by the report."""
+
+# ---- files inside the folders ---------------------------------------------------------------
+ACTIVATION_STATS_FILE = "activation_stats.safetensors"
+"""``stats/<model>/``: the stats stage's activation moments."""
+WEIGHTS_FILE = "weights.safetensors"
+"""``stats/<model>/``: the weights stage's per-neuron arrays."""
+WEIGHT_TOKENS_FILE = "weight_tokens.parquet"
+"""``stats/<model>/``: token strings for the weights stage's vocab tables."""
+VOCAB_FEATURES = "vocab_features.parquet"
+"""``features/<fingerprint[:16]>/``: binary token features of one tokenizer."""
+SEQUENCE_LABELS = "sequence_labels-{key}.npz"
+"""``features/<fingerprint[:16]>/``: cached sequence labels of one dataset prefix."""
+EXPLANATIONS_TOP = "{model}.parquet"
+EXPLANATIONS_VR = "{model}_vr.parquet"
+FAMILY_COUNTS = "{model}_counts.csv"
+PREDICTION_TOKENS = "{model}_prediction_tokens.parquet"
+PROPERTIES_CLAIMS = "claims.parquet"
+PROPERTIES_CLAIMS_JSON = "claims.json"
+PROPERTIES_COMPARISON = "comparison.parquet"
+PROPERTIES_PERCENTILES = "percentiles.parquet"
+ENTROPY_CANDIDATES = "candidates.parquet"
+ENTROPY_CANDIDATE_PAIRS = "candidate_pairs.parquet"
+ENTROPY_SWEEP = "sweep"
+"""``entropy/sweep.parquet`` and ``sweep_tokens.parquet`` (a stem: the writer adds both)."""
+ATTENTION_HEURISTIC_TOP = "heuristic_top.parquet"
+ATTENTION_HEURISTIC_HIST = "heuristic_hist.parquet"
+ATTENTION_HEURISTIC_SUMMARY = "heuristic_summary.json"
+ATTENTION_PATH_ABLATION = "path_ablation.parquet"
+ATTENTION_PATH_ABLATION_POINTS = "path_ablation_points.parquet"
+ATTENTION_BOS_VALUE_NORMS = "bos_value_norms.parquet"
+REPORT_INDEX = "index.html"
+
+# ---- figures (in plots/) and the report section that shows each -------------------------------
+FIG_PROPERTIES_PERCENTILES = "properties_percentiles.png"
+FIG_UNIVERSAL_BY_LAYER = "universal_by_layer.png"
+FIG_CORR_VS_BASELINE = "corr_vs_baseline_{model}.png"
+FIG_FAMILIES = "families_{model}.png"
+FIG_PREDICTION_CURVES = "prediction_curves.png"
+FIG_ENTROPY = "entropy_{neuron}.png"
+FIG_ATTENTION_HEURISTIC = "attention_heuristic.png"
+FIG_ATTENTION_PATH_ABLATION = "attention_path_ablation.png"
+FIG_ATTENTION_BOS_VALUE_NORMS = "attention_bos_value_norms.png"
+
+FIGURE_SECTIONS: dict[str, str] = {
+    FIG_PROPERTIES_PERCENTILES: "properties",
+    FIG_UNIVERSAL_BY_LAYER: "properties",
+    FIG_CORR_VS_BASELINE: "properties",
+    FIG_FAMILIES: "families",
+    FIG_PREDICTION_CURVES: "prediction",
+    FIG_ENTROPY: "entropy",
+    FIG_ATTENTION_HEURISTIC: "attention",
+    FIG_ATTENTION_PATH_ABLATION: "attention",
+    FIG_ATTENTION_BOS_VALUE_NORMS: "attention",
+}
+"""Figure file (``{field}`` = any text) -> the report section that shows it; figures not
+listed go under "Other figures"."""
+
+_FIGURE_PATTERNS = [(re.compile(".+".join(map(re.escape, re.split(r"\{[a-z_]+\}", f)))), section)
+                    for f, section in sorted(FIGURE_SECTIONS.items(), key=lambda kv: "{" in kv[0])]
+
+
+def figure_section(file_name: str) -> str | None:
+    """The report section of a figure file (its name, without folders), or None if unlisted.
+    Exact names are tried before templates; a template field matches one or more characters."""
+    return next((section for pattern, section in _FIGURE_PATTERNS if pattern.fullmatch(file_name)),
+                None)
+
+
+def correlations_file(model: str, partner: str) -> str:
+    """Relative path of a pair's correlation summaries (``correlations/<a>__<b>.safetensors``)."""
+    return f"{CORRELATIONS_DIR}/{safe_name(model)}__{safe_name(partner)}.safetensors"
+
 
 # Hook names follow TransformerLens.
 HOOK_POST = "blocks.{layer}.mlp.hook_post"

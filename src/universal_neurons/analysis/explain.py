@@ -46,12 +46,17 @@ import torch
 
 from universal_neurons.analysis.features import feature_group, feature_matrix
 from universal_neurons.analysis.sequence_features import scheme_features
+from universal_neurons.constants import (
+    EXPLANATIONS_DIR,
+    EXPLANATIONS_TOP,
+    EXPLANATIONS_VR,
+    safe_name,
+)
 from universal_neurons.engine.token_table import GroupTable, TokenTable
 from universal_neurons.errors import UserError
 
 log = logging.getLogger(__name__)
 
-EXPLANATIONS_DIR = "explanations"
 KINDS = ("current", "prev", "sequence")
 NEURON_SUMMARY = ("n_rows", "act_mean", "act_var", "fire_rate", "position_eta2", "position_mi",
                   "top_tokens")
@@ -343,10 +348,9 @@ class ExplainResult:
 
 
 def explanation_paths(run_dir: str | Path, model: str) -> dict[str, Path]:
-    from universal_neurons.constants import safe_name
-
     d = Path(run_dir) / EXPLANATIONS_DIR
-    return {"top": d / f"{safe_name(model)}.parquet", "vr": d / f"{safe_name(model)}_vr.parquet"}
+    safe = safe_name(model)
+    return {"top": d / EXPLANATIONS_TOP.format(model=safe), "vr": d / EXPLANATIONS_VR.format(model=safe)}
 
 
 def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
@@ -464,12 +468,12 @@ def _open_dataset(config: ExplainConfig, model: Any) -> tuple[Any, int]:
 def _row_labels(config: ExplainConfig, dataset: Any, n_seq: int, strings: Sequence[str],
                 specials: np.ndarray, run: Any, fp: str) -> Any:
     """Sequence labels of the first ``n_seq`` windows, cached under ``RUN/features``."""
-    from universal_neurons.analysis.features import FEATURES_DIR
     from universal_neurons.analysis.sequence_features import (
         INSTALL_HINT,
         build_row_labels,
         load_spacy,
     )
+    from universal_neurons.constants import FEATURES_DIR, SEQUENCE_LABELS
     from universal_neurons.engine.token_table import RowLabels
     from universal_neurons.rundir import atomic_path
 
@@ -487,7 +491,7 @@ def _row_labels(config: ExplainConfig, dataset: Any, n_seq: int, strings: Sequen
                                                           nlp.meta.get("version")]},
                      sort_keys=True)
     path = (Path(run.path) / FEATURES_DIR / fp[:16] /
-            f"sequence_labels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz")
+            SEQUENCE_LABELS.format(key=hashlib.sha256(key.encode()).hexdigest()[:16]))
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))

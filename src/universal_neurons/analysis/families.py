@@ -43,7 +43,6 @@ from universal_neurons.analysis.prediction import PredictionThresholds, classify
 
 log = logging.getLogger(__name__)
 
-FAMILIES_DIR = "families"
 FAMILIES = ("unigram", "alphabet", "previous_token", "token", "syntax", "entity", "context",
             "position", "prediction", "suppression", "partition")
 
@@ -242,11 +241,11 @@ class FamiliesConfig:
 
 
 def _models_in_run(run: Path) -> list[str]:
-    from universal_neurons.analysis.explain import EXPLANATIONS_DIR
-    from universal_neurons.constants import NEURONS_DIR
+    from universal_neurons.constants import EXPLANATIONS_DIR, EXPLANATIONS_VR, NEURONS_DIR
 
-    names = [p.name[: -len("_vr.parquet")] for p in sorted((run / EXPLANATIONS_DIR).glob(
-        "*_vr.parquet"))]
+    prefix, suffix = EXPLANATIONS_VR.split("{model}")
+    names = [p.name[len(prefix): -len(suffix)] for p in sorted((run / EXPLANATIONS_DIR).glob(
+        EXPLANATIONS_VR.format(model="*")))]
     names += [p.stem for p in sorted((run / NEURONS_DIR).glob("*.parquet"))]
     return list(dict.fromkeys(names))
 
@@ -254,7 +253,16 @@ def _models_in_run(run: Path) -> list[str]:
 def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
     """Families for every model of a run; returns ``{model: counts}``."""
     from universal_neurons.analysis.explain import explanation_paths
-    from universal_neurons.constants import PLOTS_DIR, neuron_table, safe_name
+    from universal_neurons.constants import (
+        FAMILIES_DIR,
+        FAMILY_COUNTS,
+        FIG_FAMILIES,
+        FIG_PREDICTION_CURVES,
+        PLOTS_DIR,
+        PREDICTION_TOKENS,
+        neuron_table,
+        safe_name,
+    )
     from universal_neurons.errors import UserError
     from universal_neurons.rundir import RunDir, atomic_path, write_table
 
@@ -286,7 +294,7 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
         merged = merge_into_neuron_table(table_path, fam)
         considered = fam if vr is None else fam.merge(vr[["layer", "neuron"]])
         counts = family_counts(considered, merged)
-        with atomic_path(run / FAMILIES_DIR / f"{safe}_counts.csv") as tmp:
+        with atomic_path(run / FAMILIES_DIR / FAMILY_COUNTS.format(model=safe)) as tmp:
             counts.to_csv(tmp, index=False)
         if neurons is not None and "vocab_kurt" in neurons.columns:
             moment_frames[name] = neurons
@@ -299,19 +307,19 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
 
                     tokens = token_sets(pw, labelled, surface_strings(weights.model.tokenizer),
                                         config.top_tokens)
-                    write_table(run / FAMILIES_DIR / f"{safe}_prediction_tokens.parquet", tokens)
+                    write_table(run / FAMILIES_DIR / PREDICTION_TOKENS.format(model=safe), tokens)
         if config.plots:
             from universal_neurons.report.plots_families import plot_family_counts
 
             plot_family_counts(counts[counts["n_neurons"] > 0] if counts["n_neurons"].any()
-                               else counts, run / PLOTS_DIR / f"families_{safe}.png", name)
+                               else counts, run / PLOTS_DIR / FIG_FAMILIES.format(model=safe), name)
         result[name] = counts
         log.info("%s: %s", name, ", ".join(f"{f} {n}" for f, n in
                                           zip(counts["family"], counts["n_neurons"]) if n))
     if config.plots and moment_frames:
-        from universal_neurons.analysis.prediction import PLOT, plot_prediction_curves
+        from universal_neurons.analysis.prediction import plot_prediction_curves
 
-        plot_prediction_curves(moment_frames, run / PLOTS_DIR / PLOT)
+        plot_prediction_curves(moment_frames, run / PLOTS_DIR / FIG_PREDICTION_CURVES)
     rd.record_stage("families", _jsonable(config), models=models,
                     counts={m: dict(zip(c["family"], c["n_neurons"].tolist()))
                             for m, c in result.items()})

@@ -33,12 +33,11 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
+from universal_neurons.constants import FEATURES_DIR, VOCAB_FEATURES
 from universal_neurons.rundir import write_json, write_table
 
 log = logging.getLogger(__name__)
 
-FEATURES_DIR = "features"
-VOCAB_FEATURES = "vocab_features.parquet"
 TOKEN_COLUMN = "token"
 
 UNIGRAM_PREFIX = "unigram:"

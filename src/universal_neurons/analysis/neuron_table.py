@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from universal_neurons.constants import NEURONS_DIR, STATS_DIR, neuron_table, safe_name
+from universal_neurons.constants import (
+    ACTIVATION_STATS_FILE,
+    NEURONS_DIR,
+    STATS_DIR,
+    WEIGHTS_FILE,
+    neuron_table,
+    safe_name,
+)
+from universal_neurons.constants import (  # re-exported for analysis.weights
+    WEIGHT_TOKENS_FILE as WEIGHT_TOKENS_FILE,
+)
 
 KEY = ["layer", "neuron"]
 CONTRACT_COLUMNS = (
@@ -21,9 +31,6 @@ CONTRACT_COLUMNS = (
     "min_baseline", "excess_corr", "is_universal", "w_in_norm", "input_bias", "w_out_norm",
     "in_out_sim", "l2_penalty", "mean", "var", "skew", "kurt", "sparsity", "vocab_mean",
     "vocab_var", "vocab_skew", "vocab_kurt")
-ACTIVATION_STATS_FILE = "activation_stats.safetensors"
-WEIGHTS_FILE = "weights.safetensors"
-WEIGHT_TOKENS_FILE = "weight_tokens.parquet"
 
 
 def stats_dir(run: str | Path, model: str) -> Path:

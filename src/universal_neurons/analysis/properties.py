@@ -24,11 +24,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from universal_neurons.constants import (
+    PROPERTIES_CLAIMS,
+    PROPERTIES_CLAIMS_JSON,
+    PROPERTIES_COMPARISON,
+    PROPERTIES_DIR,
+    PROPERTIES_PERCENTILES,
+)
 from universal_neurons.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PROPERTIES_DIR = "properties"
 STATISTICS = ("sparsity", "skew", "kurt", "input_bias", "l2_penalty", "mean", "var",
               "w_in_norm", "w_out_norm", "in_out_sim", "vocab_mean", "vocab_var", "vocab_skew",
               "vocab_kurt")
@@ -225,13 +231,14 @@ def run_properties(config: PropertiesConfig) -> PropertiesResult:
                            pd.concat(frames, ignore_index=True))
     res.summary = _summary(res.claims, config)
     out = run.path / PROPERTIES_DIR
-    write_table(out / "claims.parquet", res.claims)
-    write_json(out / "claims.json", {"config": asdict(config), "summary": res.summary,
+    write_table(out / PROPERTIES_CLAIMS, res.claims)
+    write_json(out / PROPERTIES_CLAIMS_JSON, {"config": asdict(config), "summary": res.summary,
                                      "claims": _records(res.claims)})
-    write_table(out / "comparison.parquet", res.comparison)
-    write_table(out / "percentiles.parquet", res.percentiles, csv=False)
-    res.files = [f"{PROPERTIES_DIR}/{n}" for n in ("claims.csv", "claims.json", "comparison.csv",
-                                                     "percentiles.parquet")]
+    write_table(out / PROPERTIES_COMPARISON, res.comparison)
+    write_table(out / PROPERTIES_PERCENTILES, res.percentiles, csv=False)
+    res.files = [f"{PROPERTIES_DIR}/{n}" for n in (_csv(PROPERTIES_CLAIMS), PROPERTIES_CLAIMS_JSON,
+                                                     _csv(PROPERTIES_COMPARISON),
+                                                     PROPERTIES_PERCENTILES)]
     if config.plots:
         from universal_neurons.report.plots_properties import plot_properties
 
@@ -239,6 +246,11 @@ def run_properties(config: PropertiesConfig) -> PropertiesResult:
     run.record_stage("properties", asdict(config), models=list(tables), outputs=res.files,
                      summary=res.summary)
     return res
+
+
+def _csv(parquet_name: str) -> str:
+    """The CSV copy ``write_table`` writes beside a parquet file."""
+    return parquet_name.removesuffix(".parquet") + ".csv"
 
 
 def _summary(claims, config: PropertiesConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from universal_neurons.constants import PLOTS_DIR, REPORT_DIR, parse_neuron_name
+from universal_neurons.constants import PLOTS_DIR, REPORT_DIR, REPORT_INDEX, parse_neuron_name
 from universal_neurons.errors import UserError
 from universal_neurons.report.browser import (
     browser_data,
@@ -115,8 +115,8 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("report written to %s", final / "index.html")
-    return final / "index.html"
+    log.info("report written to %s", final / REPORT_INDEX)
+    return final / REPORT_INDEX
 
 
 def _check_target(final: Path, run: Path) -> None:
@@ -125,7 +125,7 @@ def _check_target(final: Path, run: Path) -> None:
     if f == r or f in r.parents:
         raise UserError(f"--out {final} would replace the run directory {run}; pass a folder "
                         "of its own, e.g. RUN/report (the default)")
-    if f.exists() and (not f.is_dir() or (any(f.iterdir()) and not (f / "index.html").exists())):
+    if f.exists() and (not f.is_dir() or (any(f.iterdir()) and not (f / REPORT_INDEX).exists())):
         raise UserError(f"--out {final} exists and is not a report folder (no index.html); "
                         "pass a new or empty folder")
 
@@ -159,7 +159,7 @@ def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None
                                   explanation_rows=run.explanation_rows(m).get((layer, neuron)))
         _write(out / neuron_file(m, layer, neuron), html)
 
-    _write(out / "index.html", render_index(run, summaries, plots, page_sets, run.problems))
+    _write(out / REPORT_INDEX, render_index(run, summaries, plots, page_sets, run.problems))
 
 
 def _rows(df, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], dict]:

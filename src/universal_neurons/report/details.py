@@ -20,13 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from universal_neurons.constants import STATS_DIR, safe_name
+from universal_neurons.constants import (
+    ACTIVATION_STATS_FILE,
+    DATASET_DIR,
+    FEATURES_DIR,
+    STATS_DIR,
+    TOKENIZER_DIR,
+    VOCAB_FEATURES,
+    WEIGHTS_DIR,
+    WEIGHTS_FILE,
+    correlations_file,
+    safe_name,
+)
 from universal_neurons.report.rundata import RunData
 
 log = logging.getLogger(__name__)
-
-STATS_FILE = "activation_stats.safetensors"
-WEIGHTS_FILE = "weights.safetensors"  # analysis.weights.WEIGHTS_FILE
 
 
 def _model_file(run: Path, model: str, filename: str, flat_dirs: Sequence[str]) -> Path | None:
@@ -154,11 +162,11 @@ class DetailSource:
     # -- sources ------------------------------------------------------------------------------
     def stats_file(self, model: str) -> Path | None:
         """The model's :class:`ActivationStatsResult` file, if the stats stage wrote one."""
-        return _model_file(self.run.path, model, STATS_FILE, flat_dirs=(STATS_DIR,))
+        return _model_file(self.run.path, model, ACTIVATION_STATS_FILE, flat_dirs=(STATS_DIR,))
 
     def weights_file(self, model: str) -> Path | None:
         """The model's ``weights.safetensors`` (weights analysis), if written."""
-        return _model_file(self.run.path, model, WEIGHTS_FILE, flat_dirs=("weights",))
+        return _model_file(self.run.path, model, WEIGHTS_FILE, flat_dirs=(WEIGHTS_DIR,))
 
     def _open(self, key: tuple[str, ...], path: Path | None):
         """A cached ``safe_open`` handle of ``path`` (None if absent or unreadable, once)."""
@@ -233,8 +241,8 @@ class DetailSource:
     def add_matches(self, model: str, layer: int, neuron: int, partner: Partner, k: int = 5) -> None:
         """Fill ``partner.top/bottom/hist`` from ``correlations/<model>__<partner>.safetensors``
         (summaries by the correlate stage; rows and indices are ``layer * d_mlp + neuron``)."""
-        name = f"{safe_name(model)}__{safe_name(partner.model)}.safetensors"
-        f = self._open(("corr", model, partner.model), self.run.path / "correlations" / name)
+        f = self._open(("corr", model, partner.model),
+                       self.run.path / correlations_file(model, partner.model))
         if f is None:
             return
         meta = f.metadata() or {}
@@ -395,7 +403,7 @@ def _dataset_candidates(run: RunData) -> list[Path]:
         for cand in ((p,) if p.is_absolute() else (run.path / p, Path.cwd() / p)):
             if cand.exists() and cand not in out:
                 out.append(cand)
-    local = run.path / "dataset"
+    local = run.path / DATASET_DIR
     if local.is_dir() and local not in out:
         out.append(local)
     return out
@@ -405,8 +413,8 @@ def _load_tokenizer(run: RunData, dataset) -> Any:
     """The tokenizer that made the dataset: ``RUN/tokenizer``, a local path in the dataset's
     meta, or a model spec through ``models.loading`` (only if already cached locally)."""
     cands: list[str] = []
-    if (run.path / "tokenizer").exists():
-        cands.append(str(run.path / "tokenizer"))
+    if (run.path / TOKENIZER_DIR).exists():
+        cands.append(str(run.path / TOKENIZER_DIR))
     if dataset is not None and isinstance(dataset.meta.get("tokenizer"), str):
         cands.append(dataset.meta["tokenizer"])
     for c in cands:
@@ -438,7 +446,7 @@ def _local_tokenizer(p: Path) -> Any:
 def _surface_strings(run: RunData, dataset) -> list[str] | None:
     """The ``token`` column of ``RUN/features/*/vocab_features.parquet`` (matching the
     dataset's tokenizer fingerprint when known): every token id decoded alone."""
-    hits = sorted((run.path / "features").glob("*/vocab_features.parquet"))
+    hits = sorted((run.path / FEATURES_DIR).glob(f"*/{VOCAB_FEATURES}"))
     fp = (dataset.meta.get("tokenizer_fingerprint") or "")[:16] if dataset is not None else ""
     hits = [h for h in hits if h.parent.name == fp] or hits
     for h in hits:

@@ -7,23 +7,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from universal_neurons.constants import (
+    ATTENTION_DIR,
+    ENTROPY_DIR,
+    FAMILIES_DIR,
+    FAMILY_COUNTS,
+    PREDICTION_DIR,
+    PREDICTION_TOKENS,
+    PROPERTIES_COMPARISON,
+    PROPERTIES_DIR,
+    figure_section,
+)
 from universal_neurons.report.browser import browser_file
 from universal_neurons.report.html import esc, fmt, frame_table, link, page, section, table
 from universal_neurons.report.neuron_page import neuron_href
 from universal_neurons.report.rundata import NamedTable, RunData, paper_reference
 from universal_neurons.report.svg import hbar_svg
 
-# Figures are shown in the section whose keyword their file name contains; the rest under
-# "Other figures". Per-token tables (large, for plots) are not shown.
+# Figures are shown in the section ``constants.FIGURE_SECTIONS`` gives their file; the rest
+# under "Other figures". Per-token tables (large, for plots) are not shown.
 SKIP_TABLES = ("_tokens", "_points")
 MAX_PROBLEMS = 20
-FIGURE_SECTIONS = {
-    "properties": ("propert", "universal_by_layer", "corr_vs_baseline", "universality"),
-    "families": ("famil",),
-    "prediction": ("predict", "suppress", "vocab", "partition"),
-    "entropy": ("entropy",),
-    "attention": ("attention", "attn", "bos"),
-}
+SECTIONS = ("properties", "families", "prediction", "entropy", "attention")
+"""Report sections that show figures (the values of ``constants.FIGURE_SECTIONS``)."""
 
 
 @dataclass
@@ -54,6 +60,14 @@ def summarize(name: str, df, pages, n_top: int = 10) -> ModelSummary:
         top = df.nlargest(n_top, "excess_corr")
         s.top = [(int(r.layer), int(r.neuron), float(r.excess_corr)) for r in top.itertuples()]
     return s
+
+
+def _glob(template: str) -> str:
+    """A glob for the files of a ``constants`` file-name template and their CSV/parquet
+    copies: ``{model}_counts.csv`` -> ``*_counts.*``."""
+    import re
+
+    return re.sub(r"\{[a-z_]+\}", "*", Path(template).stem) + ".*"
 
 
 def _figure(rel: str, name: str) -> str:
@@ -113,7 +127,10 @@ def _summary_html(run: RunData, models: Sequence[ModelSummary]) -> str:
                      dash if ref is None else f"{ref:.2f}%", browse))
         if pct is not None:
             bars.append((s.name, pct, ref))
-    out += "<h3>Universal neurons (excess correlation &gt; 0.5)</h3>"
+    threshold = run.universal_threshold()
+    rule = ("as marked in the neuron tables" if threshold is None
+            else f"excess correlation &gt; {threshold:g}")
+    out += f"<h3>Universal neurons ({rule})</h3>"
     out += table(rows, ["model", "layers", "neurons", "universal", "% universal",
                         "paper", "browser"], raw_columns=range(7))
     out += ('<p class="note">Paper (Gurnee et al. 2024): GPT2-small-a 4.16%, GPT2-medium-a '
@@ -142,11 +159,10 @@ def _top_html(models: Sequence[ModelSummary], pages: Mapping[str, set]) -> str |
 def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[tuple[str, str]],
                  pages: Mapping[str, set], problems: Sequence[str] = ()) -> str:
     """The HTML of ``report/index.html``. ``plots`` are ``(relative URL, display name)``."""
-    groups: dict[str, list[tuple[str, str]]] = {k: [] for k in (*FIGURE_SECTIONS, "other")}
+    groups: dict[str, list[tuple[str, str]]] = {k: [] for k in (*SECTIONS, "other")}
     for rel, name in plots:
-        key = next((k for k, words in FIGURE_SECTIONS.items()
-                    if any(w in Path(name).name.lower() for w in words)), "other")
-        groups[key].append((rel, name))
+        key = figure_section(Path(name).name)
+        groups[key if key in groups else "other"].append((rel, name))
     claims = run.claims()
     claims_html = None if claims is None else f'<div class="scroll">{frame_table(claims)}</div>'
     sections = [
@@ -154,19 +170,19 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
         section("top", "Most universal neurons", _top_html(models, pages),
                 missing="not computed (no excess_corr column)"),
         section("claims", "Properties of universal neurons",
-                _join(claims_html, _tables(run.tables_in("properties", "comparison*", 200)),
+                _join(claims_html, _tables(run.tables_in(PROPERTIES_DIR, _glob(PROPERTIES_COMPARISON), 200)),
                       _figures(groups["properties"]))),
         section("families", "Neuron families",
-                _join(_tables(run.tables_in("families", "*counts*")), _figures(groups["families"]))),
+                _join(_tables(run.tables_in(FAMILIES_DIR, _glob(FAMILY_COUNTS))), _figures(groups["families"]))),
         section("prediction", "Prediction and suppression neurons",
-                _join(_tables(run.tables_in("prediction")),
-                      _tables(run.tables_in("families", "*prediction_tokens*")),
+                _join(_tables(run.tables_in(PREDICTION_DIR)),
+                      _tables(run.tables_in(FAMILIES_DIR, _glob(PREDICTION_TOKENS))),
                       _figures(groups["prediction"]))),
         section("entropy", "Entropy neurons",
-                _join(_tables(run.tables_in("entropy", skip=SKIP_TABLES)),
+                _join(_tables(run.tables_in(ENTROPY_DIR, skip=SKIP_TABLES)),
                       _figures(groups["entropy"]))),
         section("attention", "Attention (de)activation neurons",
-                _join(_tables(run.tables_in("attention", skip=SKIP_TABLES)),
+                _join(_tables(run.tables_in(ATTENTION_DIR, skip=SKIP_TABLES)),
                       _figures(groups["attention"]))),
         section("figures", "Other figures", _figures(groups["other"]),
                 missing="no other figures in plots/"),

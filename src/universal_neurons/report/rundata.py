@@ -19,7 +19,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from universal_neurons.constants import MANIFEST, NEURONS_DIR, PLOTS_DIR, safe_name
+from universal_neurons.constants import (
+    EXPLANATIONS_DIR,
+    MANIFEST,
+    NEURONS_DIR,
+    PLOTS_DIR,
+    PROPERTIES_CLAIMS,
+    PROPERTIES_DIR,
+    safe_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +107,17 @@ class RunData:
         """Tokens streamed for the correlations (BOS and dropped tokens included)."""
         return _find_key(self._token_record(), ("dataset_tokens",))
 
+    def universal_threshold(self) -> float | None:
+        """The excess-correlation threshold of ``is_universal``, as the correlate stage
+        recorded it (``stages.correlate.config.threshold``), or None if not recorded."""
+        stages = self.manifest.get("stages")
+        stage = stages.get("correlate") if isinstance(stages, dict) else None
+        config = stage.get("config") if isinstance(stage, dict) else None
+        value = config.get("threshold") if isinstance(config, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return None
+
     def _token_record(self) -> Any:
         stages = self.manifest.get("stages")
         if isinstance(stages, dict) and isinstance(stages.get("correlate"), dict):
@@ -134,7 +153,7 @@ class RunData:
         """``explanations/<model>`` as written (wide or long), or None."""
         key = ("explanations", model)
         if key not in self._cache:
-            df = self._read_table(self.path / "explanations" / safe_name(model))
+            df = self._read_table(self.path / EXPLANATIONS_DIR / safe_name(model))
             if df is not None and not set(KEY) <= set(df.columns):
                 self._problem(f"explanations of {model} have no layer/neuron columns")
                 df = None
@@ -175,7 +194,7 @@ class RunData:
 
     def claims(self):
         """``properties/claims`` (parquet, else its CSV copy), or None."""
-        return self._read_table(self.path / "properties" / "claims")
+        return self._read_table(self.path / PROPERTIES_DIR / Path(PROPERTIES_CLAIMS).stem)
 
     def tables_in(self, folder: str, pattern: str = "*", max_rows: int = 50,
                   skip: tuple[str, ...] = ()) -> list[NamedTable]:

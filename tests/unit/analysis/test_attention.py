@@ -1,4 +1,6 @@
-"""Attention-deactivation analyses against TransformerLens and hand computations."""
+"""Attention-deactivation analyses against TransformerLens and hand computations, on every
+architecture with an adapter (GPT-2 and GPT-NeoX with fused q/k/v; Llama and Qwen2 with
+separate projections and grouped-query attention)."""
 
 from __future__ import annotations
 
@@ -10,25 +12,36 @@ import pytest
 import torch
 from test_interventions_models import (
     BOS,
-    KINDS,
     hooked_transformer,
     random_tokens,
     saved_model,
     tiny_model,
 )
 
-from universal_neurons.analysis.attention import (
-    AttentionSites,
-    HeadPair,
+from helpers import repeat_kv
+from universal_neurons.analysis.attention_ablation import (
     Pearson,
     attention_pass,
+    query_path_ablation,
+)
+from universal_neurons.analysis.attention_heuristic import (
+    HeadPair,
     bos_keys,
     heuristic_scores,
     heuristic_tables,
-    query_path_ablation,
     random_like_norms,
     top_pairs,
 )
+
+KINDS = ("gpt2", "neox", "llama", "qwen2")
+QUERY_START = {"gpt2": lambda head, d: head * d,  # fused c_attn output (qkv head d)
+               "neox": lambda head, d: head * 3 * d,  # fused query_key_value (head qkv d)
+               "llama": lambda head, d: head * d,  # q_proj output (head d)
+               "qwen2": lambda head, d: head * d}
+"""Where a head's query starts in the output of the module that computes it."""
+W_OUT = {"gpt2": "mlp.c_proj", "neox": "mlp.dense_4h_to_h", "llama": "mlp.down_proj",
+         "qwen2": "mlp.down_proj"}
+"""The MLP output projection inside a block."""
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -49,7 +62,7 @@ def test_heuristic_matches_einsum_on_transformer_lens_weights(twins):
             if m_layer <= layer:
                 assert got.isnan().all()
                 continue
-            k = cache[f"blocks.{m_layer}.attn.hook_k"][0, 0]  # [H, d_head]
+            k = repeat_kv(cache[f"blocks.{m_layer}.attn.hook_k"][0, 0], tl.cfg.n_heads)  # [H, d_head]
             want = torch.einsum("nd,hdk,hk->nh", tl.W_out[layer], tl.W_Q[m_layer], k)
             torch.testing.assert_close(got, want / math.sqrt(tl.cfg.d_head), atol=1e-4, rtol=1e-4)
 
@@ -90,10 +103,10 @@ def test_pearson_streams_exactly():
     assert p.n == 1000 and p.mx == pytest.approx(x.mean())
 
 
-def _capture_qkv(m, layer, ids):
-    s = AttentionSites(m.adapter, layer)
+def _capture_q(m, layer, ids):
+    s = m.adapter.attention_modules(layer)
     seen = []
-    h = s.qkv.register_forward_hook(lambda _m, _a, o: seen.append(o))
+    h = s.projection("q").register_forward_hook(lambda _m, _a, o: seen.append(o))
     # registered after the ablation hook, so it sees the replaced output
     try:
         with torch.no_grad():
@@ -109,47 +122,52 @@ def test_query_path_ablation_equals_hand_computation(kind):
     ids = random_tokens(2, 10)
     layer, head = 2, 1
     delta = torch.randn(2, 10, m.adapter.d_model, generator=torch.Generator().manual_seed(3))
-    s, clean = _capture_qkv(m, layer, ids)
+    s, clean = _capture_q(m, layer, ids)
     resid = []
     h = s.norm.register_forward_pre_hook(lambda _m, a: resid.append(a[0]))
     try:
         with query_path_ablation(m.adapter, layer, head, delta):
-            _, ablated = _capture_qkv(m, layer, ids)
+            _, ablated = _capture_q(m, layer, ids)
     finally:
         h.remove()
-    ln = s.norm
-    x = torch.nn.functional.layer_norm(resid[-1] - delta, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    ln, proj = s.norm, s.projection("q")
+    x = resid[-1] - delta
+    if isinstance(ln, torch.nn.LayerNorm):
+        x = torch.nn.functional.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    else:  # RMSNorm
+        x = ln.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ln.variance_epsilon)
     d = m.adapter.d_head
-    if kind == "gpt2":  # Conv1D [in, out], output (qkv head d)
-        cols = slice(head * d, (head + 1) * d)
-        q = x @ s.qkv.weight[:, cols] + s.qkv.bias[cols]
-    else:  # Linear [out, in], output (head qkv d)
-        cols = slice(head * 3 * d, head * 3 * d + d)
-        q = x @ s.qkv.weight[cols].T + s.qkv.bias[cols]
+    start = QUERY_START[kind](head, d)
+    cols = slice(start, start + d)
+    bias = proj.bias[cols] if proj.bias is not None else 0.0
+    if isinstance(proj, torch.nn.Linear):  # [out, in]
+        q = x @ proj.weight[cols].T + bias
+    else:  # GPT-2's Conv1D [in, out]
+        q = x @ proj.weight[:, cols] + bias
     torch.testing.assert_close(ablated[..., cols], q, atol=1e-5, rtol=1e-5)
     other = torch.ones(ablated.shape[-1], dtype=torch.bool)
     other[cols] = False
     assert torch.equal(ablated[..., other], clean[..., other])  # other heads' q, all k and v
     assert not torch.allclose(ablated[..., cols], clean[..., cols])
     with query_path_ablation(m.adapter, layer, head, torch.zeros(())):
-        _, same = _capture_qkv(m, layer, ids)
+        _, same = _capture_q(m, layer, ids)
     torch.testing.assert_close(same, clean, atol=1e-6, rtol=0)
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.hf_model.modules())
 
 
-def _zero_w_out(m, layer, neuron):
-    mlp = m.adapter.block(layer).mlp
-    if m.hf_model.config.model_type == "gpt2":
-        mlp.c_proj.weight[neuron] = 0.0  # Conv1D [d_mlp, d_model]
+def _zero_w_out(m, kind, layer, neuron):
+    proj = m.adapter.block(layer).get_submodule(W_OUT[kind])
+    if isinstance(proj, torch.nn.Linear):
+        proj.weight[:, neuron] = 0.0  # [d_model, d_mlp]
     else:
-        mlp.dense_4h_to_h.weight[:, neuron] = 0.0  # Linear [d_model, d_mlp]
+        proj.weight[neuron] = 0.0  # GPT-2's Conv1D [d_mlp, d_model]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_path_ablation_of_zero_w_out_changes_nothing(kind):
     m = tiny_model(kind)
     with torch.no_grad():
-        _zero_w_out(m, 0, 7)
+        _zero_w_out(m, kind, 0, 7)
     toks = random_tokens(3, 12).numpy()
     pairs = [HeadPair(0, 7, 2, 1), HeadPair(0, 8, 2, 1)]
     r = attention_pass(m, [(0, toks[:2]), (2, toks[2:])], pairs)
@@ -200,19 +218,20 @@ def test_path_ablation_and_value_norms_match_transformer_lens(twins):
         tl.set_use_split_qkv_input(False)
     vn = r.value_norms.set_index(["layer", "head"])
     for layer in range(tl.cfg.n_layers):
-        v = clean[f"blocks.{layer}.attn.hook_v"]  # [b, pos, H, d_head], value bias folded out
+        v = repeat_kv(clean[f"blocks.{layer}.attn.hook_v"], tl.cfg.n_heads)  # [b, pos, H, d_head]
         norms = torch.einsum("bphd,hdm->bphm", v, tl.W_O[layer]).norm(dim=-1)  # [b, pos, H]
         np.testing.assert_allclose(vn.loc[layer, "bos_norm"], norms[:, 0].mean(0), rtol=1e-4)
         np.testing.assert_allclose(vn.loc[layer, "other_norm_mean"], norms[:, 1:].mean((0, 1)),
                                    rtol=1e-4)
 
 
-def test_attention_command_end_to_end(tmp_path):
+@pytest.mark.parametrize("kind", ["neox", "llama"])
+def test_attention_command_end_to_end(tmp_path, kind):
     import pandas as pd
 
     from universal_neurons.cli import main
 
-    folder, ds = saved_model(tmp_path, "neox")
+    folder, ds = saved_model(tmp_path, kind)
     run = tmp_path / "run"
     argv = ["attention", "--model", str(folder), "--dataset", str(ds), "--tokens", "32",
             "--top-pairs", "1", "--out", str(run), "--quiet"]

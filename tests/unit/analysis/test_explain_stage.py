@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import loaded_model
 from universal_neurons.analysis.explain import ExplainConfig, explanation_paths, run_explain
 from universal_neurons.analysis.families import FamiliesConfig, run_families
 from universal_neurons.analysis.features import surface_strings
@@ -21,11 +22,9 @@ WORDS = "the cat dog sat on a mat red blue day night tree river (stone) \"light\
 def toy(tmp_path_factory):
     """(LoadedModel-like toy model, token dataset path)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from universal_neurons.data.dataset import build_token_dataset
-    from universal_neurons.models.adapters import adapter_for
-    from universal_neurons.models.loading import LoadedModel
 
     rng = np.random.default_rng(0)
     docs = [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 30)))).capitalize() + "."
@@ -38,11 +37,8 @@ def toy(tmp_path_factory):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>",
                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2,
-                                    n_head=2)).eval().requires_grad_(False)
-    model = LoadedModel(name="toy", spec="toy", source="local", location="", revision=None,
-                        hf_model=hf, tokenizer=tok, adapter=adapter_for(hf, "toy"))
+    model = loaded_model("gpt2", name="toy", tokenizer=tok, perturb=0.0, n_layers=2, d_model=32,
+                         n_heads=2, d_mlp=128, vocab=len(tok), n_ctx=64)
     root = tmp_path_factory.mktemp("toy")
     (root / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
     ds = build_token_dataset(root / "docs.jsonl", tok, root / "tokens", n_ctx=32,

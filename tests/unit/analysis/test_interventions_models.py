@@ -5,71 +5,29 @@ Imported by the intervention/entropy/attention tests; the tests here check the t
 
 from __future__ import annotations
 
-import types
-import warnings
-
 import pytest
 import torch
 
-from universal_neurons.models.adapters import adapter_for
+from helpers import NEOX_ROTARY_PCT, loaded_model, tl_twin
 from universal_neurons.models.loading import LoadedModel
 
 KINDS = ("gpt2", "neox")
 VOCAB, N_CTX, BOS = 61, 24, 0
+SIZES = {"n_layers": 3, "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "d_mlp": 64,
+         "vocab": VOCAB, "n_ctx": N_CTX}
+EXTRA = {"neox": {"rotary_pct": NEOX_ROTARY_PCT, "tie_word_embeddings": False}}
+"""Settings beyond the sizes, per architecture (as :data:`helpers.TL_CONFIGS` mirrors them)."""
 
 
 def tiny_model(kind: str = "gpt2", seed: int = 0, n_layers: int = 3) -> LoadedModel:
-    """A random 3-layer model (d_model 32, 4 heads, d_mlp 64) with perturbed LN weights."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    if kind == "gpt2":
-        cfg = GPT2Config(n_layer=n_layers, n_embd=32, n_head=4, n_inner=64, vocab_size=VOCAB,
-                         n_positions=N_CTX, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                         bos_token_id=BOS, eos_token_id=BOS)
-        model = GPT2LMHeadModel(cfg)
-    else:
-        cfg = GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=4,
-                            intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=N_CTX,
-                            rotary_pct=0.5, bos_token_id=BOS, eos_token_id=BOS,
-                            hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)
-        model = GPTNeoXForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():  # LN weights/biases away from 1/0, larger biases
-            p.add_(0.1 * torch.randn_like(p))
-    model.eval().requires_grad_(False)
-    tok = types.SimpleNamespace(bos_token_id=BOS, eos_token_id=BOS)
-    return LoadedModel(name=f"tiny-{kind}", spec=kind, source="local", location="", revision=None,
-                       hf_model=model, tokenizer=tok, adapter=adapter_for(model))
+    """A random 3-layer model (d_model 32, 4 heads, d_mlp 64) with perturbed norm weights."""
+    return loaded_model(kind, seed=seed, perturb=0.1, **{**SIZES, "n_layers": n_layers},
+                        bos_token_id=BOS, eos_token_id=BOS, **EXTRA.get(kind, {}))
 
 
 def hooked_transformer(model: LoadedModel):
     """The same weights in a TransformerLens ``HookedTransformer`` (default processing)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import (
-        convert_gpt2_weights,
-        convert_neox_weights,
-    )
-
-    a, hf = model.adapter, model.hf_model
-    common = dict(n_layers=a.n_layers, d_model=a.d_model, n_ctx=a.n_ctx, d_head=a.d_head,
-                  n_heads=a.n_heads, d_mlp=a.d_mlp, d_vocab=a.d_vocab, normalization_type="LN",
-                  device="cpu", default_prepend_bos=False)
-    if hf.config.model_type == "gpt2":
-        cfg = HookedTransformerConfig(**common, act_fn="gelu_new", eps=hf.config.layer_norm_epsilon,
-                                      positional_embedding_type="standard")
-        sd = convert_gpt2_weights(hf, cfg)
-    else:
-        cfg = HookedTransformerConfig(**common, act_fn="gelu", eps=hf.config.layer_norm_eps,
-                                      positional_embedding_type="rotary",
-                                      rotary_dim=int(a.d_head * 0.5), rotary_adjacent_pairs=False,
-                                      parallel_attn_mlp=True, original_architecture="GPTNeoXForCausalLM")
-        sd = convert_neox_weights(hf, cfg)
-    with warnings.catch_warnings():  # TL 3.x deprecates HookedTransformer for its bridge
-        warnings.simplefilter("ignore", DeprecationWarning)
-        tl = HookedTransformer(cfg)
-    tl.load_and_process_state_dict({k: v.clone() for k, v in sd.items()})
-    return tl.eval().requires_grad_(False)
+    return tl_twin(model)
 
 
 def random_tokens(n_seq: int = 4, n_ctx: int = 16, seed: int = 0) -> torch.Tensor:

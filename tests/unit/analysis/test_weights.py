@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from helpers import tiny_model, tl_oracle
 from universal_neurons.analysis.weights import NEURON_COLUMNS, WeightStats, compute_weight_stats
 
 N_LAYERS, D_MODEL, N_HEADS, D_VOCAB, N_CTX = 3, 32, 4, 96, 16
@@ -20,28 +20,15 @@ TL_FIELDS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "b_in", "W_out"
 @pytest.fixture(scope="module")
 def models():
     """A random HF GPT-2 (LayerNorm parameters randomised too) and TL's processed copy."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=N_LAYERS, n_embd=D_MODEL, n_head=N_HEADS,
-                                    vocab_size=D_VOCAB, n_positions=N_CTX,
-                                    activation_function="gelu_new")).eval()
+    hf = tiny_model("gpt2", perturb=0.0, n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS,
+                    d_mlp=D_MLP, vocab=D_VOCAB, n_ctx=N_CTX, activation_function="gelu_new")
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "ln" in name:
                 p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("weight") else 0.0))
             else:
                 p.copy_(torch.randn_like(p) * 0.1)
-    cfg = HookedTransformerConfig(n_layers=N_LAYERS, d_model=D_MODEL, d_head=D_MODEL // N_HEADS,
-                                  n_heads=N_HEADS, d_mlp=D_MLP, d_vocab=D_VOCAB, n_ctx=N_CTX,
-                                  act_fn="gelu_new", normalization_type="LN")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        tl = HookedTransformer(cfg)
-    tl.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=True,
-                                   center_writing_weights=True, center_unembed=True)
+    tl = tl_oracle(hf, fold_ln=True, center_writing_weights=True, center_unembed=True)
     tl_pw = SimpleNamespace(**{k: getattr(tl, k).detach().clone() for k in TL_FIELDS},
                             W_gate=None)
     return hf, tl_pw

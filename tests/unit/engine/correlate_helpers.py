@@ -36,18 +36,15 @@ def make_model(out: Path, tokenizer, seed: int, n_layer: int = 2, d_model: int =
     """A random GPT-2 saved with its tokenizer. With ``base``: a copy of that model with its
     MLP neurons permuted per layer and neuron ``j``'s input weights perturbed by noise of
     scale ``noise * j / d_mlp`` (so some neurons match the base closely, others not)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    torch.manual_seed(seed)
+    from helpers import tiny_model
+
     if base is None:
-        cfg = GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=4, n_inner=d_mlp,
-                         vocab_size=len(tokenizer), n_positions=n_ctx, bos_token_id=0,
-                         eos_token_id=0)
-        model = GPT2LMHeadModel(cfg)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.2 * torch.randn_like(p))
+        model = tiny_model("gpt2", seed=seed, perturb=0.2, n_layers=n_layer, d_model=d_model,
+                           n_heads=4, d_mlp=d_mlp, vocab=len(tokenizer), n_ctx=n_ctx)
     else:
+        torch.manual_seed(seed)
         model = GPT2LMHeadModel.from_pretrained(base)
         with torch.no_grad():
             for block in model.transformer.h:

@@ -1,22 +1,13 @@
-"""Fixtures for the models/ tests: offline hub, fixed seed, a saved tiny model folder."""
+"""Fixtures for the models/ tests: a saved tiny model folder (the hub is offline and every
+test seeded by the root conftest)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
-from model_builders import save_model_folder
 
-
-@pytest.fixture(autouse=True)
-def _offline_and_seeded(monkeypatch):
-    """Hub offline (fail fast instead of retrying for 20 s) and a fixed torch seed."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    torch.manual_seed(0)
+from helpers import save_model_folder
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_builders import ARCHS, VOCAB, tiny_model, tl_oracle
 
+from helpers import ARCHS, VOCAB, tiny_model, tl_oracle
 from universal_neurons.models.adapters import ADAPTERS, adapter_for
 from universal_neurons.models.adapters.gpt2 import GPT2Adapter
 from universal_neurons.models.adapters.llama import LlamaAdapter
@@ -17,11 +17,11 @@ WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O",
                 "W_in", "b_in", "W_gate", "W_out", "b_out", "W_U", "b_U")
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def pair(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=tuple(ARCHS))
+def pair(request):
     """(arch, HF model, adapter, TL oracle with TL's default processing)."""
     model = tiny_model(request.param)
-    tl = tl_oracle(model, tmp_path_factory.mktemp("cfg"), **DEFAULT)
+    tl = tl_oracle(model, **DEFAULT)
     return request.param, model, adapter_for(model), tl
 
 
@@ -72,6 +72,56 @@ def test_stop_after_last_mlp_same_and_stops(pair):
     for site in ("pre", "post"):
         torch.testing.assert_close(stopped[site], full[site], atol=0, rtol=0)
     torch.testing.assert_close(only_pre["pre"], full["pre"], atol=0, rtol=0)
+
+
+def test_attention_modules_read_tl_queries_keys_values(pair):
+    """The adapter's attention layout: per-head q/k/v read from the projections' outputs
+    equal TL's ``hook_q/k/v`` (pre-rotary; GQA heads repeated), values less
+    ``value_bias()`` (TL folds value biases into ``b_O``); ``out`` sees TL's ``hook_z``
+    plus that bias."""
+    _, model, a, tl = pair
+    x = tokens()
+    _, cache = tl.run_with_cache(x)
+    for layer in range(a.n_layers):
+        s = a.attention_modules(layer)
+        seen, handles = {}, []
+        for kind in ("q", "k", "v"):
+            handles.append(s.projection(kind).register_forward_hook(
+                lambda _m, _a, out, kind=kind, s=s, seen=seen: seen.__setitem__(
+                    kind, s.heads(kind, out))))
+        handles.append(s.out.register_forward_pre_hook(
+            lambda _m, args, seen=seen: seen.__setitem__("z", args[0])))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        for kind in ("q", "k", "v"):
+            want = cache[f"blocks.{layer}.attn.hook_{kind}"]  # [b, pos, heads (or kv heads), d]
+            want = want.repeat_interleave(a.n_heads // want.shape[-2], dim=-2)
+            got = seen[kind] - (s.value_bias() if kind == "v" else 0.0)
+            assert got.shape == (*x.shape, a.n_heads, a.d_head)
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        # attention weights sum to one, so HF's z carries the value bias that TL folded out
+        z = (cache[f"blocks.{layer}.attn.hook_z"] + s.value_bias()).flatten(-2)  # [b, pos, H * d]
+        torch.testing.assert_close(seen["z"], z, atol=ATOL, rtol=0)
+
+
+def test_every_adapter_declares_an_attention_layout():
+    from universal_neurons.errors import UserError
+    from universal_neurons.models.adapters.attention_layout import AttentionLayout
+
+    assert all(cls.attention_layout is not None for cls in ADAPTERS.values())
+    for bad in ({}, {"qkv": "attn.c_attn", "q": "q"}, {"q": "q", "k": "k"}):
+        with pytest.raises(ValueError, match="either a fused qkv"):
+            AttentionLayout(norm="ln", o="out", **bad)
+
+    class NoLayout(GPT2Adapter):
+        attention_layout = None
+
+    with pytest.raises(UserError, match="declares no attention layout"):
+        NoLayout(tiny_model("gpt2")).attention_modules(0)
 
 
 def _hook_count(model) -> int:
@@ -160,9 +210,9 @@ def test_processed_weights_reproduce_the_model(pair):
      "fold_value_biases": False},
 ])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_processing_flags_match_tl(arch, flags, tmp_path):
+def test_processing_flags_match_tl(arch, flags):
     model = tiny_model(arch)
-    tl = tl_oracle(model, tmp_path, **flags)
+    tl = tl_oracle(model, **flags)
     pw = adapter_for(model).processed_weights(**flags)
     for name in ("W_E", "W_Q", "W_K", "b_V", "W_O", "b_O", "W_in", "b_in", "W_out", "b_out",
                  "W_U", "b_U"):
@@ -211,7 +261,7 @@ def test_capture_rows_are_the_kept_tokens_of_capture(pair):
             torch.testing.assert_close(rows[site], ref, atol=0, rtol=0)
 
 
-def test_fused_activations_match_transformer_lens(tmp_path):
+def test_fused_activations_match_transformer_lens():
     from transformers.activations import NewGELUActivation
 
     from universal_neurons.models.adapters.gpt2 import FusedGELUTanh
@@ -219,7 +269,7 @@ def test_fused_activations_match_transformer_lens(tmp_path):
     v = torch.linspace(-8, 8, 100_001)
     assert (FusedGELUTanh()(v) - NewGELUActivation()(v)).abs().max() < 2e-6
     model = tiny_model("gpt2")
-    tl = tl_oracle(model, tmp_path, **DEFAULT)
+    tl = tl_oracle(model, **DEFAULT)
     a = adapter_for(model)
     x = tokens()
     before = a.capture(x, sites=("post",))["post"]

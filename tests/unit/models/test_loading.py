@@ -7,8 +7,8 @@ import time
 
 import pytest
 import torch
-from model_builders import save_model_folder, tiny_tokenizer
 
+from helpers import save_model_folder, tiny_tokenizer
 from universal_neurons.errors import UserError
 from universal_neurons.models import loading, registry
 from universal_neurons.models.adapters import GPT2Adapter, NeoXAdapter

@@ -21,6 +21,18 @@ MODELS = ("toy-a", "org/toy-b")
 N_LAYERS, D_MLP, N_SEQ, N_CTX, TOP_K = 3, 8, 6, 12, 4
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = '"><img src=x onerror=alert(1)>'
+FIGURES = {  # plots/ file -> colour (the browser tests count four figures)
+    "universal_by_layer.png": (30, 90, 200),
+    "prediction_curves.png": (120, 120, 0),
+    "entropy_L2.3.png": (200, 30, 30),
+    "attention_bos_value_norms.png": (30, 160, 60),
+}
+MORE_FIGURES = {"families_toy-a.png": (90, 30, 200), "my_extra_figure.png": (60, 60, 60)}
+FIGURE_SECTION_IDS = {"universal_by_layer.png": "claims", "families_toy-a.png": "families",
+                      "prediction_curves.png": "prediction", "entropy_L2.3.png": "entropy",
+                      "attention_bos_value_norms.png": "attention",
+                      "my_extra_figure.png": "figures"}
+"""Report section (its HTML id) of each figure of FIGURES and MORE_FIGURES."""
 HOSTILE = [XSS_SCRIPT, XSS_IMG, "</script><!--", "a&amp;b", "\u2028line"]
 VOCAB = ["<bos>", "the", " cat", " sat", "\n", *HOSTILE, " on", " mat", "!"]
 STATS = ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty", "mean", "var",
@@ -185,7 +197,7 @@ def make_fake_run(run: Path, *, with_stats: bool = True) -> Path:
 
     run.mkdir(parents=True, exist_ok=True)
     (run / "manifest.json").write_text(json.dumps({  # as the correlate stage records itself
-        "stages": {"correlate": {"config": {"models": ["toy"], "dataset": None},
+        "stages": {"correlate": {"config": {"models": ["toy"], "dataset": None, "threshold": 0.5},
                                  "models": list(MODELS),
                                  "tokens": {"dataset_tokens": N_SEQ * N_CTX,
                                             "kept_tokens": N_SEQ * (N_CTX - 1)},
@@ -211,10 +223,8 @@ def make_fake_run(run: Path, *, with_stats: bool = True) -> Path:
                 write_correlations(run, m, other, seed=10 * i + j)
     write_dataset(run)
     (run / "plots").mkdir()
-    (run / "plots" / "universality_by_layer.png").write_bytes(png_bytes())
-    (run / "plots" / "entropy_neurons.png").write_bytes(png_bytes(rgb=(200, 30, 30)))
-    (run / "plots" / "attention_bos.png").write_bytes(png_bytes(rgb=(30, 160, 60)))
-    (run / "plots" / "prediction_suppression.png").write_bytes(png_bytes(rgb=(120, 120, 0)))
+    for name, rgb in FIGURES.items():
+        (run / "plots" / name).write_bytes(png_bytes(rgb=rgb))
     (run / "properties").mkdir()
     pd.DataFrame({"claim": ["universal neurons have large weight norm", XSS_SCRIPT],
                   "holds": [True, False], "p_value": [0.001, 0.4]}).to_csv(

@@ -11,10 +11,14 @@ import pandas as pd
 import pytest
 from report_fixtures import (
     D_MLP,
+    FIGURE_SECTION_IDS,
+    FIGURES,
     MODELS,
+    MORE_FIGURES,
     N_LAYERS,
     XSS_SCRIPT,
     make_fake_run,
+    png_bytes,
     wide_explanations_frame,
 )
 
@@ -91,10 +95,34 @@ def test_index_summary(built):
         assert f'id="{sid}"' in text
     assert "not computed" not in text
     assert "66 kept of 72 streamed" in text  # the correlate stage's token counts
-    for name in ("universality_by_layer.png", "entropy_neurons.png", "attention_bos.png",
-                 "prediction_suppression.png"):
+    for name in FIGURES:
         assert f'src="plots/{name}"' in text
+    assert "Universal neurons (excess correlation &gt; 0.5)" in text
     assert "delta_entropy" in text and "L1H2" in text  # entropy and attention tables
+
+
+def test_index_figures_in_the_section_their_file_names(tmp_path):
+    run = make_fake_run(tmp_path / "run")
+    for name, rgb in MORE_FIGURES.items():
+        (run / "plots" / name).write_bytes(png_bytes(rgb=rgb))
+    text = build_report(run, config=ReportConfig(top_n=0)).read_text(encoding="utf-8")
+    for name, sid in FIGURE_SECTION_IDS.items():
+        block = re.search(rf'<section id="{sid}">(.*?)</section>', text, re.S).group(1)
+        assert f'src="plots/{name}"' in block, (name, sid)
+    assert text.count("<figure>") == len(FIGURE_SECTION_IDS) == len(FIGURES) + len(MORE_FIGURES)
+
+
+def test_index_heading_shows_the_recorded_threshold(tmp_path):
+    run = make_fake_run(tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["correlate"]["config"]["threshold"] = 0.35
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report(run, config=ReportConfig(top_n=0)).read_text(encoding="utf-8")
+    assert "Universal neurons (excess correlation &gt; 0.35)" in text and "0.5)" not in text
+    del manifest["stages"]["correlate"]["config"]["threshold"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report(run, config=ReportConfig(top_n=0)).read_text(encoding="utf-8")
+    assert "Universal neurons (as marked in the neuron tables)" in text
 
 
 def test_browser_data(built):

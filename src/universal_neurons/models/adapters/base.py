@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from universal_neurons.models.adapters.attention_layout import AttentionLayout, AttentionModules
 from universal_neurons.models.weights import Normalization, ProcessedWeights, RawWeights
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,14 @@ class ArchitectureAdapter:
     """Site -> (module path inside the block, ``output`` | ``input``)."""
     attention_path: ClassVar[str] = ""
     """Attention module inside the block."""
+    attention_layout: ClassVar[AttentionLayout | None] = None
+    """Norm, q/k/v (fused or separate) and output projections of the attention, inside the
+    block (what the attention analyses read and patch)."""
     final_norm_path: ClassVar[str] = ""
     """Final norm, relative to the model."""
+    transformer_lens_converters: ClassVar[dict[str, str]] = {}
+    """HF ``model_type`` -> TransformerLens weight converter (a function name in
+    ``transformer_lens.pretrained.weight_conversions``), for the TransformerLens oracle."""
 
     def __init__(self, hf_model: nn.Module):
         self.model: Any = hf_model  # a transformers *ForCausalLM (attributes vary by arch)
@@ -107,6 +114,11 @@ class ArchitectureAdapter:
     def attention_module(self, layer: int) -> nn.Module:
         """The attention module of ``layer`` (its output is added to the residual stream)."""
         return get_module(self.block(layer), self.attention_path)
+
+    def attention_modules(self, layer: int) -> AttentionModules:
+        """The attention's norm, projections and output modules of ``layer``, with the
+        reading of per-head q/k/v (see :class:`AttentionLayout`)."""
+        return AttentionModules(self, layer)
 
     def _check_hook_modules(self) -> None:
         for site in self.hook_points:
@@ -284,5 +296,5 @@ def bias_or_zeros(linear: nn.Module, n: int) -> Tensor:
     return _f32(b) if b is not None else torch.zeros(n)
 
 
-__all__ = ["ArchitectureAdapter", "ProcessedWeights", "RawWeights", "SITES", "bias_or_zeros",
+__all__ = ["ArchitectureAdapter", "AttentionLayout", "AttentionModules", "ProcessedWeights", "RawWeights", "SITES", "bias_or_zeros",
            "get_module"]

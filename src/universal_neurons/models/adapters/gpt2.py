@@ -12,7 +12,12 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from universal_neurons.models.adapters.base import ArchitectureAdapter, _f32, get_module
+from universal_neurons.models.adapters.base import (
+    ArchitectureAdapter,
+    AttentionLayout,
+    _f32,
+    get_module,
+)
 from universal_neurons.models.weights import RawWeights
 
 
@@ -24,7 +29,10 @@ class GPT2Adapter(ArchitectureAdapter):
     layer_path = "transformer.h.{layer}"
     hook_points = {"pre": ("mlp.c_fc", "output"), "post": ("mlp.act", "output")}
     attention_path = "attn"
+    attention_layout = AttentionLayout(norm="ln_1", qkv="attn.c_attn", order="qkv_head",
+                                       o="attn.c_proj")
     final_norm_path = "transformer.ln_f"
+    transformer_lens_converters = {"gpt2": "convert_gpt2_weights"}
 
     def fuse_activations(self) -> int:
         """Replace ``gelu_new`` (five elementwise kernels in HF) by PyTorch's fused

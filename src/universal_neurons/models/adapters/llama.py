@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import einops
 
-from universal_neurons.models.adapters.base import ArchitectureAdapter, _f32, bias_or_zeros
+from universal_neurons.models.adapters.base import (
+    ArchitectureAdapter,
+    AttentionLayout,
+    _f32,
+    bias_or_zeros,
+)
 from universal_neurons.models.weights import RawWeights
 
 
@@ -27,7 +32,12 @@ class LlamaAdapter(ArchitectureAdapter):
     layer_path = "model.layers.{layer}"
     hook_points = {"pre": ("mlp.gate_proj", "output"), "post": ("mlp.down_proj", "input")}
     attention_path = "self_attn"
+    attention_layout = AttentionLayout(norm="input_layernorm", q="self_attn.q_proj",
+                                       k="self_attn.k_proj", v="self_attn.v_proj",
+                                       o="self_attn.o_proj")
     final_norm_path = "model.norm"
+    transformer_lens_converters = {"llama": "convert_llama_weights",
+                                   "qwen2": "convert_qwen2_weights"}
 
     def _d_head(self) -> int:
         return getattr(self.config, "head_dim", None) or self.d_model // self.n_heads

@@ -14,7 +14,12 @@ from __future__ import annotations
 import einops
 import torch
 
-from universal_neurons.models.adapters.base import ArchitectureAdapter, _f32, bias_or_zeros
+from universal_neurons.models.adapters.base import (
+    ArchitectureAdapter,
+    AttentionLayout,
+    _f32,
+    bias_or_zeros,
+)
 from universal_neurons.models.weights import RawWeights
 
 
@@ -27,7 +32,10 @@ class NeoXAdapter(ArchitectureAdapter):
     layer_path = "gpt_neox.layers.{layer}"
     hook_points = {"pre": ("mlp.dense_h_to_4h", "output"), "post": ("mlp.act", "output")}
     attention_path = "attention"
+    attention_layout = AttentionLayout(norm="input_layernorm", qkv="attention.query_key_value",
+                                       order="head_qkv", o="attention.dense")
     final_norm_path = "gpt_neox.final_layer_norm"
+    transformer_lens_converters = {"gpt_neox": "convert_neox_weights"}
 
     def _unembed(self):
         # transformers >= 5.14 calls it lm_head; older versions embed_out
