@@ -19,9 +19,14 @@ from universal_neurons import __version__
 from universal_neurons.commands import COMMANDS
 from universal_neurons.errors import UserError
 
-OUTPUT_DIRS = {"correlate": "out", "stats": "out", "weights": "out", "explain": "out",
-               "entropy": "out", "attention": "out"}
-"""Subcommand -> its run-directory argument, checked (writable, not a file) before it runs."""
+OUTPUT_DIRS: dict[str, tuple[str, ...]] = {
+    "correlate": ("out",), "stats": ("out",), "weights": ("out",), "explain": ("out",),
+    "entropy": ("out",), "attention": ("out",), "properties": ("run",), "families": ("run",),
+    "report": ("out", "run"), "tokenize": ("out",),
+}
+"""Subcommand -> the argument naming the folder it writes (the first one given), checked
+before it runs: writable, not a file, ``outputs.MIN_FREE_BYTES`` free (correlate also
+checks its own estimate once models are loaded)."""
 
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full: free some space or choose another output directory",
@@ -81,11 +86,14 @@ def disk_full_message(e: BaseException) -> str | None:
 
 
 def _preflight(args: argparse.Namespace) -> None:
+    from universal_neurons.outputs import MIN_FREE_BYTES
     from universal_neurons.rundir import check_output_dir
 
-    attr = OUTPUT_DIRS.get(args.command)
-    if attr is not None and getattr(args, attr, None):
-        check_output_dir(getattr(args, attr), option=f"--{attr}")
+    for attr in OUTPUT_DIRS.get(args.command, ()):
+        if getattr(args, attr, None):
+            option = "RUN" if attr == "run" else f"--{attr}"
+            check_output_dir(getattr(args, attr), MIN_FREE_BYTES, option=option)
+            return
 
 
 def main(argv: list[str] | None = None) -> int:

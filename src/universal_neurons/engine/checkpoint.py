@@ -60,9 +60,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated or foreign file
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {first}); it is "
-                        f"damaged or truncated; {RESTART_HINT}") from None
+        first = str(e).strip().splitlines()[0][:100] if str(e).strip() else ""
+        raise UserError(f"checkpoint {p} is damaged or truncated ({type(e).__name__}: "
+                        f"{first}); {RESTART_HINT}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         version = state.get("format_version") if isinstance(state, dict) else None
         raise UserError(f"checkpoint {p} has format {version!r}, this version reads "
