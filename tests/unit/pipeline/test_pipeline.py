@@ -174,3 +174,22 @@ def test_toml_type_errors_are_one_line_naming_the_key(tmp_path, line, message):
     with pytest.raises(UserError) as e:
         load_config_file(p)
     assert message in str(e.value) and str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_changed_model_weights_rerun_the_stages_that_load_them(tmp_path, caplog):
+    folders = []
+    for name in ("ma", "mb"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text('{"n_layer": 1, "n_embd": 8}')
+        (d / "model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}" + b"\0" * 16)
+        folders.append(str(d))
+    c = RunConfig(models=tuple(folders), out=str(tmp_path / "run"))
+    run_pipeline(c, rec(tmp_path), quiet=True)
+    (tmp_path / "mb" / "model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}" + b"\1" * 32)
+    r = rec(tmp_path)
+    with caplog.at_level("INFO", logger="universal_neurons.pipeline"):
+        run_pipeline(c, r, quiet=True)
+    assert r.calls == list(STAGE_NAMES)
+    assert "correlate (models changed)" in caplog.text
+    assert "weights (models changed; an earlier stage reran)" in caplog.text
