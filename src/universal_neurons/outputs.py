@@ -43,6 +43,23 @@ def missing_outputs(run_dir: str | os.PathLike, stage: str) -> list[str]:
             if not any(p.is_file() for p in root.glob(pat))]
 
 
+def output_state(run_dir: str | os.PathLike, stage: str) -> dict[str, list[int]]:
+    """``{relative path: [size, mtime_ns]}`` of the files ``stage``'s patterns match."""
+    root = Path(run_dir)
+    out: dict[str, list[int]] = {}
+    for pat in STAGE_OUTPUTS.get(stage, ()):
+        for p in root.glob(pat):
+            if p.is_file():
+                st = p.stat()
+                out[p.relative_to(root).as_posix()] = [st.st_size, st.st_mtime_ns]
+    return dict(sorted(out.items()))
+
+
+def changed_outputs(old: dict[str, list[int]], new: dict[str, list[int]]) -> list[str]:
+    """Files added, removed or rewritten between two :func:`output_state` snapshots."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def correlate_output_bytes(n_neurons: Sequence[int], all_pairs: bool, top_k: int,
                            bins: int) -> int:
     """Rough size of the correlate stage's outputs for models of ``n_neurons`` neurons.

@@ -5,11 +5,12 @@ run in the same directory finished it with the same arguments and package versio
 same inputs (token dataset: ``meta.json`` and ``tokens.npy`` identity; models: weight file
 identities, see :mod:`universal_neurons.fingerprints`), the same run of the stage before it
 (whose outputs it reads), and when all its outputs (:data:`outputs.STAGE_OUTPUTS`) are on
-disk. Otherwise it runs, the log says why ("dataset changed", "outputs missing: ..."), and
-every stage after it runs again. Stages record themselves in ``RUN/pipeline.json`` only
-after they finish and their outputs are checked, so an interrupted run resumes at the first
-unfinished stage (and the correlate stage resumes from its own checkpoint), and a run never
-reports success with outputs missing.
+disk as the pipeline left them (same files, sizes and modification times). Otherwise it
+runs, the log says why ("dataset changed", "outputs missing: ..."), and every stage after
+it runs again. Stages record themselves in ``RUN/pipeline.json`` only after they finish
+and their outputs are checked, so an interrupted run resumes at the first unfinished stage
+(and the correlate stage resumes from its own checkpoint), and a run never reports success
+with outputs missing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from typing import Any
 
 from universal_neurons import __version__
 from universal_neurons.errors import UserError
-from universal_neurons.outputs import missing_outputs, run_output_bytes
+from universal_neurons.outputs import (
+    changed_outputs,
+    missing_outputs,
+    output_state,
+    run_output_bytes,
+)
 from universal_neurons.rundir import check_output_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -220,8 +226,10 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 def rerun_reasons(prev: dict[str, Any] | None, args: list[str], inputs: dict[str, str],
-                  upstream: str, run_dir: Path, name: str) -> list[str]:
-    """Why stage ``name`` must run ([] = it is up to date and may be skipped)."""
+                  upstream: str, run_dir: Path, name: str,
+                  seen: dict[str, list[int]] | None = None) -> list[str]:
+    """Why stage ``name`` must run ([] = it is up to date and may be skipped). ``seen`` is
+    the state of its outputs when the pipeline last looked (after the last stage it ran)."""
     if not prev:
         return ["not run before"]
     reasons = []
@@ -236,6 +244,11 @@ def rerun_reasons(prev: dict[str, Any] | None, args: list[str], inputs: dict[str
     missing = missing_outputs(run_dir, name)
     if missing:
         reasons.append(f"outputs missing: {', '.join(missing)}")
+    elif seen is not None:
+        changed = changed_outputs(seen, output_state(run_dir, name))
+        if changed:
+            more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+            reasons.append(f"outputs changed: {', '.join(changed[:3])}{more}")
     return reasons
 
 
@@ -265,8 +278,8 @@ def run_pipeline(cfg: RunConfig, invoke: Callable[[list[str]], int], quiet: bool
     for i, (name, args) in enumerate(stages, 1):
         inputs = {k: fingerprints[k] for k in STAGE_INPUTS.get(name, ())}
         prev = record["stages"].get(name)
-        reasons = ["--force"] if force else rerun_reasons(prev, args, inputs, upstream,
-                                                          run_dir, name)
+        reasons = ["--force"] if force else rerun_reasons(
+            prev, args, inputs, upstream, run_dir, name, record.get("outputs", {}).get(name))
         if not reasons and prev is not None:
             log.info("[%d/%d] %s: unchanged, skipped", i, len(stages), name)
             upstream = prev["stamp"]
@@ -291,6 +304,9 @@ def run_pipeline(cfg: RunConfig, invoke: Callable[[list[str]], int], quiet: bool
                                   "upstream": upstream, "stamp": stamp, "seconds": ran[name],
                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         upstream = stamp
+        # what every stage's outputs look like now (later stages rewrite shared files, such
+        # as the neuron tables); a change made outside the pipeline reruns the stage
+        record["outputs"] = {n: output_state(run_dir, n) for n in STAGE_NAMES}
         write_json(record_path, record)
     gone = {n: m for n, _ in stages if (m := missing_outputs(run_dir, n))}
     if gone:

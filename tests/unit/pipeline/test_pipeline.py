@@ -193,3 +193,16 @@ def test_changed_model_weights_rerun_the_stages_that_load_them(tmp_path, caplog)
     assert r.calls == list(STAGE_NAMES)
     assert "correlate (models changed)" in caplog.text
     assert "weights (models changed; an earlier stage reran)" in caplog.text
+
+
+def test_outputs_rewritten_outside_the_pipeline_rerun_their_stage(tmp_path, caplog):
+    run_pipeline(cfg(tmp_path), rec(tmp_path), quiet=True)
+    (tmp_path / "run" / "families" / "x_counts.csv").write_text("edited by hand, longer")
+    r = rec(tmp_path)
+    with caplog.at_level("INFO", logger="universal_neurons.pipeline"):
+        run_pipeline(cfg(tmp_path), r, quiet=True)
+    assert r.calls == list(STAGE_NAMES[STAGE_NAMES.index("families"):])
+    assert "families (outputs changed: families/x_counts.csv)" in caplog.text
+    r = rec(tmp_path)
+    run_pipeline(cfg(tmp_path), r, quiet=True)
+    assert r.calls == []
