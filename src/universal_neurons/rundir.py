@@ -187,9 +187,17 @@ class RunDir:
         return self.path / MANIFEST
 
     def manifest(self) -> dict[str, Any]:
-        if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text())
-        return {"stages": {}}
+        """The manifest ({"stages": {}} if none); UserError naming it if it is corrupt."""
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            m = json.loads(self.manifest_path.read_text())
+            if not isinstance(m, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.manifest_path} is corrupt ({str(e)[:80]}); delete it and "
+                            "rerun the stages whose records it held") from None
+        return m
 
     def record_stage(self, stage: str, config: Any, **info: Any) -> None:
         """Add or replace one stage's entry (config, versions, timings, counts)."""

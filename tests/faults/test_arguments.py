@@ -67,3 +67,12 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert cli(capsys, *args)[0] == 2
     with pytest.raises(UserError, match="is a file"):
         main(["--debug", *args])
+
+
+def test_corrupt_manifest_is_one_line_naming_it(tmp_path):
+    from universal_neurons.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.manifest_path.write_text('{"stages": ')
+    with pytest.raises(UserError, match=f"{run.manifest_path} is corrupt .*delete it"):
+        run.record_stage("weights", {})
