@@ -65,12 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def os_error_message(e: OSError) -> str:
     """One line for a failed file-system operation: the path, what went wrong, the fix."""
-    where = e.filename if e.filename is not None else "?"
-    if e.filename2 is not None:
-        where = f"{where} -> {e.filename2}"
     what = e.strerror or str(e)
+    if e.filename is not None:
+        what = f"{e.filename}: {what}"
+        if e.filename2 is not None:
+            what = f"{e.filename} -> {e.filename2}: {e.strerror or e}"
     hint = _OS_HINTS.get(e.errno or 0)
-    return f"{where}: {what}" + (f"; {hint}" if hint else "")
+    return what + (f"; {hint}" if hint else "")
 
 
 def disk_full_message(e: BaseException) -> str | None:
