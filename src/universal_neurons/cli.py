@@ -1,8 +1,16 @@
-"""The ``universal-neurons`` console script: one subcommand per pipeline stage."""
+"""The ``universal-neurons`` console script: one subcommand per pipeline stage.
+
+Errors a user can act on end the command with one line on stderr: bad input
+(``UserError``/``ValueError``, exit 2) and failed file-system operations (``OSError``:
+full disk, permissions, read-only file system, a file where a folder belongs..., and
+torch/safetensors write errors caused by a full disk; exit 1), each naming the path.
+``--debug`` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -10,6 +18,28 @@ import sys
 from universal_neurons import __version__
 from universal_neurons.commands import COMMANDS
 from universal_neurons.errors import UserError
+
+OUTPUT_DIRS: dict[str, tuple[str, ...]] = {
+    "correlate": ("out",), "stats": ("out",), "weights": ("out",), "explain": ("out",),
+    "entropy": ("out",), "attention": ("out",), "properties": ("run",), "families": ("run",),
+    "report": ("out", "run"), "tokenize": ("out",),
+}
+"""Subcommand -> the argument naming the folder it writes (the first one given), checked
+before it runs: writable, not a file, ``outputs.MIN_FREE_BYTES`` free (correlate also
+checks its own estimate once models are loaded)."""
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose another output directory",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another output "
+                  "directory",
+    errno.EACCES: "check its permissions or choose another output directory",
+    errno.EPERM: "check its permissions or choose another output directory",
+    errno.EROFS: "the file system is read-only: choose another output directory",
+    errno.EEXIST: "it already exists: remove it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder, not a file: choose another path",
+    errno.ENOENT: "check the path",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for path in COMMANDS:
         mod = importlib.import_module(path)
@@ -29,6 +61,40 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a failed file-system operation: the path, what went wrong, the fix."""
+    what = e.strerror or str(e)
+    if e.filename is not None:
+        what = f"{e.filename}: {what}"
+        if e.filename2 is not None:
+            what = f"{e.filename} -> {e.filename2}: {e.strerror or e}"
+    hint = _OS_HINTS.get(e.errno or 0)
+    return what + (f"; {hint}" if hint else "")
+
+
+def disk_full_message(e: BaseException) -> str | None:
+    """One line for a torch/safetensors/pyarrow write error caused by a full disk, else None."""
+    from universal_neurons.rundir import DISK_FULL_HINTS
+
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    if isinstance(e, (RuntimeError, OSError)) or type(e).__name__ == "SafetensorError":
+        if any(h in first.lower() for h in DISK_FULL_HINTS):
+            return (f"writing an output failed ({type(e).__name__}: {first}); the disk is "
+                    "probably full: free some space or choose another output directory")
+    return None
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    from universal_neurons.outputs import MIN_FREE_BYTES
+    from universal_neurons.rundir import check_output_dir
+
+    for attr in OUTPUT_DIRS.get(args.command, ()):
+        if getattr(args, attr, None):
+            option = "RUN" if attr == "run" else f"--{attr}"
+            check_output_dir(getattr(args, attr), MIN_FREE_BYTES, option=option)
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,14 +107,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    prefix = f"universal-neurons {args.command}: error:"
     try:
+        _preflight(args)
         return int(args._module.run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as e:
-        print(f"universal-neurons {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (UserError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"{prefix} {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.debug:
+            raise
+        message = (os_error_message(e) if e.errno is not None
+                   else disk_full_message(e) or (str(e).strip().splitlines() or [repr(e)])[0])
+        print(f"{prefix} {message}", file=sys.stderr)
+        return 2 if isinstance(e, FileNotFoundError) else 1
+    except Exception as e:
+        disk_full = disk_full_message(e)
+        if args.debug or disk_full is None:
+            raise
+        print(f"{prefix} {disk_full}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,18 +1,27 @@
 """The whole study as a sequence of cached stages (``universal-neurons run``).
 
-Each stage is one subcommand with its arguments. A stage is skipped when a previous run in
-the same directory finished it with the same arguments, package version and upstream
-stages (its *key*); otherwise it runs, and every stage after it runs again. Stages record
-their keys in ``RUN/pipeline.json`` only after they finish, so an interrupted run resumes
-at the first unfinished stage (and the correlate stage resumes from its own checkpoint).
+Each stage is one subcommand with its arguments. A stage is skipped only when a previous
+run in the same directory finished it with the same arguments and package version, the
+same inputs (token dataset: ``meta.json`` and ``tokens.npy`` identity; models: weight file
+identities, see :mod:`universal_neurons.fingerprints`), the same run of the stage before it
+(whose outputs it reads), and when all its outputs (:data:`outputs.STAGE_OUTPUTS`) are on
+disk as the pipeline left them (same files, sizes and modification times). Otherwise it
+runs, the log says why ("dataset changed", "outputs missing: ..."), and every stage after
+it runs again. Stages record themselves in ``RUN/pipeline.json`` only after they finish
+and their outputs are checked, so an interrupted run resumes at the first unfinished stage
+(and the correlate stage resumes from its own checkpoint), and a run never reports success
+with outputs missing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import math
 import time
+import types
+import typing
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +29,24 @@ from typing import Any
 
 from universal_neurons import __version__
 from universal_neurons.errors import UserError
-from universal_neurons.rundir import write_json
+from universal_neurons.outputs import (
+    changed_outputs,
+    missing_outputs,
+    output_state,
+    run_output_bytes,
+)
+from universal_neurons.rundir import check_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
 PIPELINE_FILE = "pipeline.json"
+
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "correlate": ("dataset", "models"), "weights": ("models",),
+    "explain": ("dataset", "models"), "entropy": ("dataset", "models"),
+    "attention": ("dataset", "models"),
+}
+"""Stage -> the run inputs it reads besides earlier stages' outputs."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,10 @@ class RunConfig:
             raise UserError(f"token counts must be positive, got tokens={self.tokens}, "
                             f"explain_tokens={self.explain_tokens}, "
                             f"intervention_tokens={self.intervention_tokens}")
+        if not (math.isfinite(self.threshold) and 0 < self.threshold <= 1):
+            raise UserError(f"threshold must be in (0, 1], got {self.threshold!r}; e.g. 0.5")
+        if self.top_percent is not None and not 0 < self.top_percent <= 100:
+            raise UserError(f"top_percent must be in (0, 100], got {self.top_percent!r}")
         unknown = set(self.skip) - set(STAGE_NAMES)
         if unknown:
             raise UserError(f"unknown stage(s) to skip {sorted(unknown)}; stages are "
@@ -72,7 +98,9 @@ STAGE_NAMES = ("correlate", "weights", "properties", "explain", "families", "ent
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config; keys are RunConfig fields (``[extra]`` holds per-stage args)."""
+    """Read a TOML config. Keys are RunConfig fields, spelled like the long options
+    (``explain-tokens``) or the fields (``explain_tokens``); ``[extra]`` holds per-stage
+    argument lists. Unknown keys and values of the wrong type are one-line UserErrors."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -81,17 +109,73 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {p} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {p} ({e})") from None
+    data = {k.replace("-", "_"): v for k, v in raw.items()}
     known = set(RunConfig.__dataclass_fields__)
-    bad = set(data) - known
+    bad = [k for k in raw if k.replace("-", "_") not in known]
     if bad:
-        raise UserError(f"unknown key(s) {sorted(bad)} in {p}; known keys: {sorted(known)}")
+        raise UserError(f"unknown key(s) {sorted(bad)} in {p}; known keys: "
+                        f"{sorted(k.replace('_', '-') for k in known)}")
+    hints = typing.get_type_hints(RunConfig)
+    for k, v in data.items():
+        if k.endswith("tokens") and isinstance(v, str):
+            v = data[k] = _toml_count(p, k, v)
+        if not _conforms(v, hints[k]):
+            raise UserError(f"config file {p}: {k.replace('_', '-')} must be "
+                            f"{_describe(hints[k])}, got {v!r}")
     for k in ("models", "skip"):
         if k in data:
             data[k] = tuple([data[k]] if isinstance(data[k], str) else data[k])
     return data
+
+
+def _toml_count(p: Path, key: str, text: str) -> int:
+    from universal_neurons.data.dataset import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError:
+        raise UserError(f"config file {p}: {key.replace('_', '-')} must be an integer or a "
+                        f"count like \"10M\", got {text!r}") from None
+
+
+def _conforms(v: Any, tp: Any) -> bool:
+    """Whether a TOML value fits a RunConfig annotation (str, int, float, bool, tuple[str,
+    ...], dict[str, list[str]], X | None)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(v, a) for a in args if a is not type(None))
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if origin in (tuple, list):  # a tuple field also takes one string (models = "gpt2")
+        return (origin is tuple and isinstance(v, str)) or (
+            isinstance(v, list) and all(_conforms(x, args[0]) for x in v))
+    if origin is dict:
+        return isinstance(v, dict) and all(isinstance(k, str) and _conforms(x, args[1])
+                                           for k, x in v.items())
+    return True
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin in (tuple, list):
+        return "a list of strings"
+    if origin is dict:
+        return "a table of string lists (stage = [\"--option\", \"value\"])"
+    return {bool: "true or false", int: "an integer", float: "a number",
+            str: "a string"}.get(tp, str(tp))
 
 
 def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]]:
@@ -126,46 +210,109 @@ def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]
             if name not in cfg.skip]
 
 
-def stage_key(args: list[str], upstream: str) -> str:
-    blob = json.dumps({"args": args, "version": __version__, "upstream": upstream})
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def read_record(path: Path) -> dict[str, Any]:
+    """``RUN/pipeline.json`` ({} if absent); UserError naming the file if it is corrupt."""
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("stages", {}), dict):
+            raise ValueError("not a pipeline record")
+    except (ValueError, UnicodeDecodeError) as e:
+        first = (str(e).splitlines() or [""])[0][:100]
+        raise UserError(f"{path} is corrupt ({first}); delete it or pass --force to rerun "
+                        "every stage") from None
+    return record
+
+
+def rerun_reasons(prev: dict[str, Any] | None, args: list[str], inputs: dict[str, str],
+                  upstream: str, run_dir: Path, name: str,
+                  seen: dict[str, list[int]] | None = None) -> list[str]:
+    """Why stage ``name`` must run ([] = it is up to date and may be skipped). ``seen`` is
+    the state of its outputs when the pipeline last looked (after the last stage it ran)."""
+    if not prev:
+        return ["not run before"]
+    reasons = []
+    if prev.get("version") != __version__:
+        reasons.append(f"package version changed ({prev.get('version')} -> {__version__})")
+    if prev.get("args") != args:
+        reasons.append("arguments changed")
+    old = prev.get("inputs", {})
+    reasons += [f"{k} changed" for k in inputs if old.get(k) != inputs[k]]
+    if prev.get("upstream") != upstream:
+        reasons.append("an earlier stage reran")
+    missing = missing_outputs(run_dir, name)
+    if missing:
+        reasons.append(f"outputs missing: {', '.join(missing)}")
+    elif seen is not None:
+        changed = changed_outputs(seen, output_state(run_dir, name))
+        if changed:
+            more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+            reasons.append(f"outputs changed: {', '.join(changed[:3])}{more}")
+    return reasons
 
 
 def run_pipeline(cfg: RunConfig, invoke: Callable[[list[str]], int], quiet: bool = False,
                  force: bool = False) -> dict[str, Any]:
-    """Run every stage through ``invoke(argv) -> exit code``; returns the pipeline record."""
+    """Run every stage through ``invoke(argv) -> exit code``; returns the pipeline record,
+    whose ``last_run`` says which stages ran (and how long) and which were unchanged."""
+    from universal_neurons.fingerprints import dataset_fingerprint, models_fingerprint
     from universal_neurons.models.registry import expand_model_specs
 
     members = expand_model_specs(list(cfg.models))
     if len(members) < 2:
         raise UserError(f"run compares models trained from different seeds: got only "
                         f"{members}; give a suite (e.g. tiny-gpt2) or several models")
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = check_output_dir(cfg.out, run_output_bytes(members, cfg.all_pairs))
     record_path = run_dir / PIPELINE_FILE
-    record = json.loads(record_path.read_text()) if record_path.exists() and not force else {}
+    record = {} if force else read_record(record_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
     record.setdefault("stages", {})
     record["config"] = asdict(cfg)
-    upstream = ""
+    fingerprints = {"dataset": dataset_fingerprint(cfg.dataset),
+                    "models": models_fingerprint(members)}
+    upstream = ""  # stamp of the last stage before this one
     stages = stage_commands(cfg, members[0])
+    ran: dict[str, float] = {}
     t_all = time.perf_counter()
     for i, (name, args) in enumerate(stages, 1):
-        argv = args + (["--quiet"] if quiet else [])
-        key = stage_key(args, upstream)
-        upstream = key
-        done = record["stages"].get(name, {})
-        if done.get("key") == key:
+        inputs = {k: fingerprints[k] for k in STAGE_INPUTS.get(name, ())}
+        prev = record["stages"].get(name)
+        reasons = ["--force"] if force else rerun_reasons(
+            prev, args, inputs, upstream, run_dir, name, record.get("outputs", {}).get(name))
+        if not reasons and prev is not None:
             log.info("[%d/%d] %s: unchanged, skipped", i, len(stages), name)
+            upstream = prev["stamp"]
             continue
-        log.info("[%d/%d] %s: universal-neurons %s", i, len(stages), name, " ".join(argv))
+        argv = args + (["--quiet"] if quiet else [])
+        log.info("[%d/%d] %s (%s): universal-neurons %s", i, len(stages), name,
+                 "; ".join(reasons), " ".join(argv))
+        if record["stages"].pop(name, None) is not None:  # never looks done while it reruns
+            write_json(record_path, record)
         t0 = time.perf_counter()
         code = invoke(argv)
         if code != 0:
             raise UserError(f"stage {name} failed (exit {code}); fix the error above and rerun "
                             "the same command to resume from this stage")
-        record["stages"][name] = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
-                                  "argv": args}
+        missing = missing_outputs(run_dir, name)
+        if missing:
+            raise UserError(f"stage {name} finished but wrote no {', '.join(missing)} in "
+                            f"{run_dir}; rerun the same command (add --debug for details)")
+        ran[name] = round(time.perf_counter() - t0, 2)
+        stamp = uuid.uuid4().hex[:16]  # what the stages after this one were computed from
+        record["stages"][name] = {"args": args, "version": __version__, "inputs": inputs,
+                                  "upstream": upstream, "stamp": stamp, "seconds": ran[name],
+                                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        upstream = stamp
+        # what every stage's outputs look like now (later stages rewrite shared files, such
+        # as the neuron tables); a change made outside the pipeline reruns the stage
+        record["outputs"] = {n: output_state(run_dir, n) for n in STAGE_NAMES}
         write_json(record_path, record)
-    record["total_seconds_last_run"] = round(time.perf_counter() - t_all, 2)
+    gone = {n: m for n, _ in stages if (m := missing_outputs(run_dir, n))}
+    if gone:
+        raise UserError(f"outputs missing after the run: {gone}; rerun the same command")
+    record["last_run"] = {"ran": ran, "unchanged": [n for n, _ in stages if n not in ran],
+                          "total_seconds": round(time.perf_counter() - t_all, 2)}
     write_json(record_path, record)
     return record
+

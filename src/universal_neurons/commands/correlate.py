@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from universal_neurons.commands._args import count as _count
+from universal_neurons.commands._args import threshold as _threshold
 
 NAME = "correlate"
 HELP = "correlate every neuron with every neuron of other seeds; excess correlation, universality"
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
     p.add_argument("--all-pairs", action="store_true",
                    help="every model against every other, a neuron table for each")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=_threshold, default=0.5,
                    help="universal if excess_corr exceeds this (default 0.5)")
     p.add_argument("--baseline", choices=("rotation", "gaussian-rows", "none"),
                    default="rotation", help="random basis of the baseline: Haar rotation "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from universal_neurons.commands._args import threshold as _threshold
+
 NAME = "properties"
 HELP = "compare universal and other neurons; check the paper's five claims; Fig. 3 plots"
 DESCRIPTION = """\
@@ -30,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-percent", type=float, default=None, metavar="P",
                    help="call the top P%% of neurons by excess_corr universal (per model) "
                         "instead of is_universal; useful when few neurons pass the threshold")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=_threshold, default=0.5,
                    help="excess_corr threshold if a table lacks is_universal (default 0.5)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--min-universal", type=int, default=10,

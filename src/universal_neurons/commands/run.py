@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from universal_neurons.commands._args import count as _count
+from universal_neurons.commands._args import threshold as _threshold
 
 NAME = "run"
 HELP = "run the whole study (correlations, statistics, families, roles, report) in one command"
@@ -16,9 +17,12 @@ Run every stage in order on one run directory:
 
 With no arguments it studies the bundled suite tiny-gpt2 (tiny-gpt2-a against b..e) on the
 bundled test split and writes runs/default/report/index.html. A finished stage is skipped
-when its arguments and the stages before it are unchanged; an interrupted run resumes.
-Settings can come from a TOML file whose keys are the long options below (plus
-[extra] with per-stage argument lists); command-line options override the file.
+only when its arguments, its inputs (the token dataset's files, the models' weight files),
+the stages before it and its own outputs on disk are all unchanged; otherwise it reruns
+(the log says why) with every stage after it. An interrupted run resumes. Records live in
+RUN/pipeline.json (--force ignores it). Settings can come from a TOML file whose keys are
+the long options below, spelled explain-tokens or explain_tokens (plus [extra] with
+per-stage argument lists); command-line options override the file.
 
 examples:
   universal-neurons run
@@ -44,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intervention-tokens", type=_count, default=None, metavar="N",
                    help="tokens for entropy sweeps and path ablation (default 2k)")
     p.add_argument("--out", default=None, metavar="RUN", help="run directory (default runs/default)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=_threshold, default=None,
                    help="excess correlation above which a neuron is universal (default 0.5)")
     p.add_argument("--all-pairs", action="store_true", default=None,
                    help="every model gets its own excess correlations")
@@ -72,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
             values[name] = tuple(v) if isinstance(v, list) else v
     cfg = RunConfig(**values)
     t0 = time.perf_counter()
-    record = run_pipeline(cfg, cli_main, quiet=args.quiet, force=args.force)
-    ran = [f"{k} {v['seconds']:.0f}s" for k, v in record["stages"].items()]
-    print(f"study finished in {time.perf_counter() - t0:.0f}s ({', '.join(ran)}); "
+    debug = ["--debug"] if getattr(args, "debug", False) else []
+    record = run_pipeline(cfg, lambda argv: cli_main(debug + argv), quiet=args.quiet,
+                          force=args.force)
+    last = record["last_run"]
+    ran = ", ".join(f"{k} {v:.0f}s" for k, v in last["ran"].items()) or "nothing"
+    unchanged = f"; unchanged: {', '.join(last['unchanged'])}" if last["unchanged"] else ""
+    print(f"study finished in {time.perf_counter() - t0:.0f}s (ran: {ran}{unchanged}); "
           f"open {cfg.out}/report/index.html")
     return 0

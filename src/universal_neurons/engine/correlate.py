@@ -181,7 +181,12 @@ def model_bytes(models: Sequence[Any]) -> int:
 def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: str, ctx,
          timings: dict[str, float], t0: float) -> CorrelateResult:
     from universal_neurons.engine import distributed as dd
-    from universal_neurons.engine.checkpoint import check_config, load_checkpoint, save_checkpoint
+    from universal_neurons.engine.checkpoint import (
+        check_config,
+        check_progress,
+        open_checkpoint,
+        save_checkpoint,
+    )
     from universal_neurons.engine.finalize import Baselines, ModelStats, summarize_moments
     from universal_neurons.engine.planner import (
         default_budget,
@@ -190,10 +195,16 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         plan_correlation,
     )
     from universal_neurons.engine.runner import StreamStats, batch_ranges, stream
+    from universal_neurons.fingerprints import dataset_fingerprint
+    from universal_neurons.outputs import correlate_output_bytes
+    from universal_neurons.rundir import check_output_dir
 
     fingerprint = _check_models(models)
-    dataset, n_seq = _open_dataset(config, models)
     shapes = [ModelShape(m.name, m.adapter.n_layers, m.adapter.d_mlp) for m in models]
+    if ctx.is_main:  # before any compute: writable, not a file, room for the outputs
+        check_output_dir(config.out, correlate_output_bytes(
+            [s.n_neurons for s in shapes], config.all_pairs, config.top_k, config.bins))
+    dataset, n_seq = _open_dataset(config, models)
     mode: Mode = "all-pairs" if config.all_pairs else "reference"
     dev = torch.device(device)
     budget = (parse_bytes(config.max_memory) if config.max_memory is not None
@@ -214,16 +225,13 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         bf16_copy=config.precision == "bf16", device_type=dev.type)
     semantic = {**config.semantic(), "models": [m.name for m in models],
                 "dataset": str(dataset.path), "dataset_fingerprint": fingerprint,
+                "dataset_content": dataset_fingerprint(dataset.path),
                 "n_seq": n_seq, "world_size": ctx.world_size}
 
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_DIR / (f"{STAGE}.rank{ctx.rank}.pt" if ctx.active
                                         else f"{STAGE}.pt")
-    state = None
-    if config.restart:
-        ckpt_path.unlink(missing_ok=True)
-    else:
-        state = load_checkpoint(ckpt_path)
+    state = open_checkpoint(ckpt_path, restart=config.restart)  # verified, or None
     if state is not None:
         check_config(ckpt_path, state["config"], semantic)
         plan = _plan_from_state(plan, state)
@@ -246,6 +254,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
     extras_state: list[Any] | None = None
     stream_totals = StreamStats()
     if state is not None:
+        check_progress(ckpt_path, state, plan.n_passes, len(ranges))
         completed = list(state["completed"])
         if state["stats"] is not None:
             stats = ModelStats.from_state(_layout(shapes), state["stats"], dev)
