@@ -110,7 +110,8 @@ def main() -> None:
     p.add_argument("--tokens", default="1k", help="correlate/statistics tokens (default 1k)")
     p.add_argument("--explain-tokens", default="4k")
     p.add_argument("--intervention-tokens", default="512")
-    p.add_argument("--max-memory", default=None, help="correlate budget (default: its own)")
+    p.add_argument("--max-memory", default=None,
+                   help="budget handed to the stages, as `run --max-memory` (default: theirs)")
     p.add_argument("--skip", nargs="*", default=[], help="stages not to run")
     p.add_argument("--plan-only", action="store_true", help="print the plans and stop")
     p.add_argument("--gpu-memory", default="80GB", help="GPU for the projection (80GB)")
@@ -140,12 +141,11 @@ def main() -> None:
     cfg = RunConfig(models=tuple(specs), out=str(run), tokens=parse_count(args.tokens),
                     explain_tokens=parse_count(args.explain_tokens),
                     intervention_tokens=parse_count(args.intervention_tokens),
-                    skip=tuple(args.skip))
+                    max_memory=args.max_memory, skip=tuple(args.skip))
     rows = []
     for name, argv in stage_commands(cfg, specs[0]):
         if name == "correlate":
-            argv = [*argv, "--restart"] + (["--max-memory", args.max_memory]
-                                          if args.max_memory else [])
+            argv = [*argv, "--restart"]
         print(f"[{name}] universal-neurons {' '.join(argv)}", flush=True)
         r = run_stage([*argv, "--quiet"], work / f"{name}.log")
         rows.append((name, r))

@@ -71,6 +71,11 @@ class RunConfig:
     device: str = "cpu"
     top_percent: float | None = None
     """Compare the top P% by excess correlation in the claims table (default: threshold)."""
+    max_memory: str | None = None
+    """Memory budget of the correlate pass and of the explain stage's token table, e.g.
+    ``16G`` (default: each stage's own, 70% of available RAM)."""
+    precision: str | None = None
+    """GEMM inputs of the correlate pass (``fp32``, ``tf32``, ``bf16``; default: correlate's)."""
     skip: tuple[str, ...] = ()
     """Stages not to run."""
     extra: dict[str, list[str]] = field(default_factory=dict)
@@ -87,6 +92,10 @@ class RunConfig:
             raise UserError(f"threshold must be in (0, 1], got {self.threshold!r}; e.g. 0.5")
         if self.top_percent is not None and not 0 < self.top_percent <= 100:
             raise UserError(f"top_percent must be in (0, 100], got {self.top_percent!r}")
+        if self.max_memory is not None:
+            from universal_neurons.engine.planner import parse_bytes
+
+            parse_bytes(self.max_memory)  # UserError naming the value
         unknown = set(self.skip) - set(STAGE_NAMES)
         if unknown:
             raise UserError(f"unknown stage(s) to skip {sorted(unknown)}; stages are "
@@ -190,6 +199,8 @@ def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]
         correlate += ["--checkpoint-every", str(cfg.tokens // 10)]
     if cfg.all_pairs:
         correlate.append("--all-pairs")
+    memory = ["--max-memory", cfg.max_memory] if cfg.max_memory else []
+    correlate += memory + (["--precision", cfg.precision] if cfg.precision else [])
     properties = ["properties", out, "--threshold", str(cfg.threshold)]
     if cfg.top_percent is not None:
         properties += ["--top-percent", str(cfg.top_percent)]
@@ -198,7 +209,7 @@ def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]
         ("weights", ["weights", "--model", *cfg.models, "--out", out, "--device", cfg.device]),
         ("properties", properties),
         ("explain", ["explain", "--model", reference, "--out", out, *ds, "--max-tokens",
-                     str(cfg.explain_tokens), "--neurons", "all"]),
+                     str(cfg.explain_tokens), "--neurons", "all", *memory]),
         ("families", ["families", out]),
         ("entropy", ["entropy", "--model", reference, "--out", out, *ds, "--tokens",
                      str(cfg.intervention_tokens), "--device", cfg.device]),

@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="claims table compares the top P%% by excess correlation")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=None, help="seed of the baseline rotations")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget of the correlate pass and the explain token table, "
+                        "e.g. 16G (default: 70%% of available RAM)")
+    p.add_argument("--precision", default=None,
+                   help="GEMM inputs of the correlate pass: fp32, tf32, bf16 (see "
+                        "`correlate --help`)")
     p.add_argument("--skip", nargs="+", default=None, metavar="STAGE",
                    help="stages not to run (correlate weights properties explain families "
                    "entropy attention report)")
@@ -70,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     values = load_config_file(args.config) if args.config else {}
     for name in ("models", "dataset", "tokens", "explain_tokens", "intervention_tokens", "out",
-                 "threshold", "all_pairs", "top_percent", "device", "seed", "skip"):
+                 "threshold", "all_pairs", "top_percent", "device", "seed", "max_memory",
+                 "precision", "skip"):
         v = getattr(args, name)
         if v is not None:
             values[name] = tuple(v) if isinstance(v, list) else v

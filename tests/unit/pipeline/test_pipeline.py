@@ -206,3 +206,17 @@ def test_outputs_rewritten_outside_the_pipeline_rerun_their_stage(tmp_path, capl
     r = rec(tmp_path)
     run_pipeline(cfg(tmp_path), r, quiet=True)
     assert r.calls == []
+
+
+def test_memory_budget_and_precision_reach_the_stages_that_use_them(tmp_path):
+    from universal_neurons.pipeline import stage_commands
+
+    argv = dict(stage_commands(cfg(tmp_path, max_memory="12G", precision="bf16"), "tiny-gpt2-a"))
+    corr = argv["correlate"]
+    assert corr[corr.index("--max-memory") + 1] == "12G"
+    assert corr[corr.index("--precision") + 1] == "bf16"
+    assert argv["explain"][argv["explain"].index("--max-memory") + 1] == "12G"
+    plain = dict(stage_commands(cfg(tmp_path), "tiny-gpt2-a"))
+    assert "--max-memory" not in plain["correlate"] and "--precision" not in plain["correlate"]
+    with pytest.raises(UserError, match="bad memory size 'lots'"):
+        cfg(tmp_path, max_memory="lots")
