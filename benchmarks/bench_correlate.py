@@ -21,6 +21,11 @@ Models: the bundled suite ``tiny-gpt2`` when it is built, else (or with ``--rand
 5 random GPT-2s of the same shape (4 layers, d_model 160, d_mlp 512, n_ctx 256) with a
 tokenizer trained on the bundled corpus.
 
+Precisions this machine does not run natively (``engine/precision.py``: bf16 without
+AVX512-BF16/AMX, e.g. on AVX2 CPUs, where a bf16 matmul is ~100x slower) are skipped with
+the reason. Before measuring, the expected duration is printed (from the sizes and a quick
+fp32 matmul rate; rough), and at the end the actual one.
+
     .venv/bin/python benchmarks/bench_correlate.py                   # a few minutes
     .venv/bin/python benchmarks/bench_correlate.py --random-models --tokens 8k --e2e-repeats 1
 """
@@ -122,6 +127,42 @@ def accumulate_step(mode: str, rows: int, precision: str = "fp32") -> tuple[floa
     return dt, flops / dt / 1e9
 
 
+def estimate_seconds(args, n_tokens: int, precs: list[str], rate: dict[str, float]) -> dict:
+    """Rough seconds of each part, from the GEMM sizes and measured matmul rates (GFLOP/s).
+
+    GEMMs count their FLOPs; the rest (forward passes, summaries, the paper way's
+    TransformerLens jobs) counts as FLOP-equivalents per token or per run, fitted on one run
+    of this benchmark (AMD EPYC, 2 threads, 8k tokens) and scaled by the fp32 rate."""
+    rows = args.rows_per_gemm + 1
+    ref = 2 * 2048 * 4 * 2048  # cross-GEMM FLOPs per row, reference mode
+    pairs = 2 * 2048 * (4 + 3 + 2 + 1) * 2048  # all-pairs
+    cov = 5 * 4 * 2 * 512 * 512  # within-layer GEMMs
+    g32 = rate["fp32"] * 1e9
+    est: dict[str, float] = {}
+    for pr in precs:
+        g = rate[pr] * 1e9
+        est[f"(a) {pr}"] = args.repeats * 2 * 2 * 4096 ** 3 / g
+        est[f"(b) {pr}"] = args.repeats * 2 * rows * (ref + pairs + 2 * cov) / (0.85 * g)
+        # forward ~50 MFLOP-eq per token, summaries ~470 GFLOP-eq, process + loads ~15 s
+        est[f"(c) {pr}"] = args.e2e_repeats * (
+            15 + n_tokens * (ref + cov) / g + (n_tokens * 50e6 + 470e9) / g32)
+    if not args.skip_paper:  # 8 jobs x (~78 MFLOP-eq per token through TL, ~57 through HF)
+        est["(d)"] = args.e2e_repeats * (8 * n_tokens * (78e6 + 57e6) / g32 + 10)
+    return est
+
+
+def quick_rate(precision: str, n: int = 2048) -> float:
+    """GFLOP/s of an ``n x n`` matmul, best of 2 (a second or less where it is native)."""
+    a, b = torch.randn(n, n).to(DTYPES[precision]), torch.randn(n, n).to(DTYPES[precision])
+    a @ b
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
 # ---- (c) + (e): a fresh process ---------------------------------------------------------------
 def rss_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -144,7 +185,7 @@ def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: i
     t1 = time.perf_counter()
     res = run_correlate(CorrelateConfig(models=tuple(specs), out=out, dataset=dataset,
                                         rows_per_gemm=rows, batch_size=batch_size,
-                                        precision=precision,
+                                        precision=precision, precision_strict=True,
                                         progress=False, restart=True), models=models)
     wall = time.perf_counter() - t1
     return {"load_s": load_s, "wall_s": wall, "n_tokens": res.n_tokens, "n_kept": res.n_kept,
@@ -277,7 +318,8 @@ def main() -> None:
                    help="sequences per forward pass in (c) and (d) (the paper's default: 32)")
     p.add_argument("--skip-paper", action="store_true", help="skip (d)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
-                   help="GEMM input precisions for (a)-(c) and (e) (default: fp32 bf16)")
+                   help="GEMM input precisions for (a)-(c) and (e) (default: fp32 bf16; "
+                   "those not native on this machine are skipped)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench_correlate"))
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -287,6 +329,25 @@ def main() -> None:
         return
 
     from universal_neurons.data.dataset import parse_count
+    from universal_neurons.engine.precision import detect_caps, native_reason
+
+    t_start = time.perf_counter()
+    caps = detect_caps("cpu")
+    precs = []
+    for pr in dict.fromkeys(args.precisions):
+        why = native_reason(pr, caps)
+        if why is None:
+            precs.append(pr)
+        else:
+            print(f"skipping {pr}: {why} ({caps.describe()})")
+    if not precs:
+        sys.exit("no precision left to measure: add fp32 to --precisions")
+    rate = {pr: quick_rate(pr) for pr in precs}
+    expected = estimate_seconds(args, parse_count(args.tokens), precs, rate)
+    print(f"expected duration: ~{sum(expected.values()) / 60:.1f} min plus setup ("
+          + ", ".join(f"{k} {v:.0f} s" for k, v in expected.items())
+          + f"; rough, from {', '.join(f'{pr} {r:.0f}' for pr, r in rate.items())} GFLOP/s "
+          f"2048^3 matmuls)", flush=True)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -294,7 +355,6 @@ def main() -> None:
     specs = MEMBERS if use_bundled else random_suite(work)
     ds = dataset_for(specs[0], work, parse_count(args.tokens))
 
-    precs = args.precisions
     peaks: dict[str, list[float]] = {pr: [] for pr in precs}
     steps: dict[tuple[str, str], list[tuple[float, float]]] = {
         (pr, mode): [] for pr in precs for mode in ("reference", "all-pairs")}
@@ -363,6 +423,8 @@ def main() -> None:
               f"estimate {est / 2**20:.1f} MiB ({100 * (used - est) / est:+.1f}%)")
         print("    plan: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in e2e["plan"].items())
               + " MiB")
+    print(f"took {(time.perf_counter() - t_start) / 60:.1f} min (expected "
+          f"~{sum(expected.values()) / 60:.1f} min plus setup)")
     print("=" * 72)
 
 
