@@ -7,6 +7,8 @@ and per-row labels shaped like spaCy's (pos 18, dep 45, ent 19, in_entity 2 labe
 position bins and context flags. Times (1) the token-table pass (the accumulator's
 ``update`` on every batch, what the engine adds to a forward pass) and (2) the
 variance-reduction algebra for every feature, and prints neurons x features x tokens.
+Prints the expected duration first (sizes and a quick fp32 matmul rate; rough). fp32 and
+fp64 are native on every CPU, so no precision is skipped.
 
     .venv/bin/python benchmarks/bench_explain.py                 # 2,000 neurons, 1M tokens
     .venv/bin/python benchmarks/bench_explain.py --neurons 500 --tokens 200k   # quick
@@ -51,6 +53,29 @@ def pseudo_vocab(n: int, seed: int = 0) -> list[str]:
     return out[:n]
 
 
+def matmul_gflops(n: int = 2048) -> float:
+    """fp32 GFLOP/s of an ``n x n`` matmul, best of 2 (about a second)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def expected_seconds(n_tokens: int, n_neurons: int, n_vocab: int, gflops: float,
+                     precision: str) -> dict[str, float]:
+    """Rough seconds per part: FLOP-equivalents per token, neuron-row and neuron x vocabulary
+    entry, fitted on one run here (AMD EPYC, 2 threads, 500 neurons, 200k tokens, fp32) and
+    scaled by the measured fp32 matmul rate; fp64 counted twice for the pass."""
+    g = gflops * 1e9
+    return {"setup": (120e9 + 0.7e6 * n_tokens) / g,
+            "pass": n_tokens * n_neurons * 9.7e3 * (2 if precision == "fp64" else 1) / g,
+            "features": 70e9 / g, "VR": n_neurons * n_vocab * 5.5e3 / g}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vocab", type=int, default=50257)
@@ -71,6 +96,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
+    rate = matmul_gflops()
+    expected = expected_seconds(n_tokens, N, V, rate, args.precision)
+    print(f"expected duration: ~{sum(expected.values()) / 60:.1f} min ("
+          + ", ".join(f"{k} {v:.0f} s" for k, v in expected.items())
+          + f"; rough, from {rate:.0f} GFLOP/s fp32 2048^3 matmuls)", flush=True)
 
     t = time.perf_counter()
     strings = pseudo_vocab(V)
@@ -140,7 +170,8 @@ def main() -> None:
     print(f"  VR algebra        {t_vr:7.1f}s")
     print(f"  total             {total:7.1f}s  ({'under' if total < 600 else 'OVER'} 10 min); "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB, "
-          f"load average now {os.getloadavg()[0]:.1f}")
+          f"load average now {os.getloadavg()[0]:.1f}; expected "
+          f"~{sum(v for k, v in expected.items() if k != 'setup'):.0f}s")
     best = top[top["rank"] == 0].set_index("neuron")
     print(f"  check: neuron 0 best {best.loc[0, 'kind']}/{best.loc[0, 'feature']} "
           f"(VR {best.loc[0, 'vr']:.2f}); neuron 1 best {best.loc[1, 'kind']}/"
