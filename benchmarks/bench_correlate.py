@@ -26,7 +26,7 @@ AVX512-BF16/AMX, e.g. on AVX2 CPUs, where a bf16 matmul is ~100x slower) are ski
 the reason. Before measuring, the expected duration is printed (from the sizes and a quick
 fp32 matmul rate; rough), and at the end the actual one.
 
-    .venv/bin/python benchmarks/bench_correlate.py                   # a few minutes
+    .venv/bin/python benchmarks/bench_correlate.py                   # prints how long first
     .venv/bin/python benchmarks/bench_correlate.py --random-models --tokens 8k --e2e-repeats 1
 """
 
@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from expected_duration import announce, correlate_seconds, matmul_gflops
 
 MEMBERS = [f"tiny-gpt2-{c}" for c in "abcde"]
 
@@ -98,14 +99,6 @@ def dataset_for(spec: str, work: Path, tokens: int):
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_gflops(precision: str = "fp32", n: int = 4096) -> float:
-    a, b = torch.randn(n, n).to(DTYPES[precision]), torch.randn(n, n).to(DTYPES[precision])
-    a @ b
-    t = time.perf_counter()
-    a @ b
-    return 2 * n ** 3 / (time.perf_counter() - t) / 1e9
-
-
 def accumulate_step(mode: str, rows: int, precision: str = "fp32") -> tuple[float, float]:
     """(seconds, GFLOP/s) of one accumulate step (buffer fill + ``CoMoments.flush`` with its
     Chan row) of ``rows`` tokens for the 5-model shapes."""
@@ -125,42 +118,6 @@ def accumulate_step(mode: str, rows: int, precision: str = "fp32") -> tuple[floa
     flops = sum(2 * n * (b.layer_stop - b.layer_start) * 512 * 2048 * len(b.partners)
                 for b in acc.blocks) + 5 * 4 * 2 * n * 512 * 512
     return dt, flops / dt / 1e9
-
-
-def estimate_seconds(args, n_tokens: int, precs: list[str], rate: dict[str, float]) -> dict:
-    """Rough seconds of each part, from the GEMM sizes and measured matmul rates (GFLOP/s).
-
-    GEMMs count their FLOPs; the rest (forward passes, summaries, the paper way's
-    TransformerLens jobs) counts as FLOP-equivalents per token or per run, fitted on one run
-    of this benchmark (AMD EPYC, 2 threads, 8k tokens) and scaled by the fp32 rate."""
-    rows = args.rows_per_gemm + 1
-    ref = 2 * 2048 * 4 * 2048  # cross-GEMM FLOPs per row, reference mode
-    pairs = 2 * 2048 * (4 + 3 + 2 + 1) * 2048  # all-pairs
-    cov = 5 * 4 * 2 * 512 * 512  # within-layer GEMMs
-    g32 = rate["fp32"] * 1e9
-    est: dict[str, float] = {}
-    for pr in precs:
-        g = rate[pr] * 1e9
-        est[f"(a) {pr}"] = args.repeats * 2 * 2 * 4096 ** 3 / g
-        est[f"(b) {pr}"] = args.repeats * 2 * rows * (ref + pairs + 2 * cov) / (0.85 * g)
-        # forward ~50 MFLOP-eq per token, summaries ~470 GFLOP-eq, process + loads ~15 s
-        est[f"(c) {pr}"] = args.e2e_repeats * (
-            15 + n_tokens * (ref + cov) / g + (n_tokens * 50e6 + 470e9) / g32)
-    if not args.skip_paper:  # 8 jobs x (~78 MFLOP-eq per token through TL, ~57 through HF)
-        est["(d)"] = args.e2e_repeats * (8 * n_tokens * (78e6 + 57e6) / g32 + 10)
-    return est
-
-
-def quick_rate(precision: str, n: int = 2048) -> float:
-    """GFLOP/s of an ``n x n`` matmul, best of 2 (a second or less where it is native)."""
-    a, b = torch.randn(n, n).to(DTYPES[precision]), torch.randn(n, n).to(DTYPES[precision])
-    a @ b
-    best = float("inf")
-    for _ in range(2):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
 
 
 # ---- (c) + (e): a fresh process ---------------------------------------------------------------
@@ -342,12 +299,9 @@ def main() -> None:
             print(f"skipping {pr}: {why} ({caps.describe()})")
     if not precs:
         sys.exit("no precision left to measure: add fp32 to --precisions")
-    rate = {pr: quick_rate(pr) for pr in precs}
-    expected = estimate_seconds(args, parse_count(args.tokens), precs, rate)
-    print(f"expected duration: ~{sum(expected.values()) / 60:.1f} min plus setup ("
-          + ", ".join(f"{k} {v:.0f} s" for k, v in expected.items())
-          + f"; rough, from {', '.join(f'{pr} {r:.0f}' for pr, r in rate.items())} GFLOP/s "
-          f"2048^3 matmuls)", flush=True)
+    rate = {pr: matmul_gflops(DTYPES[pr]) for pr in precs}
+    expected = announce(correlate_seconds(args, parse_count(args.tokens), precs, rate), rate,
+                        " plus setup")
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -360,7 +314,7 @@ def main() -> None:
         (pr, mode): [] for pr in precs for mode in ("reference", "all-pairs")}
     for _ in range(args.repeats):
         for pr in precs:
-            peaks[pr].append(matmul_gflops(pr))
+            peaks[pr].append(matmul_gflops(DTYPES[pr], 4096, reps=1))
             for mode in ("reference", "all-pairs"):
                 steps[pr, mode].append(accumulate_step(mode, args.rows_per_gemm, pr))
 
@@ -424,7 +378,7 @@ def main() -> None:
         print("    plan: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in e2e["plan"].items())
               + " MiB")
     print(f"took {(time.perf_counter() - t_start) / 60:.1f} min (expected "
-          f"~{sum(expected.values()) / 60:.1f} min plus setup)")
+          f"~{expected / 60:.1f} min plus setup)")
     print("=" * 72)
 
 

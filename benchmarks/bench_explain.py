@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from expected_duration import announce, explain_seconds, matmul_gflops
 
 from universal_neurons.analysis.explain import explain_table
 from universal_neurons.analysis.features import build_vocab_features
@@ -53,29 +54,6 @@ def pseudo_vocab(n: int, seed: int = 0) -> list[str]:
     return out[:n]
 
 
-def matmul_gflops(n: int = 2048) -> float:
-    """fp32 GFLOP/s of an ``n x n`` matmul, best of 2 (about a second)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(2):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
-
-
-def expected_seconds(n_tokens: int, n_neurons: int, n_vocab: int, gflops: float,
-                     precision: str) -> dict[str, float]:
-    """Rough seconds per part: FLOP-equivalents per token, neuron-row and neuron x vocabulary
-    entry, fitted on one run here (AMD EPYC, 2 threads, 500 neurons, 200k tokens, fp32) and
-    scaled by the measured fp32 matmul rate; fp64 counted twice for the pass."""
-    g = gflops * 1e9
-    return {"setup": (120e9 + 0.7e6 * n_tokens) / g,
-            "pass": n_tokens * n_neurons * 9.7e3 * (2 if precision == "fp64" else 1) / g,
-            "features": 70e9 / g, "VR": n_neurons * n_vocab * 5.5e3 / g}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vocab", type=int, default=50257)
@@ -97,10 +75,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
     rate = matmul_gflops()
-    expected = expected_seconds(n_tokens, N, V, rate, args.precision)
-    print(f"expected duration: ~{sum(expected.values()) / 60:.1f} min ("
-          + ", ".join(f"{k} {v:.0f} s" for k, v in expected.items())
-          + f"; rough, from {rate:.0f} GFLOP/s fp32 2048^3 matmuls)", flush=True)
+    expected = explain_seconds(n_tokens, N, V, rate, args.precision)
+    announce(expected, {"fp32": rate})
 
     t = time.perf_counter()
     strings = pseudo_vocab(V)
