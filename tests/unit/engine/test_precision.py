@@ -190,3 +190,17 @@ def test_a_run_made_with_auto_resumes_as_the_precision_it_resolved_to(tiny_suite
     assert res.n_kept > 0
     stage = json.loads((tmp_path / "manifest.json").read_text())["stages"]["correlate"]
     assert stage["precision"]["requested"] == "fp32"
+
+
+def test_cli_defaults_to_auto_and_passes_the_precision_flags():
+    import argparse
+
+    from universal_neurons.commands import correlate as cmd
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    a = p.parse_args(["--models", "m1", "m2", "--out", "o"])
+    assert (a.precision, a.precision_strict, a.precision_tolerance) == ("auto", False, None)
+    a = p.parse_args(["--models", "m1", "m2", "--out", "o", "--precision", "bf16",
+                      "--precision-strict", "--precision-tolerance", "0.03"])
+    assert (a.precision, a.precision_strict, a.precision_tolerance) == ("bf16", True, 0.03)
