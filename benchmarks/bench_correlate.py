@@ -21,7 +21,12 @@ Models: the bundled suite ``tiny-gpt2`` when it is built, else (or with ``--rand
 5 random GPT-2s of the same shape (4 layers, d_model 160, d_mlp 512, n_ctx 256) with a
 tokenizer trained on the bundled corpus.
 
-    .venv/bin/python benchmarks/bench_correlate.py                   # a few minutes
+Precisions this machine does not run natively (``engine/precision.py``: bf16 without
+AVX512-BF16/AMX, e.g. on AVX2 CPUs, where a bf16 matmul is ~100x slower) are skipped with
+the reason. Before measuring, the expected duration is printed (from the sizes and a quick
+fp32 matmul rate; rough), and at the end the actual one.
+
+    .venv/bin/python benchmarks/bench_correlate.py                   # prints how long first
     .venv/bin/python benchmarks/bench_correlate.py --random-models --tokens 8k --e2e-repeats 1
 """
 
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from expected_duration import announce, correlate_seconds, matmul_gflops
 
 MEMBERS = [f"tiny-gpt2-{c}" for c in "abcde"]
 
@@ -93,14 +99,6 @@ def dataset_for(spec: str, work: Path, tokens: int):
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_gflops(precision: str = "fp32", n: int = 4096) -> float:
-    a, b = torch.randn(n, n).to(DTYPES[precision]), torch.randn(n, n).to(DTYPES[precision])
-    a @ b
-    t = time.perf_counter()
-    a @ b
-    return 2 * n ** 3 / (time.perf_counter() - t) / 1e9
-
-
 def accumulate_step(mode: str, rows: int, precision: str = "fp32") -> tuple[float, float]:
     """(seconds, GFLOP/s) of one accumulate step (buffer fill + ``CoMoments.flush`` with its
     Chan row) of ``rows`` tokens for the 5-model shapes."""
@@ -144,7 +142,7 @@ def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: i
     t1 = time.perf_counter()
     res = run_correlate(CorrelateConfig(models=tuple(specs), out=out, dataset=dataset,
                                         rows_per_gemm=rows, batch_size=batch_size,
-                                        precision=precision,
+                                        precision=precision, precision_strict=True,
                                         progress=False, restart=True), models=models)
     wall = time.perf_counter() - t1
     return {"load_s": load_s, "wall_s": wall, "n_tokens": res.n_tokens, "n_kept": res.n_kept,
@@ -277,7 +275,8 @@ def main() -> None:
                    help="sequences per forward pass in (c) and (d) (the paper's default: 32)")
     p.add_argument("--skip-paper", action="store_true", help="skip (d)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
-                   help="GEMM input precisions for (a)-(c) and (e) (default: fp32 bf16)")
+                   help="GEMM input precisions for (a)-(c) and (e) (default: fp32 bf16; "
+                   "those not native on this machine are skipped)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench_correlate"))
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -287,6 +286,22 @@ def main() -> None:
         return
 
     from universal_neurons.data.dataset import parse_count
+    from universal_neurons.engine.precision import detect_caps, native_reason
+
+    t_start = time.perf_counter()
+    caps = detect_caps("cpu")
+    precs = []
+    for pr in dict.fromkeys(args.precisions):
+        why = native_reason(pr, caps)
+        if why is None:
+            precs.append(pr)
+        else:
+            print(f"skipping {pr}: {why} ({caps.describe()})")
+    if not precs:
+        sys.exit("no precision left to measure: add fp32 to --precisions")
+    rate = {pr: matmul_gflops(DTYPES[pr]) for pr in precs}
+    expected = announce(correlate_seconds(args, parse_count(args.tokens), precs, rate), rate,
+                        " plus setup")
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -294,13 +309,12 @@ def main() -> None:
     specs = MEMBERS if use_bundled else random_suite(work)
     ds = dataset_for(specs[0], work, parse_count(args.tokens))
 
-    precs = args.precisions
     peaks: dict[str, list[float]] = {pr: [] for pr in precs}
     steps: dict[tuple[str, str], list[tuple[float, float]]] = {
         (pr, mode): [] for pr in precs for mode in ("reference", "all-pairs")}
     for _ in range(args.repeats):
         for pr in precs:
-            peaks[pr].append(matmul_gflops(pr))
+            peaks[pr].append(matmul_gflops(DTYPES[pr], 4096, reps=1))
             for mode in ("reference", "all-pairs"):
                 steps[pr, mode].append(accumulate_step(mode, args.rows_per_gemm, pr))
 
@@ -363,6 +377,8 @@ def main() -> None:
               f"estimate {est / 2**20:.1f} MiB ({100 * (used - est) / est:+.1f}%)")
         print("    plan: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in e2e["plan"].items())
               + " MiB")
+    print(f"took {(time.perf_counter() - t_start) / 60:.1f} min (expected "
+          f"~{expected / 60:.1f} min plus setup)")
     print("=" * 72)
 
 

@@ -7,6 +7,8 @@ and per-row labels shaped like spaCy's (pos 18, dep 45, ent 19, in_entity 2 labe
 position bins and context flags. Times (1) the token-table pass (the accumulator's
 ``update`` on every batch, what the engine adds to a forward pass) and (2) the
 variance-reduction algebra for every feature, and prints neurons x features x tokens.
+Prints the expected duration first (sizes and a quick fp32 matmul rate; rough). fp32 and
+fp64 are native on every CPU, so no precision is skipped.
 
     .venv/bin/python benchmarks/bench_explain.py                 # 2,000 neurons, 1M tokens
     .venv/bin/python benchmarks/bench_explain.py --neurons 500 --tokens 200k   # quick
@@ -21,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from expected_duration import announce, explain_seconds, matmul_gflops
 
 from universal_neurons.analysis.explain import explain_table
 from universal_neurons.analysis.features import build_vocab_features
@@ -71,6 +74,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
+    rate = matmul_gflops()
+    expected = explain_seconds(n_tokens, N, V, rate, args.precision)
+    announce(expected, {"fp32": rate})
 
     t = time.perf_counter()
     strings = pseudo_vocab(V)
@@ -140,7 +146,8 @@ def main() -> None:
     print(f"  VR algebra        {t_vr:7.1f}s")
     print(f"  total             {total:7.1f}s  ({'under' if total < 600 else 'OVER'} 10 min); "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB, "
-          f"load average now {os.getloadavg()[0]:.1f}")
+          f"load average now {os.getloadavg()[0]:.1f}; expected "
+          f"~{sum(v for k, v in expected.items() if k != 'setup'):.0f}s")
     best = top[top["rank"] == 0].set_index("neuron")
     print(f"  check: neuron 0 best {best.loc[0, 'kind']}/{best.loc[0, 'feature']} "
           f"(VR {best.loc[0, 'vr']:.2f}); neuron 1 best {best.loc[1, 'kind']}/"

@@ -51,9 +51,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep BOS/pad and newline tokens (dropped by default)")
     p.add_argument("--top-k", type=int, default=10, help="top/bottom partners kept per neuron")
     p.add_argument("--bins", type=int, default=100, help="histogram bins on [-1, 1]")
-    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
-                   help="GEMM inputs (float32 accumulation, float64 merges); bf16 is faster on "
-                   "GPUs and AMX CPUs (error bounds: docs/engine.md); tf32: CUDA only")
+    p.add_argument("--precision", choices=("auto", "fp32", "tf32", "bf16"), default="auto",
+                   help="GEMM inputs (float32 accumulation, float64 merges). auto (default): "
+                   "the fastest precision native on the device whose error bound is within "
+                   "--precision-tolerance (fp32 unless a tolerance is given). bf16 is fast only "
+                   "on CUDA >= 8.0 and AVX512-BF16/AMX CPUs, tf32 only on CUDA >= 8.0; "
+                   "elsewhere they fall back to fp32 with a warning (docs/engine.md)")
+    p.add_argument("--precision-strict", action="store_true",
+                   help="refuse a --precision the device does not run natively instead of "
+                   "falling back to fp32")
+    p.add_argument("--precision-tolerance", type=float, default=None, metavar="BOUND",
+                   help="worst-case correlation error --precision auto may accept, e.g. 0.03 "
+                   "to allow bf16 where it is native (default: the fp32 bound, ~5e-4)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--rows-per-gemm", type=int, default=4096,
@@ -81,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         models=tuple(args.models), out=args.out, dataset=args.dataset,
         all_pairs=args.all_pairs, threshold=args.threshold, baseline=args.baseline,
         seed=args.seed, site=args.site, keep_tokens=args.keep_tokens, top_k=args.top_k,
-        bins=args.bins, precision=args.precision, device=args.device,
+        bins=args.bins, precision=args.precision, precision_strict=args.precision_strict,
+        precision_tolerance=args.precision_tolerance, device=args.device,
         batch_size=args.batch_size, rows_per_gemm=args.rows_per_gemm,
         max_memory=args.max_memory, max_tokens=args.max_tokens, n_ctx=args.n_ctx,
         checkpoint_every=args.checkpoint_every, restart=args.restart,

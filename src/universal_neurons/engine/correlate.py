@@ -20,8 +20,10 @@ import torch
 
 from universal_neurons.constants import CHECKPOINT_DIR, CORRELATIONS_DIR, neuron_table, safe_name
 from universal_neurons.engine.layout import CrossBlock, Mode, ModelShape, partner_range
-from universal_neurons.engine.moments import PRECISIONS, CoMoments
+from universal_neurons.engine.moments import CoMoments
 from universal_neurons.engine.planner import Plan, format_bytes
+from universal_neurons.engine.precision import CHOICES as PRECISION_CHOICES
+from universal_neurons.engine.precision import PrecisionChoice
 from universal_neurons.engine.rotation import BASELINES
 from universal_neurons.engine.summary import NeuronSummary
 from universal_neurons.errors import UserError
@@ -54,7 +56,13 @@ class CorrelateConfig:
     """Keep BOS/pad and newline tokens (dropped by default, as in the paper)."""
     top_k: int = 10
     bins: int = 100
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    precision: PrecisionChoice = "auto"
+    """GEMM inputs; ``auto``: the fastest native one within ``precision_tolerance``
+    (engine/precision.py). The manifest records the precision used."""
+    precision_strict: bool = False
+    """Refuse a precision the device does not run natively (instead of using fp32)."""
+    precision_tolerance: float | None = None
+    """Error bound ``auto`` may accept (default: the fp32 bound, so ``auto`` is fp32)."""
     device: str = "cpu"
     batch_size: int = 8
     """Sequences per forward pass."""
@@ -75,9 +83,12 @@ class CorrelateConfig:
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise UserError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+        if self.precision not in PRECISION_CHOICES:
+            raise UserError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got "
                             f"{self.precision!r}")
+        if self.precision_tolerance is not None and not self.precision_tolerance > 0:
+            raise UserError("--precision-tolerance must be a positive error bound, e.g. 0.03, "
+                            f"got {self.precision_tolerance}")
         if self.site not in ("post", "pre"):
             raise UserError(f"--site must be post or pre, got {self.site!r}")
         for name in ("top_k", "bins", "batch_size", "rows_per_gemm"):
@@ -91,7 +102,8 @@ class CorrelateConfig:
 
     def semantic(self) -> dict[str, Any]:
         """The options that change results (checked when resuming)."""
-        skip = {"out", "max_memory", "checkpoint_every", "restart", "progress"}
+        skip = {"out", "max_memory", "checkpoint_every", "restart", "progress",
+                "precision_strict", "precision_tolerance"}  # `precision`: the resolved one
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -194,11 +206,17 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         parse_bytes,
         plan_correlation,
     )
+    from universal_neurons.engine.precision import detect_caps, resolve_precision
     from universal_neurons.engine.runner import StreamStats, batch_ranges, stream
     from universal_neurons.fingerprints import dataset_fingerprint
     from universal_neurons.outputs import correlate_output_bytes
     from universal_neurons.rundir import check_output_dir
 
+    resolved = resolve_precision(config.precision, detect_caps(device),
+                                 strict=config.precision_strict,
+                                 rows_per_gemm=config.rows_per_gemm,
+                                 tolerance=config.precision_tolerance)
+    config = dataclasses.replace(config, precision=resolved.precision)  # what runs
     fingerprint = _check_models(models)
     shapes = [ModelShape(m.name, m.adapter.n_layers, m.adapter.d_mlp) for m in models]
     if ctx.is_main:  # before any compute: writable, not a file, room for the outputs
@@ -280,7 +298,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         feed_extras = p == 0
         moments = CoMoments(shapes, plan.passes[p], site=config.site, layer_cov=stats is None,
                             rows_per_gemm=plan.rows_per_gemm, gemm_rows=plan.gemm_rows,
-                            precision=config.precision, device=dev)
+                            precision=resolved.precision, device=dev)
         start_batch = 0
         cur = state.get("current") if state is not None else None
         if cur is not None and cur["pass"] == p:
@@ -356,7 +374,8 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
     result = CorrelateResult(out, [m.name for m in models], plan, extras=extras,
                              n_tokens=n_tokens, n_kept=n_kept, timings=timings)
     if ctx.is_main:
-        _write_outputs(config, result, shapes, mode, summaries, dataset, n_seq, timings, t0)
+        _write_outputs(config, result, shapes, mode, summaries, dataset, n_seq, timings, t0,
+                       precision=resolved.to_dict())
     ctx.barrier()
     if config.checkpoint_every is not None:
         ckpt_path.unlink(missing_ok=True)
@@ -411,7 +430,7 @@ def _new_summaries(shapes, mode, config, dev) -> dict[tuple[int, int], NeuronSum
 
 
 def _write_outputs(config, result: CorrelateResult, shapes, mode, summaries, dataset, n_seq,
-                   timings, t0) -> None:
+                   timings, t0, precision: dict[str, Any] | None = None) -> None:
     from safetensors.torch import save_file
 
     from universal_neurons.analysis.universality import universality_table, write_neuron_table
@@ -462,4 +481,4 @@ def _write_outputs(config, result: CorrelateResult, shapes, mode, summaries, dat
         dataset={"path": str(dataset.path), "source": dataset.meta.get("source"),
                  "tokenizer_fingerprint": dataset.fingerprint},
         plan={**result.plan.to_dict(), "total": format_bytes(result.plan.total_bytes)},
-        timings=timings, universal=universal, outputs=files)
+        timings=timings, universal=universal, outputs=files, precision=precision)
