@@ -231,10 +231,13 @@ def _topk_both(x: Tensor, k: int, block: int | None = None) -> dict[str, Tensor]
 
 
 def _top_bottom(a_hat: Tensor, b_hat: Tensor, k: int, chunk_elements: int,
-                mean: Tensor | None = None) -> dict[str, Tensor]:
+                mean: Tensor | None = None, moments: bool = False) -> dict[str, Tensor]:
     """Per row of ``cos = a_hat [N, d] @ b_hat [d, V]``: ``{top,bottom}_{ids,cos}`` (k each)
-    and, given the rows' exact float64 ``mean`` over the ``V`` columns, ``mean, var, skew,
-    kurt`` over them (central sums about that mean, in the dtype of the product)."""
+    and, given the rows' exact float64 ``mean`` over the ``V`` columns (or with ``moments``,
+    which computes it), ``mean, var, skew, kurt`` over them (central sums about that mean,
+    in the dtype of the product)."""
+    if moments and mean is None:
+        mean = a_hat.double() @ b_hat.double().mean(1)
     k = min(k, b_hat.shape[1])
     V = b_hat.shape[1]
     out: dict[str, list[Tensor]] = {}

@@ -481,6 +481,7 @@ class VocabMeans:
             self.skip[torch.as_tensor(exact_ids, dtype=torch.long)] = True
         self._tmp: Any = None
         self._mapped: Any = None  # the np.memmap behind an on-disk store
+        self._touched = 0  # bytes of it read since the last release
         self.reset()
 
     # ---- state ------------------------------------------------------------------------
@@ -662,7 +663,7 @@ class VocabMeans:
         bmax = torch.empty(len(starts), N)
         for b, s in enumerate(starts):
             bmax[b] = block(s).amax(0)
-        self._release()
+            self._release(vb)
         kb = min(k, len(starts))
         sel = bmax.topk(kb, dim=0).indices  # [kb, N]: the blocks each neuron needs
         del bmax
@@ -673,7 +674,7 @@ class VocabMeans:
             if len(n):
                 m = block(s)  # [rows, N]
                 cand[n[:, None], j[:, None] * vb + offs[:m.shape[0]]] = m[:, n].T
-        self._release()
+            self._release(vb)
         col_ids = (torch.as_tensor(starts)[sel].T[:, :, None] + offs).flatten(1)  # [N, kb*vb]
         if exact is not None and len(exact[0]):
             e_ids, e_cnt, e_mean = (t.cpu() for t in exact)
@@ -685,10 +686,17 @@ class VocabMeans:
         ids = torch.where(ok, col_ids.gather(1, top.indices), -1)
         return ids, torch.where(ok, top.values.double(), math.nan)
 
-    def _release(self) -> None:
+    def _release(self, rows: int | None = None) -> None:
         """Unmap the store's pages from this process (the file keeps them): a memory-mapped
-        store would otherwise count in the resident set as it is touched."""
-        if self._mapped is not None:
-            import mmap
+        store would otherwise count in the resident set as it is touched. ``rows``: only
+        once that many rows were touched since the last release (64 MiB at least)."""
+        if self._mapped is None:
+            return
+        if rows is not None:
+            self._touched += rows * 4 * self.n_neurons
+            if self._touched < 64 << 20:
+                return
+        import mmap
 
-            self._mapped._mmap.madvise(mmap.MADV_DONTNEED)
+        self._mapped._mmap.madvise(mmap.MADV_DONTNEED)
+        self._touched = 0
