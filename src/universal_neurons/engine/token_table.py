@@ -660,10 +660,12 @@ class VocabMeans:
             m = (self.store[s:s + vb].double() / c + shift).float()
             return m.masked_fill_(~valid[s:s + vb, None], -math.inf)
 
-        bmax = torch.empty(len(starts), N)
+        bmax = torch.full((len(starts), N), -math.inf)
+        live = [bool(valid[s:s + vb].any()) for s in starts]  # blocks with an id to rank
         for b, s in enumerate(starts):
-            bmax[b] = block(s).amax(0)
-            self._release(vb)
+            if live[b]:
+                bmax[b] = block(s).amax(0)
+                self._release(vb)
         kb = min(k, len(starts))
         sel = bmax.topk(kb, dim=0).indices  # [kb, N]: the blocks each neuron needs
         del bmax
@@ -671,7 +673,7 @@ class VocabMeans:
         offs = torch.arange(vb)
         for b, s in enumerate(starts):
             j, n = (sel == b).nonzero(as_tuple=True)
-            if len(n):
+            if len(n) and live[b]:
                 m = block(s)  # [rows, N]
                 cand[n[:, None], j[:, None] * vb + offs[:m.shape[0]]] = m[:, n].T
             self._release(vb)
