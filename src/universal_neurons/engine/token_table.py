@@ -684,16 +684,21 @@ class VocabMeans:
                 m = block(s)  # [rows, N]
                 cand[n[:, None], j[:, None] * vb + offs[:m.shape[0]]] = m[:, n].T
             self._release(vb)
-        col_ids = (torch.as_tensor(starts)[sel].T[:, :, None] + offs).flatten(1)  # [N, kb*vb]
+        e_ids = torch.zeros(0, dtype=torch.long)
         if exact is not None and len(exact[0]):
             e_ids, e_cnt, e_mean = (t.cpu() for t in exact)
             e = e_mean.to(torch.float64).T.float()  # [N, T]
             cand = torch.cat([cand, e.masked_fill((e_cnt < min_count)[None, :], -math.inf)], 1)
-            col_ids = torch.cat([col_ids, e_ids[None, :].expand(N, -1)], 1)
         top = cand.topk(k, dim=1)
+        del cand
+        j, r = top.indices // vb, top.indices % vb  # slot -> (selected block, row in it)
+        from_store = j < kb
+        block_start = torch.as_tensor(starts)[sel.T.gather(1, j.clamp_max(kb - 1))]
+        ids = torch.where(from_store, block_start + r,
+                          e_ids[(top.indices - kb * vb).clamp(0, max(len(e_ids) - 1, 0))]
+                          if len(e_ids) else -1)
         ok = torch.isfinite(top.values)
-        ids = torch.where(ok, col_ids.gather(1, top.indices), -1)
-        return ids, torch.where(ok, top.values.double(), math.nan)
+        return torch.where(ok, ids, -1), torch.where(ok, top.values.double(), math.nan)
 
     def _release(self, rows: int | None = None) -> None:
         """Unmap the store's pages from this process (the file keeps them): a memory-mapped
