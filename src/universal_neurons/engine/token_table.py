@@ -439,7 +439,8 @@ def iter_array_batches(model: str, tokens: np.ndarray, acts: np.ndarray | torch.
 
 # ----------------------------------------------------------------------------- whole vocabulary
 def vocab_means_bytes(n_vocab: int, n_neurons: int) -> int:
-    """Bytes of the ``[vocab, N]`` float32 store of :class:`VocabMeans` (RAM or disk)."""
+    """Bytes of the ``[vocab, N]`` float32 store of :class:`VocabMeans` (RAM or disk; twice
+    that as float64 in RAM when it fits)."""
     return 4 * n_vocab * n_neurons
 
 
@@ -463,8 +464,11 @@ class VocabMeans:
     ``exact_ids`` (the most frequent tokens, whose exact float64 means the caller keeps in a
     :class:`TokenTableAccumulator`) are not stored here at all.
 
+    When even a float64 store fits ``store_ram_bytes`` (small models), the store is float64
+    in RAM and batches are added straight into it: exact to rounding, no staging buffer.
+
     ``update``/``merge``/``state_dict`` as the other accumulators; :meth:`top_k` reads
-    the means back per neuron chunk.
+    the per-neuron top ids back.
     """
 
     def __init__(self, model: str, n_vocab: int, n_neurons: int, *, site: str = "post",
@@ -474,8 +478,11 @@ class VocabMeans:
             raise ValueError(f"n_vocab={n_vocab} and n_neurons={n_neurons} must be >= 1")
         self.model, self.site, self.sites = model, site, (site,)
         self.n_vocab, self.n_neurons = int(n_vocab), int(n_neurons)
-        self.buffer_rows = max(1, int(buffer_bytes) // (8 * self.n_neurons))
         self.store_ram_bytes, self.spill_dir = int(store_ram_bytes), spill_dir
+        # a float64 store in RAM when it fits (exact, no staging); else float32 + staging
+        ram64 = 2 * vocab_means_bytes(self.n_vocab, self.n_neurons) <= self.store_ram_bytes
+        self.store_dtype = torch.float64 if ram64 else torch.float32
+        self.buffer_rows = 0 if ram64 else max(1, int(buffer_bytes) // (8 * self.n_neurons))
         self.skip = torch.zeros(self.n_vocab, dtype=torch.bool)
         if exact_ids is not None and len(exact_ids):
             self.skip[torch.as_tensor(exact_ids, dtype=torch.long)] = True
@@ -502,7 +509,7 @@ class VocabMeans:
     def _new_store(self) -> torch.Tensor:
         shape = (self.n_vocab, self.n_neurons)
         if not self.on_disk:
-            return torch.zeros(shape, dtype=torch.float32)
+            return torch.zeros(shape, dtype=self.store_dtype)
         import tempfile
 
         if self._tmp is None:
@@ -517,7 +524,7 @@ class VocabMeans:
         """RAM this object holds (the store only when it is not on disk)."""
         ram = (self.buf.numel() * 8 + (self.buf_ids.numel() + 2 * self.n_vocab) * 8
                + self.n_vocab + 16 * self.n_neurons)
-        return ram + (0 if self.on_disk else vocab_means_bytes(self.n_vocab, self.n_neurons))
+        return ram + (0 if self.on_disk else self.store.numel() * self.store.element_size())
 
     # ---- update -----------------------------------------------------------------------
     def update(self, batch: ActivationBatch) -> None:
@@ -547,6 +554,9 @@ class VocabMeans:
 
     def _stage(self, ids: torch.Tensor, sums: torch.Tensor) -> None:
         """Add ``sums [U, N]`` (float64) of the sorted, distinct ``ids`` into the buffer."""
+        if self.buffer_rows == 0:  # float64 store in RAM: straight in
+            self._add_to_store(ids, sums)
+            return
         new = ids[self.slot[ids] < 0]
         if self.used + len(new) > self.buffer_rows:
             self.flush()
@@ -575,7 +585,7 @@ class VocabMeans:
         step = max(1, (64 << 20) // (8 * self.n_neurons))
         for s in range(0, len(ids), step):
             i = ids[s:s + step]
-            self.store[i] = (self.store[i].double() + sums[s:s + step]).float()
+            self.store[i] = (self.store[i].double() + sums[s:s + step]).to(self.store_dtype)
         self._release()
 
     # ---- merge / checkpoint -------------------------------------------------------------
@@ -597,7 +607,7 @@ class VocabMeans:
         for s in range(0, self.n_vocab, step):
             c = other.count[s:s + step].double()[:, None]
             add = other.store[s:s + step].double() + c * d
-            self.store[s:s + step] = (self.store[s:s + step].double() + add).float()
+            self.store[s:s + step] = (self.store[s:s + step].double() + add).to(self.store_dtype)
         self._release()
 
     def state_dict(self) -> dict[str, Any]:
@@ -661,7 +671,8 @@ class VocabMeans:
         def block(s: int) -> torch.Tensor:  # [rows, N] float32 means, -inf where not valid
             # one float32 pass: the means are written in float32 (Σ / count rounds once,
             # + shift once: <= 2 ulp of the mean)
-            m = torch.addcmul(shift32, self.store[s:s + vb], inv_count[s:s + vb, None].float())
+            m = torch.addcmul(shift32, self.store[s:s + vb].float(),
+                              inv_count[s:s + vb, None].float())
             bad = ~valid[s:s + vb]
             if bool(bad.any()):
                 m[bad] = -math.inf

@@ -218,7 +218,8 @@ def test_vocab_means_equal_numpy_oracle(big, tmp_path, spill):
     count, mean = _vocab_oracle(tokens, acts, keep)
     assert (count > 0).sum() > 179 and (count == 0).any()  # past the old cut; some unseen
     assert np.array_equal(acc.count.numpy(), count)
-    np.testing.assert_allclose(acc.means(slice(None)).numpy(), mean, rtol=1e-6, atol=1e-6)
+    tol = 1e-6 if spill else 1e-12  # float32 store on disk; float64 in RAM (it fits)
+    np.testing.assert_allclose(acc.means(slice(None)).numpy(), mean, rtol=tol, atol=tol)
     for rows in (None, 7, 1000):  # sqrt(V / k) rows per block, a ragged tail, one block
         ids, vals = acc.top_k(4, min_count=3, block_rows=rows)
         _check_top(ids.numpy(), vals.numpy(), count, mean, 4, 3)
