@@ -407,6 +407,9 @@ class ActivationStats:
                              f"{other.config} into {self.n_neurons} neurons / {self.config}")
         if not torch.equal(other.token_ids.cpu(), self.token_ids.cpu()):
             raise ValueError("cannot merge ActivationStats tracking different token ids")
+        if (self.vocab is None) != (other.vocab is None):
+            raise ValueError("cannot merge ActivationStats with and without the "
+                             "whole-vocabulary table")
         o = {k: v.to(self.device) if torch.is_tensor(v) else v
              for k, v in other.state_dict().items()}
         self._set_moments(_merge_moments(
@@ -476,8 +479,13 @@ class ActivationStats:
         self.tokens = _FrequentTokens(self.model, ids, self.n_neurons, self.device) if ids.numel() else None
         if self.tokens is not None:
             self.tokens.table.load_state_dict(state["token_table"])
-        if self.vocab is not None and state.get("vocab") is not None:
-            self.vocab.load_state_dict(state["vocab"])
+        if self.vocab is not None:
+            if state.get("vocab") is not None:
+                self.vocab.load_state_dict(state["vocab"])
+            elif int(state["n"]) > 0:  # it would miss the tokens before the checkpoint
+                log.warning("%s: the checkpoint has no whole-vocabulary token table; it is "
+                            "off for this run", self.model)
+                self.vocab = None
         self.n, self.hist_ready = int(state["n"]), bool(state["hist_ready"])
 
     # ------------------------------------------------------------------ finalize

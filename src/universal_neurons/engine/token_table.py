@@ -33,6 +33,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -514,6 +515,8 @@ class VocabMeans:
 
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="vocab-means-", dir=self.spill_dir)
+        if self._mapped is not None:  # reset: the old file goes (its mapping lives on)
+            Path(self._mapped.filename).unlink(missing_ok=True)
         path = f"{self._tmp.name}/sums-{id(self)}-{np.random.randint(1 << 30)}.f32"
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
         self._mapped = arr

@@ -268,3 +268,25 @@ def test_activation_stats_keep_every_token(big, tmp_path):
     res.save(path)
     back = type(res).load(path)
     assert np.array_equal(back.token_top_ids, res.token_top_ids)
+
+
+def test_activation_stats_vocab_table_is_never_partial(big):
+    """Merging with a stats object lacking the table raises; resuming from a checkpoint
+    without it turns it off instead of missing the earlier tokens."""
+    from universal_neurons.engine.activation_stats import ActivationStats
+
+    tokens, acts, keep = big
+
+    def fed(**kw):
+        st = ActivationStats("m", 1, N_BIG, **kw)
+        for b in iter_array_batches("m", tokens[:8], acts[:8], keep[:8], 4):
+            b.acts["m"]["pre"] = b.acts["m"]["post"]
+            st.update(b)
+        return st
+
+    with_vocab, without = fed(vocab_size=V_BIG), fed()
+    with pytest.raises(ValueError, match="whole-vocabulary"):
+        with_vocab.merge(without)
+    resumed = ActivationStats("m", 1, N_BIG, vocab_size=V_BIG)
+    resumed.load_state_dict(without.state_dict())
+    assert resumed.vocab is None and resumed.finalize().token_top_ids.size == 0
