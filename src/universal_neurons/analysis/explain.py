@@ -19,8 +19,18 @@ id ``count, Σa, Σa²`` for current and previous tokens, so for a feature matri
 ``M [F, vocab]`` the in-group sums are ``M @ Σa`` — exact, no second pass, any number of
 features. Sequence labels are grouped by one-hot (sparse) products in the same pass.
 Per neuron the module also gives ``position_eta2`` (share of variance explained by the
-position bins jointly) and ``position_mi`` (mutual information, in bits, between the
-position bin and whether the neuron fires, ``a > 0``).
+position bins jointly) and ``position_mi``: the mutual information, in **nats**, between
+the context position (every position, not bins) and whether the neuron fires, ``a > 0``:
+
+    I = Σ_t p_t · [q_t log(q_t / q) + (1 − q_t) log((1 − q_t) / (1 − q))]
+
+with ``p_t`` the share of rows at position ``t``, ``q_t`` the firing rate there and ``q``
+overall. This is the paper's ``pos_mutual_info`` (``paper_notebooks/
+position_neurons.ipynb``), which weights every position by ``1/n_ctx``: the two agree
+when every position has the same number of rows, as in the paper (it keeps every token);
+with dropped tokens (BOS, newlines) ``p_t`` weights by the rows actually kept. The paper
+thresholds the pre-activation, ``pre > 0``; for GELU and SiLU ``post > 0`` is the same
+event. (An earlier version used 16 position bins and bits.)
 
 Outputs (see :func:`run_explain`): ``RUN/explanations/<model>.parquet`` (top-k
 explanations per neuron: ``layer, neuron, rank, kind, feature, group, vr, mean_in,
@@ -45,7 +55,7 @@ import pandas as pd
 import torch
 
 from universal_neurons.analysis.features import feature_group, feature_matrix
-from universal_neurons.analysis.sequence_features import scheme_features
+from universal_neurons.analysis.sequence_features import POSITION_EACH, scheme_features
 from universal_neurons.constants import (
     EXPLANATIONS_DIR,
     EXPLANATIONS_TOP,
@@ -111,8 +121,9 @@ def eta_squared(table: GroupTable, total_sumsq: torch.Tensor) -> torch.Tensor:
     return torch.where(sst > 0, (between / sst).clamp(0, 1), torch.zeros_like(sst))
 
 
-def fire_mutual_information(table: GroupTable) -> torch.Tensor:
-    """``[N]`` I(group; a > 0) in bits from per-group counts and firing counts."""
+def fire_mutual_information(table: GroupTable, base: float = np.e) -> torch.Tensor:
+    """``[N]`` I(group; a > 0) from per-group counts and firing counts, in nats (``base``
+    e) or bits (``base`` 2)."""
     if table.fire is None:
         raise ValueError("this group table has no firing counts")
     c = table.count.to(torch.float64).unsqueeze(1)  # [G, 1]
@@ -121,7 +132,7 @@ def fire_mutual_information(table: GroupTable) -> torch.Tensor:
 
     def h(p: torch.Tensor) -> torch.Tensor:
         p = p.clamp(0, 1)
-        return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / np.log(2)
+        return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / np.log(base)
 
     p_fire = table.fire.sum(0) / n  # [N]
     cond = torch.where(c > 0, h(table.fire / c.clamp(min=1)), torch.zeros(1, dtype=c.dtype))
@@ -236,7 +247,9 @@ def explain_table(table: TokenTable, vocab_features: pd.DataFrame, d_mlp: int,
     if pos is not None and pos.fire is not None:
         neurons["fire_rate"] = (pos.fire.sum(0) / table.n_rows).numpy()
         neurons["position_eta2"] = eta_squared(pos, table.total_sumsq).numpy()
-        neurons["position_mi"] = fire_mutual_information(pos).numpy()
+    each = table.sequence.get(POSITION_EACH)
+    if each is not None and each.fire is not None:
+        neurons["position_mi"] = fire_mutual_information(each).numpy()
     neurons["top_tokens"] = _top_tokens(table, strings, min_token_count, n_top_tokens)
     return Explanations(table.model, neurons, cols, cat("vr", torch.float64), cat("mean_in"),
                         cat("mean_out"), torch.cat([p.frac_in for p in parts]).numpy())

@@ -11,14 +11,15 @@ HELP = "explain neurons by token, previous-token and sequence features (variance
 DESCRIPTION = """\
 Stream a token dataset once through a model and explain each selected neuron by binary
 features: properties of the current and of the previous token (type, punctuation,
-numbers, pronouns, affixes, word groups, unigrams, first letter), spaCy part of speech,
+numbers, pronouns, affixes, word groups, unigrams, single letters), spaCy part of speech,
 dependency and entity (optional extra: pip install 'universal-neurons[nlp]'), position
 bins and context (inside quotes/parentheses, after a newline). For every neuron and
 feature, VR = 1 - sum_g p_g Var_g / Var over the two groups the feature makes; the
 previous token never crosses a sequence boundary. Writes
   RUN/explanations/<model>.parquet     top-k explanations per neuron (feature, kind, VR)
-  RUN/explanations/<model>_vr.parquet  every VR, one row per neuron, plus position
-                                       information, firing rate and top tokens
+  RUN/explanations/<model>_vr.parquet  every VR, one row per neuron, plus position_mi
+                                       (I(position; fires) in nats over every context
+                                       position, the paper's), firing rate, top tokens
   RUN/features/<tokenizer>/vocab_features.parquet   the token features of the vocabulary
 The per-token table costs 2 x vocab x neurons x 20 bytes; above --max-memory the neurons
 are split over several passes.
