@@ -3,7 +3,9 @@
 Three kinds of features, one boolean column each, rows = token ids:
 
 * **token properties** (paper names): type (``all_white_space``, ``all_caps``, ``all_lower``,
-  ``all_alpha``, ``all_numeric``, ``all_symbolic``), symbols and punctuation
+  ``all_alpha``, ``all_numeric``, ``all_symbolic``; our ``all_symbolic`` means every
+  character is non-alphanumeric, the paper's means *any* is, which is our
+  ``any_symbolic``), symbols and punctuation
   (``contains_period``, ...), numbers (``contains_digit``, ``is_year``, ...), pronoun
   classes, starts-with (space, capital, vowel, ...), common suffixes (``end_w_ing``) and
   prefixes (``start_w_un``), word groups (``is_month``, ``is_day_of_week``, ``is_state``, ...);
@@ -99,6 +101,9 @@ TYPE_FEATURES: dict[str, Callable[[Str], pd.Series]] = {
     "all_numeric": lambda s: s.str.strip().str.isdecimal(),
     "all_symbolic": lambda s: s.map(lambda x: bool(x.strip()) and
                                     not any(c.isalnum() for c in x)),
+    # the paper's "all_symbolic" (analysis/vocab_df.py): ANY non-alphanumeric character
+    # once stripped, e.g. " don't" or "e.g"; ours above is what the name says
+    "any_symbolic": lambda s: s.map(lambda x: any(not c.isalnum() for c in x.strip())),
 }
 
 _SYMBOLS = {

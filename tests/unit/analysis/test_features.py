@@ -42,6 +42,9 @@ def test_token_properties():
     assert {" walking"} <= on("end_w_ing") and "ness" in on("end_w_ness")
     assert {" Texas"} == on("is_state") and {" Monday"} == on("is_day_of_week")
     assert {".", " (", ")", '"', "$"} <= on("all_symbolic") and " cat" not in on("all_symbolic")
+    # the paper's all_symbolic (vocab_df.py): any non-alphanumeric character once stripped
+    assert on("any_symbolic") == {t for t in VOCAB if any(not c.isalnum() for c in t.strip())}
+    assert "a." in on("any_symbolic") and "a." not in on("all_symbolic")
     assert {"The", " Cat"} <= on("starts_w_cap")
 
 
