@@ -268,11 +268,11 @@ def run_interventions(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.
             start, toks = batch if isinstance(batch, tuple) else (seq0, batch)
             ids = torch.as_tensor(np.asarray(toks, dtype=np.int64), device=device)
             seq0 = start + ids.shape[0]
-            rows = ~torch.isin(ids[:, :-1], skip) if skip.numel() else None  # [b, p-1]
+            counted = ~torch.isin(ids[:, :-1], skip) if skip.numel() else None  # [b, p-1]
             for i, iv in enumerate(interventions):
                 with intervene(model.adapter, [iv]):
                     m = forward_metrics(model, ids)
-                sums[i].add(m, rows)
+                sums[i].add(m, counted)
                 if kept[i]:
                     token_rows.append(_token_rows(labels[i], start, ids, m))
             if progress is not None:

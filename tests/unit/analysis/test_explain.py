@@ -147,6 +147,53 @@ def test_no_leakage_across_sequence_boundaries():
     assert leaky > 0.9
 
 
+def _paper_binary_vr(values: np.ndarray, feature: np.ndarray) -> float:
+    """The paper's compute_binary_variance_reduction (heuristic_explanation.py), from its
+    description: pandas sample variances (ddof=1), groups weighted by their share."""
+    df = pd.DataFrame({"a": values, "feature": feature})
+    var = df["a"].var()
+    fv = df.groupby("feature")["a"].var()
+    cnt = df.groupby("feature").size()
+    false_ratio = cnt[False] / (cnt[True] + cnt[False])
+    split = false_ratio * fv[False] + (1 - false_ratio) * fv[True]
+    return float((var - split) / var)
+
+
+def test_vr_ddof1_is_the_papers():
+    tokens, rng = _random_tokens(7, n_seq=6, n_ctx=10)
+    n_seq, n_ctx = tokens.shape
+    acts = rng.normal(size=(n_seq, n_ctx, D_MLP)).astype(np.float32)
+    acts[..., 1] += 0.8 * np.isin(tokens, [TOK[" the"], TOK["the"]])
+    labels = build_row_labels(tokens, VOCAB, None, position_bins=2)
+    acc = TokenTableAccumulator("m", len(VOCAB), D_MLP, None, labels, compute_dtype=torch.float64)
+    for b in iter_array_batches("m", tokens, acts, None, batch_seqs=3):
+        acc.update(b)
+    table = acc.finalize()
+    feats = build_vocab_features(VOCAB, table.current.count.numpy(), unigram_min_count=1,
+                                 special_ids=[0])
+    ex = explain_table(table, feats, D_MLP, VOCAB, ddof=1)
+    ex0 = explain_table(table, feats, D_MLP, VOCAB)
+    a = acts.reshape(-1, D_MLP).astype(np.float64)
+    prev = np.full_like(tokens, -1)
+    prev[:, 1:] = tokens[:, :-1]
+    has_prev = (np.arange(n_ctx) > 0)[None].repeat(n_seq, 0).reshape(-1)
+    pos = np.broadcast_to(np.arange(n_ctx), tokens.shape).reshape(-1)
+    checked = 0
+    for name in ["unigram:the", "starts_w_space", "all_alpha"]:
+        member = feats[name].to_numpy()
+        for j in range(D_MLP):
+            want = _paper_binary_vr(a[:, j], member[tokens.reshape(-1)])
+            assert _col(ex, f"current/{name}")[j] == pytest.approx(want, abs=1e-10)
+            want = _paper_binary_vr(a[has_prev, j], member[prev.reshape(-1)[has_prev]])
+            assert _col(ex, f"prev/{name}")[j] == pytest.approx(want, abs=1e-10)
+            checked += 2
+    for j in range(D_MLP):
+        want = _paper_binary_vr(a[:, j], pos < 5)
+        assert _col(ex, "sequence/position:0-4")[j] == pytest.approx(want, abs=1e-10)
+    assert checked == 24
+    assert not np.allclose(ex.vr, ex0.vr)  # ddof matters at this size
+
+
 def _paper_pos_mutual_info(pre: np.ndarray) -> float:
     """The paper's ``pos_mutual_info`` (position_neurons.ipynb), from its description:
     ``pre [n_seq, n_ctx]``; mean over positions of the KL divergence, in nats, of the
