@@ -5,8 +5,8 @@ Rules (:class:`FamilyThresholds`, defaults in brackets; VR = variance reduction 
 
 * ``unigram``: best current-token ``unigram:*`` VR > [0.5] (paper). Score = that VR.
 * ``alphabet``: for each letter feature ``alpha:c`` (the single-letter token, the paper's
-  ``{c}_unigram``) the *one* neuron with the highest
-  current-token VR, if that VR > [0.37] (paper). Score = VR (best letter if several).
+  ``{c}_unigram``) the *one* neuron with the highest current-token VR, if that VR >
+  [0.37] (paper). Score = VR (best letter if several).
 * ``previous_token``: best previous-token feature VR (any token feature) > [0.5].
 * ``token``: best current-token property (not unigram, not alphabet; e.g. ``is_year``,
   ``all_caps``) VR > [0.5].
