@@ -80,9 +80,10 @@ class AttentionConfig:
     """Seed of the random-direction baseline."""
     max_points: int = 2000
     """Per-token points kept per pair for scatter plots."""
-    norm_measure: Literal["head_pct", "model_abs"] = "head_pct"
-    """Output-norm change: ``head_pct`` = % change of the head-space ``|z_h|`` (the paper);
-    ``model_abs`` = absolute change of ``|z_h W_O^h|`` in model space."""
+    norm_measure: Literal["head_pct", "head_abs", "model_abs"] = "head_pct"
+    """Output-norm change: ``head_pct`` = % change of the head-space ``|z_h|`` (the paper's
+    figure); ``head_abs`` = its absolute change (the paper's script); ``model_abs`` =
+    absolute change of ``|z_h W_O^h|`` in model space."""
     positions: tuple[int, int | None] = PAPER_POSITIONS
     """Query positions measured, ``[start, end)`` (end None = to the sequence end); the
     paper's ``(64, 256)``."""
@@ -100,8 +101,8 @@ class AttentionConfig:
                              f"{self.top_pairs}")
         if self.max_points < 0:
             raise ValueError(f"max_points must be >= 0, got {self.max_points}")
-        if self.norm_measure not in ("head_pct", "model_abs"):
-            raise ValueError(f"norm_measure must be head_pct or model_abs, got "
+        if self.norm_measure not in ("head_pct", "head_abs", "model_abs"):
+            raise ValueError(f"norm_measure must be head_pct, head_abs or model_abs, got "
                              f"{self.norm_measure!r}")
         start, end = self.positions
         if start < 1 or (end is not None and end <= start):

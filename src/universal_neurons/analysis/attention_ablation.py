@@ -11,7 +11,10 @@
   norms at ``after_pos=64 .. ctx_len=256``; ``bos_signal_neurons.ipynb`` plots it as
   "attention out norm change (%)"): ``measure="head_pct"`` (default) is
   ``100 · (|z_h'| − |z_h|) / |z_h|`` with ``z_h`` the head's mixed values in head space
-  (TransformerLens ``hook_z``: value bias folded out), at ``positions=(64, 256)``.
+  (TransformerLens ``hook_z``: value bias folded out), at ``positions=(64, 256)``. The
+  script itself stores and correlates the absolute head-space change ``|z_h'| − |z_h|``:
+  ``measure="head_abs"``. The notebook's "Fractional Norm Diff" is computed in code that
+  is not published; its denominator is taken here to be the clean ``|z_h|``.
   ``measure="model_abs"`` is the absolute change of ``|z_h W_O^h|`` in model space (what
   the head adds to the residual stream), and ``positions=(1, None)`` every position after
   BOS: an earlier version's only measure, kept as an option because it is what the head
@@ -152,7 +155,7 @@ class AttentionPassResult:
     value_norms: Any
 
 
-NormMeasure = Literal["head_pct", "model_abs"]
+NormMeasure = Literal["head_pct", "head_abs", "model_abs"]
 PAPER_POSITIONS = (64, 256)
 
 
@@ -171,8 +174,8 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
     ``measure``: see the module doc. ``weights``: the adapter's ``processed_weights()`` if
     already computed.
     """
-    if measure not in ("head_pct", "model_abs"):
-        raise ValueError(f"measure must be 'head_pct' or 'model_abs', got {measure!r}")
+    if measure not in ("head_pct", "head_abs", "model_abs"):
+        raise ValueError(f"measure must be 'head_pct', 'head_abs' or 'model_abs', got {measure!r}")
     lo, hi = max(1, int(positions[0])), positions[1]
     if hi is not None and hi <= lo:
         raise ValueError(f"positions must be (start, end) with end > start >= 1, got {positions}")
@@ -336,9 +339,11 @@ def _ablate_pair(p: HeadPair, st: _PairStats, cap: dict[str, Any], s: AttentionM
         return z.unflatten(-1, (s.n_heads, s.d_head))[:, pos, h].float() - v_bias[p.head_layer][h].float()
 
     z0, z1 = head_z(cap["z"][p.head_layer]), head_z(z_new[-1])
-    if measure == "head_pct":  # the paper's: % change of |z_h| in head space
+    if measure == "head_pct":  # the paper's figure: % change of |z_h| in head space
         n0, n1 = z0.norm(dim=-1), z1.norm(dim=-1)
         dnorm = torch.where(n0 > 0, 100.0 * (n1 - n0) / n0.clamp(min=1e-30), torch.zeros_like(n0))
+    elif measure == "head_abs":  # the paper's script: absolute change of |z_h|
+        dnorm = z1.norm(dim=-1) - z0.norm(dim=-1)
     else:  # |z_h W_O^h| in model space, absolute
         Wo = W_O[p.head_layer, h]
         dnorm = (z1 @ Wo).norm(dim=-1) - (z0 @ Wo).norm(dim=-1)

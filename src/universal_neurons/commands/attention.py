@@ -16,7 +16,8 @@ neuron's output from ONE head's query only (keys, values and other heads untouch
 correlate the change in the head's attention to BOS and in its output norm with the
 neuron's activation. As in the paper, the output norm is the head's |z_h| (mixed values,
 head space, value bias folded out), its change in percent, at query positions 64-255
-(--norm-measure model_abs: absolute change of |z_h W_O| in model space; --positions 1:
+(--norm-measure head_abs: the absolute change of |z_h|, which the paper's script
+correlates; model_abs: absolute change of |z_h W_O| in model space; --positions 1:
 every position after BOS). Also compares |W_O v_BOS| with other tokens' value norms per
 head.
 Writes to RUN/attention/:
@@ -69,9 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--max-points", type=int, default=2000,
                    help="per-token points kept per pair for plots (default 2000)")
-    p.add_argument("--norm-measure", choices=("head_pct", "model_abs"), default="head_pct",
+    p.add_argument("--norm-measure", choices=("head_pct", "head_abs", "model_abs"),
+                   default="head_pct",
                    help="output-norm change: %% change of the head-space |z_h| (head_pct, the "
-                        "paper's, default) or absolute change of |z_h W_O| (model_abs)")
+                        "paper's figure, default), its absolute change (head_abs, the paper's "
+                        "script) or absolute change of |z_h W_O| (model_abs)")
     p.add_argument("--positions", type=_positions, default=(64, 256), metavar="START:END",
                    help="query positions measured, END excluded and optional (default 64:256, "
                         "the paper's; 1: = every position after BOS)")

@@ -186,6 +186,7 @@ def test_path_ablation_and_value_norms_match_transformer_lens(twins):
     pairs = [HeadPair(0, 3, 1, 2), HeadPair(1, 20, 2, 0)]
     r = attention_pass(m, [(0, toks.numpy())], pairs, measure="model_abs", positions=(1, None))
     paper = attention_pass(m, [(0, toks.numpy())], pairs, positions=(4, 10))  # the default measure
+    script = attention_pass(m, [(0, toks.numpy())], pairs, measure="head_abs", positions=(4, 10))
     tl.set_use_split_qkv_input(True)
     try:
         _, clean = tl.run_with_cache(toks)
@@ -222,6 +223,8 @@ def test_path_ablation_and_value_norms_match_transformer_lens(twins):
             got = paper.points[paper.points["pair"] == p.name]
             np.testing.assert_allclose(got["act"], a[:, 4:10].reshape(-1), atol=1e-5)
             np.testing.assert_allclose(got["delta_out_norm"], pct, atol=1e-3)
+            sgot = script.points[script.points["pair"] == p.name]
+            np.testing.assert_allclose(sgot["delta_out_norm"], (z1 - z0).reshape(-1), atol=1e-5)
             np.testing.assert_allclose(got["delta_bos_attn"], d_attn[:, 3:9].reshape(-1), atol=1e-5)
             prow = paper.path_ablation.set_index("pair").loc[p.name]
             assert prow["n_tokens"] == 3 * 6 and prow["norm_measure"] == "head_pct"
