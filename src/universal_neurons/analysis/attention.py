@@ -6,7 +6,10 @@ Three measurements, over one pass of the dataset:
   (:mod:`~universal_neurons.analysis.attention_heuristic`), against a random baseline.
 * **Path ablation** of the chosen pairs: the change in a head's attention to BOS and in
   its output norm when one neuron's contribution is removed from that head's query only
-  (:mod:`~universal_neurons.analysis.attention_ablation`).
+  (:mod:`~universal_neurons.analysis.attention_ablation`). By default as in the paper:
+  the output norm is the head-space ``|z_h|``, its change a percentage, at positions
+  64-255; ``norm_measure="model_abs"`` and ``positions=(1, None)`` give the absolute
+  change of ``|z_h W_O^h|`` at every position after BOS instead.
 * **BOS value norms** per head (same pass).
 
 The attention modules come from the architecture adapters, so the stage runs on every
@@ -16,9 +19,13 @@ architecture that has one (GPT-2, GPT-NeoX, Llama-style).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from universal_neurons.analysis.attention_ablation import AttentionPassResult, attention_pass
+from universal_neurons.analysis.attention_ablation import (
+    PAPER_POSITIONS,
+    AttentionPassResult,
+    attention_pass,
+)
 from universal_neurons.analysis.attention_heuristic import (
     HeadPair,
     bos_keys,
@@ -73,6 +80,13 @@ class AttentionConfig:
     """Seed of the random-direction baseline."""
     max_points: int = 2000
     """Per-token points kept per pair for scatter plots."""
+    norm_measure: Literal["head_pct", "head_abs", "model_abs"] = "head_pct"
+    """Output-norm change: ``head_pct`` = % change of the head-space ``|z_h|`` (the paper's
+    figure); ``head_abs`` = its absolute change (the paper's script); ``model_abs`` =
+    absolute change of ``|z_h W_O^h|`` in model space."""
+    positions: tuple[int, int | None] = PAPER_POSITIONS
+    """Query positions measured, ``[start, end)`` (end None = to the sequence end); the
+    paper's ``(64, 256)``."""
     plots: bool = True
     progress: bool = True
 
@@ -87,6 +101,13 @@ class AttentionConfig:
                              f"{self.top_pairs}")
         if self.max_points < 0:
             raise ValueError(f"max_points must be >= 0, got {self.max_points}")
+        if self.norm_measure not in ("head_pct", "head_abs", "model_abs"):
+            raise ValueError(f"norm_measure must be head_pct, head_abs or model_abs, got "
+                             f"{self.norm_measure!r}")
+        start, end = self.positions
+        if start < 1 or (end is not None and end <= start):
+            raise ValueError(f"positions must be [start, end) with 1 <= start < end, got "
+                             f"{self.positions}")
 
 
 @dataclass
@@ -140,9 +161,14 @@ def run_attention(config: AttentionConfig) -> AttentionResult:
     top, hist, summary = heuristic_tables(scores, base, w.W_out.norm(dim=-1), config.table_k)
     pairs = chosen or top_pairs(scores, config.top_pairs, restrict)
     ds, n_seq = open_dataset(model, config.dataset, config.tokens, config.n_ctx, config.progress)
+    if ds.n_ctx <= config.positions[0]:
+        raise UserError(f"the dataset's sequences have {ds.n_ctx} tokens, so no query position "
+                        f">= {config.positions[0]} to measure (the paper's 64-255); use longer "
+                        "sequences (--n-ctx) or --positions 1: for every position after BOS")
     with token_progress(n_seq * ds.n_ctx, "path ablation", config.progress) as update:
         passed = attention_pass(model, ds.iter_batches(config.batch_size, 0, n_seq), pairs,
-                                config.max_points, update, weights=w)
+                                config.max_points, update, weights=w,
+                                measure=config.norm_measure, positions=config.positions)
 
     run = RunDir(config.out)
     d = run / ATTENTION_DIR

@@ -6,6 +6,19 @@
   ``norm(resid)`` (see :func:`query_path_ablation`). Measured per token: the change in the
   head's attention to BOS and in the norm of its output, correlated (Pearson, streamed
   over the whole dataset) with the neuron's activation ``a``.
+
+  The output-norm change follows the paper (``attention_deactivation.py``: ``hook_z``
+  norms at ``after_pos=64 .. ctx_len=256``; ``bos_signal_neurons.ipynb`` plots it as
+  "attention out norm change (%)"): ``measure="head_pct"`` (default) is
+  ``100 · (|z_h'| − |z_h|) / |z_h|`` with ``z_h`` the head's mixed values in head space
+  (TransformerLens ``hook_z``: value bias folded out), at ``positions=(64, 256)``. The
+  script itself stores and correlates the absolute head-space change ``|z_h'| − |z_h|``:
+  ``measure="head_abs"``. The notebook's "Fractional Norm Diff" is computed in code that
+  is not published; its denominator is taken here to be the clean ``|z_h|``.
+  ``measure="model_abs"`` is the absolute change of ``|z_h W_O^h|`` in model space (what
+  the head adds to the residual stream), and ``positions=(1, None)`` every position after
+  BOS: an earlier version's only measure, kept as an option because it is what the head
+  writes; it is not the paper's.
 * **BOS value norms**: per head, ``|v_BOS W_O^h|`` against the mean ``|v_t W_O^h|`` of the
   other tokens (paper: 19.4x smaller for the median head).
 
@@ -21,7 +34,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -142,18 +155,30 @@ class AttentionPassResult:
     value_norms: Any
 
 
+NormMeasure = Literal["head_pct", "head_abs", "model_abs"]
+PAPER_POSITIONS = (64, 256)
+
+
 def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.ndarray],
                    pairs: Sequence[HeadPair], max_points: int = 2000,
                    progress: Callable[[int], None] | None = None,
-                   weights: Any = None) -> AttentionPassResult:
+                   weights: Any = None, measure: NormMeasure = "head_pct",
+                   positions: tuple[int, int | None] = PAPER_POSITIONS) -> AttentionPassResult:
     """Stream ``batches`` once (``Int[b, n_ctx]``, BOS at position 0): path-ablate every pair
     and accumulate the BOS value norms of every head.
 
     Per batch: one forward pass (eager attention) up to the last attention layer, plus one
     call of a head's attention module per pair (its inputs are kept from the clean pass;
-    :func:`query_path_ablation` changes only that head's query). Tokens at positions >= 1.
-    ``weights``: the adapter's ``processed_weights()`` if already computed.
+    :func:`query_path_ablation` changes only that head's query). Measured at positions
+    ``positions[0] <= t < positions[1]`` (None: to the end; the start is at least 1);
+    ``measure``: see the module doc. ``weights``: the adapter's ``processed_weights()`` if
+    already computed.
     """
+    if measure not in ("head_pct", "head_abs", "model_abs"):
+        raise ValueError(f"measure must be 'head_pct', 'head_abs' or 'model_abs', got {measure!r}")
+    lo, hi = max(1, int(positions[0])), positions[1]
+    if hi is not None and hi <= lo:
+        raise ValueError(f"positions must be (start, end) with end > start >= 1, got {positions}")
     import pandas as pd
 
     adapter, hf = model.adapter, model.hf_model
@@ -176,6 +201,9 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
     for batch in batches:
         toks = batch[1] if isinstance(batch, tuple) else batch
         ids = torch.as_tensor(np.asarray(toks, dtype=np.int64), device=device)
+        if ids.shape[1] <= lo:
+            raise ValueError(f"sequences of {ids.shape[1]} tokens have no position >= {lo}; "
+                             "use longer sequences or measure from an earlier position")
         cap = _clean_pass(model, sites, ids, neuron_layers, head_layers, gram, v_bias)
         bos_sum += cap["vnorm"][:, :, 0].sum(1).double().cpu()  # vnorm: [L, b, p, H]
         other_sum += cap["vnorm"][:, :, 1:].sum((1, 2)).double().cpu()
@@ -183,7 +211,7 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
         n_other += ids.shape[0] * (ids.shape[1] - 1)
         for p in pairs:
             _ablate_pair(p, stats[p], cap, sites[p.head_layer], W_out, W_O, v_bias, adapter,
-                         max_points)
+                         max_points, measure, slice(lo, hi))
         if progress is not None:
             progress(int(ids.numel()))
 
@@ -193,7 +221,9 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
         n = st.act_dattn.n
         rows.append({"pair": p.name, "layer": p.layer, "neuron": p.neuron,
                      "neuron_name": neuron_name(p.layer, p.neuron), "head_layer": p.head_layer,
-                     "head": p.head, "n_tokens": n, "mean_act": st.act_dattn.mx,
+                     "head": p.head, "n_tokens": n, "norm_measure": measure,
+                     "positions": f"{lo}-{'end' if hi is None else hi - 1}",
+                     "mean_act": st.act_dattn.mx,
                      "mean_bos_attn": st.sum_attn / max(n, 1),
                      "mean_delta_bos_attn": st.sum_dattn / max(n, 1),
                      "mean_delta_out_norm": st.sum_dnorm / max(n, 1),
@@ -286,7 +316,8 @@ def _clean_pass(model: Any, sites: list[AttentionModules], ids: Tensor, neuron_l
 @torch.no_grad()
 def _ablate_pair(p: HeadPair, st: _PairStats, cap: dict[str, Any], s: AttentionModules,
                  W_out: Tensor, W_O: Tensor, v_bias: list[Tensor], adapter: Any,
-                 max_points: int) -> None:
+                 max_points: int, measure: NormMeasure = "head_pct",
+                 pos: slice = slice(1, None)) -> None:
     a = cap["acts"][p.layer][..., p.neuron]  # [b, p]
     delta = a[..., None] * W_out[p.layer, p.neuron]  # [b, p, D]
     args, kwargs = cap["call"][p.head_layer]
@@ -301,16 +332,23 @@ def _ablate_pair(p: HeadPair, st: _PairStats, cap: dict[str, Any], s: AttentionM
     finally:
         handle.remove()
     h = p.head
-    attn0 = cap["pattern"][p.head_layer][:, h, 1:].float()  # [b, p-1]
-    attn1 = out[1][:, h, 1:, 0].float()
+    attn0 = cap["pattern"][p.head_layer][:, h, pos].float()  # [b, p']
+    attn1 = out[1][:, h, pos, 0].float()
 
-    def head_norm(z: Tensor) -> Tensor:  # z: [b, p, H * dh] -> |(z_h - b_v) W_O^h|: [b, p-1]
-        zh = z.unflatten(-1, (s.n_heads, s.d_head))[:, 1:, h].float() - v_bias[p.head_layer][h].float()
-        return (zh @ W_O[p.head_layer, h]).norm(dim=-1)
+    def head_z(z: Tensor) -> Tensor:  # [b, p, H * dh] -> z_h without the value bias: [b, p', dh]
+        return z.unflatten(-1, (s.n_heads, s.d_head))[:, pos, h].float() - v_bias[p.head_layer][h].float()
 
+    z0, z1 = head_z(cap["z"][p.head_layer]), head_z(z_new[-1])
+    if measure == "head_pct":  # the paper's figure: % change of |z_h| in head space
+        n0, n1 = z0.norm(dim=-1), z1.norm(dim=-1)
+        dnorm = torch.where(n0 > 0, 100.0 * (n1 - n0) / n0.clamp(min=1e-30), torch.zeros_like(n0))
+    elif measure == "head_abs":  # the paper's script: absolute change of |z_h|
+        dnorm = z1.norm(dim=-1) - z0.norm(dim=-1)
+    else:  # |z_h W_O^h| in model space, absolute
+        Wo = W_O[p.head_layer, h]
+        dnorm = (z1 @ Wo).norm(dim=-1) - (z0 @ Wo).norm(dim=-1)
     dattn = attn1 - attn0
-    dnorm = head_norm(z_new[-1]) - head_norm(cap["z"][p.head_layer])
-    act = a[:, 1:].float()
+    act = a[:, pos].float()
     st.act_dattn.update(act, dattn)
     st.act_dnorm.update(act, dnorm)
     st.sum_attn += float(attn0.double().sum())

@@ -17,6 +17,20 @@ distribution gets flatter or sharper. Two tools:
 * :func:`entropy_sweep` fixes each target neuron (and, as a baseline, random neurons of
   the last layers) to each of several values at every position and measures the final
   norm's scale, entropy, loss and reciprocal rank (paper Fig. 6).
+
+As in the paper (``slurm/entropy_intervention.sh``, ``analysis/entropy_neurons.py``):
+
+* the values are ``-0.17, 0, 1, ..., 6`` (-0.17 ≈ GELU's minimum);
+* the means are over rows whose input token is not BOS/EOS/pad (the paper: ``token !=
+  50256`` for GPT-2, ``token > 1`` for Pythia) and not the last position (``position !=
+  511``: it has no next token); ``count_special=True`` counts the special-token rows too;
+* the baseline neurons (:func:`baseline_neurons`, ``draw="filtered"``) are drawn from the
+  last two layers among neurons with ``l2_penalty = |w_in|² + |w_out|²`` at most its 90th
+  percentile and ``vocab_var`` at least its 10th percentile (percentiles over every neuron
+  of the model), so that they look like ordinary neurons of those layers;
+  ``draw="uniform"`` draws from all neurons of those layers.
+
+(An earlier version swept 0-6, counted the BOS row and drew baselines uniformly.)
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,8 +65,8 @@ class EntropyConfig:
     """Run directory."""
     neurons: tuple[str, ...] = ()
     """Target neurons (``L{layer}.{neuron}``); empty = find candidates, sweep the best."""
-    values: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-    """Activation values each neuron is fixed to."""
+    values: tuple[float, ...] = (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    """Activation values each neuron is fixed to (the paper's)."""
     find: bool = False
     """Rank candidates from weights even when ``neurons`` are given."""
     dataset: str | None = None
@@ -69,6 +83,11 @@ class EntropyConfig:
     """The baseline neurons come from the last this-many layers."""
     seed: int = 0
     """Seed of the baseline neurons."""
+    baseline_draw: Literal["filtered", "uniform"] = "filtered"
+    """``filtered`` (the paper): l2 penalty <= its 90th percentile and vocab_var >= its 10th;
+    ``uniform``: any neuron of the last layers."""
+    count_special: bool = False
+    """Count rows whose token is BOS/EOS/pad in the means (the paper does not)."""
     null_energy: float = 0.01
     """Share of W_U's spectrum energy (sum S²) the effective null space may hold."""
     find_layers: int | None = 2
@@ -97,6 +116,9 @@ class EntropyConfig:
         if min(self.tokens, self.batch_size, self.top_k, self.n_targets) < 1:
             raise ValueError(f"tokens, batch_size, top_k and n_targets must be >= 1, got "
                              f"{self.tokens}, {self.batch_size}, {self.top_k}, {self.n_targets}")
+        if self.baseline_draw not in ("filtered", "uniform"):
+            raise ValueError(f"baseline_draw must be filtered or uniform, got "
+                             f"{self.baseline_draw!r}")
         if self.find_layers is not None and self.find_layers < 1:
             raise ValueError(f"find_layers must be >= 1 (or None for all), got {self.find_layers}")
 
@@ -165,25 +187,55 @@ def find_entropy_candidates(weights: Any, layers: Sequence[int] | None = None,
     return df, pairs.reset_index(drop=True)
 
 
+BASELINE_MAX_L2_QUANTILE = 0.9
+BASELINE_MIN_VOCAB_VAR_QUANTILE = 0.1
+
+
+def baseline_pool(weights: Any, last_layers: int = 2) -> list[tuple[int, int]]:
+    """The paper's baseline candidates: ``(layer, neuron)`` of the last ``last_layers`` layers
+    with ``l2_penalty <= q90`` and ``vocab_var >= q10``, the quantiles (pandas' linear
+    interpolation) over every neuron of the model. ``weights``: ``ProcessedWeights``."""
+    from universal_neurons.analysis.weights import input_weights
+
+    W_in, _ = input_weights(weights)  # [L, d_model, d_mlp]
+    W_out = weights.W_out  # [L, d_mlp, d_model]
+    L, d_mlp, d_model = W_out.shape
+    l2 = (W_in.double().norm(dim=1) ** 2 + W_out.double().norm(dim=-1) ** 2).reshape(-1)
+    var = vocab_cos_var(W_out.reshape(-1, d_model), weights.W_U)
+    ok = ((l2 <= torch.quantile(l2, BASELINE_MAX_L2_QUANTILE))
+          & (var >= torch.quantile(var, BASELINE_MIN_VOCAB_VAR_QUANTILE))).reshape(L, d_mlp)
+    first = max(L - last_layers, 0)
+    return [(lay, int(j)) for lay in range(first, L) for j in torch.nonzero(ok[lay]).flatten()]
+
+
 def baseline_neurons(n_layers: int, d_mlp: int, n: int, last_layers: int = 2, seed: int = 0,
-                     exclude: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-    """``n`` distinct random ``(layer, neuron)`` of the last ``last_layers`` layers (seeded),
-    excluding ``exclude``; sorted."""
-    first = max(n_layers - last_layers, 0)
-    pool = [(lay, j) for lay in range(first, n_layers) for j in range(d_mlp)]
+                     exclude: Iterable[tuple[int, int]] = (),
+                     pool: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """``n`` distinct random ``(layer, neuron)`` (seeded), excluding ``exclude``; sorted.
+
+    Drawn from ``pool`` (e.g. :func:`baseline_pool`, the paper's) or, if None, uniformly from
+    the last ``last_layers`` layers.
+    """
+    if pool is None:
+        first = max(n_layers - last_layers, 0)
+        pool = [(lay, j) for lay in range(first, n_layers) for j in range(d_mlp)]
     skip = set(exclude)
     pool = [p for p in pool if p not in skip]
     if n > len(pool):
-        raise ValueError(f"asked for {n} baseline neurons but the last {last_layers} layers "
-                         f"have only {len(pool)} others; lower --baseline")
+        raise ValueError(f"asked for {n} baseline neurons but only {len(pool)} other neurons "
+                         f"qualify in the last {last_layers} layers; lower --baseline")
     pick = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
     return sorted(pool[i] for i in pick)
 
 
 def entropy_sweep(model: Any, batches: Iterable[Any], targets: Sequence[tuple[int, int]],
                   values: Sequence[float], baseline: Sequence[tuple[int, int]] = (),
-                  keep_tokens: bool = False, progress: Callable[[int], None] | None = None):
+                  keep_tokens: bool = False, progress: Callable[[int], None] | None = None,
+                  skip_ids: Sequence[int] = ()):
     """Fix each target and baseline neuron (one at a time) to each value; one pass.
+
+    ``skip_ids``: rows whose input token is one of these are not counted (see
+    :func:`~universal_neurons.analysis.interventions.run_interventions`).
 
     Returns :class:`~universal_neurons.analysis.interventions.InterventionResults` whose
     ``summary`` has, besides the metrics, ``group`` (``clean``/``target``/``baseline``) and
@@ -199,7 +251,7 @@ def entropy_sweep(model: Any, batches: Iterable[Any], targets: Sequence[tuple[in
                 who.append(neuron_name(*ln))
     keep = {iv.label if iv else "clean" for iv, g in zip(ivs, group) if g != "baseline"}
     res = run_interventions(model, batches, ivs, keep_tokens=keep if keep_tokens else False,
-                            progress=progress)
+                            progress=progress, skip_ids=skip_ids)
     res.summary.insert(1, "group", group)
     res.summary.insert(2, "neuron", who)
     return res
@@ -255,16 +307,22 @@ def run_entropy(config: EntropyConfig) -> EntropyResult:
                        for r in candidates.head(config.n_targets).itertuples()]
             log.info("sweeping the best candidates: %s",
                      ", ".join(neuron_name(*t) for t in targets))
-    n_base = min(config.n_baseline, max(0, a.d_mlp * min(config.baseline_layers, a.n_layers)
-                                        - len(targets)))
+    pool = (baseline_pool(a.processed_weights(), config.baseline_layers)
+            if config.baseline_draw == "filtered" and config.n_baseline else None)
+    n_pool = (len(pool) if pool is not None
+              else a.d_mlp * min(config.baseline_layers, a.n_layers))
+    n_base = min(config.n_baseline, max(0, n_pool - len(targets)))
     baseline = baseline_neurons(a.n_layers, a.d_mlp, n_base, config.baseline_layers,
-                                config.seed, exclude=targets)
+                                config.seed, exclude=targets, pool=pool)
     ds, n_seq = open_dataset(model, config.dataset, config.tokens, config.n_ctx, config.progress)
     n_runs = 1 + (len(targets) + len(baseline)) * len(config.values)
     log.info("entropy sweep: %d runs x %d tokens", n_runs, n_seq * ds.n_ctx)
     with token_progress(n_seq * ds.n_ctx, "entropy sweep", config.progress) as update:
+        from universal_neurons.data.tokens import special_ids
+
+        skip = () if config.count_special else special_ids(model.tokenizer).tolist()
         sweep = entropy_sweep(model, ds.iter_batches(config.batch_size, 0, n_seq), targets,
-                              config.values, baseline, config.keep_tokens, update)
+                              config.values, baseline, config.keep_tokens, update, skip)
     sweep.summary.insert(0, "model", model.name)
     sweep.save(out_dir, "sweep")
     plots: list[Path] = []

@@ -5,8 +5,13 @@ rows into ``g ∈ {f, ¬f}``::
 
     VR = 1 − Σ_g p_g · Var_g(a) / Var(a) = n_f · n_¬f / n · (m_f − m_¬f)² / SS_total
 
-(population variances, so VR is exactly η², the share of variance the split explains;
-the paper's pandas code used ddof=1, which differs by O(1/n)). Three kinds of features:
+(population variances, so VR is exactly η², the share of variance the split explains).
+The paper's pandas code (``analysis/heuristic_explanation.py``) uses sample variances,
+``ddof=1``, in all three places: ``ddof=1`` here (``--vr-ddof 1``) gives its value, which
+differs by O(1/n_f) for a feature with ``n_f`` rows. (The paper also computes ``a`` as
+``torch.nn.GELU()`` — the erf form — of cached pre-activations, while GPT-2's own MLP uses
+the tanh approximation: ``--site post`` here is the model's own post-activation; the two
+differ by < 1e-3 per value.) Three kinds of features:
 
 * ``current``: token features (``analysis.features``) of the token at the row;
 * ``prev``: token features of the previous token of the same sequence; rows at position 0
@@ -19,8 +24,18 @@ id ``count, Σa, Σa²`` for current and previous tokens, so for a feature matri
 ``M [F, vocab]`` the in-group sums are ``M @ Σa`` — exact, no second pass, any number of
 features. Sequence labels are grouped by one-hot (sparse) products in the same pass.
 Per neuron the module also gives ``position_eta2`` (share of variance explained by the
-position bins jointly) and ``position_mi`` (mutual information, in bits, between the
-position bin and whether the neuron fires, ``a > 0``).
+position bins jointly) and ``position_mi``: the mutual information, in **nats**, between
+the context position (every position, not bins) and whether the neuron fires, ``a > 0``:
+
+    I = Σ_t p_t · [q_t log(q_t / q) + (1 − q_t) log((1 − q_t) / (1 − q))]
+
+with ``p_t`` the share of rows at position ``t``, ``q_t`` the firing rate there and ``q``
+overall. This is the paper's ``pos_mutual_info`` (``paper_notebooks/
+position_neurons.ipynb``), which weights every position by ``1/n_ctx``: the two agree
+when every position has the same number of rows, as in the paper (it keeps every token);
+with dropped tokens (BOS, newlines) ``p_t`` weights by the rows actually kept. The paper
+thresholds the pre-activation, ``pre > 0``; for GELU and SiLU ``post > 0`` is the same
+event. (An earlier version used 16 position bins and bits.)
 
 Outputs (see :func:`run_explain`): ``RUN/explanations/<model>.parquet`` (top-k
 explanations per neuron: ``layer, neuron, rank, kind, feature, group, vr, mean_in,
@@ -45,7 +60,7 @@ import pandas as pd
 import torch
 
 from universal_neurons.analysis.features import feature_group, feature_matrix
-from universal_neurons.analysis.sequence_features import scheme_features
+from universal_neurons.analysis.sequence_features import POSITION_EACH, scheme_features
 from universal_neurons.constants import (
     EXPLANATIONS_DIR,
     EXPLANATIONS_TOP,
@@ -74,12 +89,16 @@ class SplitStats:
 
 
 def variance_reduction(member: torch.Tensor, count: torch.Tensor, sums: torch.Tensor,
-                       total_sumsq: torch.Tensor, shift: torch.Tensor) -> SplitStats:
+                       total_sumsq: torch.Tensor, shift: torch.Tensor,
+                       sumsq: torch.Tensor | None = None, ddof: int = 0) -> SplitStats:
     """VR of every feature for every neuron from group sums.
 
     ``member: [F, G]`` 0/1 (dense or sparse CSR) says which groups make up each feature;
     ``count: [G]``, ``sums: [G, N]`` (of ``a − shift``) are the groups' rows and sums, and
     ``total_sumsq: [N]`` the total ``Σ(a − shift)²`` over the same rows as the groups.
+    ``ddof=1`` (the paper's sample variances) needs the groups' ``sumsq: [G, N]``:
+    ``VR = 1 − Σ_g (n_g/n) · SS_g/(n_g − 1) / (SS/(n − 1))`` (not clamped at 0: it can be
+    slightly negative, as the paper's). Features with a group of fewer than 2 rows get 0.
     """
     c = count.to(torch.float64)
     member = member.to(torch.float64)
@@ -93,9 +112,24 @@ def variance_reduction(member: torch.Tensor, count: torch.Tensor, sums: torch.Te
     m_r = s_r / n_r.unsqueeze(1)
     between = (n_f * n_r / n).unsqueeze(1) * (m_f - m_r) ** 2  # [F, N]
     sst = total_sumsq - tot * tot / n  # [N]
-    vr = between / sst
-    ok = (n_f > 0).unsqueeze(1) & (n_r > 0).unsqueeze(1) & (sst > 0).unsqueeze(0)
-    vr = torch.where(ok, vr, torch.zeros_like(vr)).clamp(0.0, 1.0)
+    if ddof == 0:
+        vr = between / sst
+        ok = (n_f > 0).unsqueeze(1) & (n_r > 0).unsqueeze(1) & (sst > 0).unsqueeze(0)
+    elif ddof == 1:
+        if sumsq is None:
+            raise ValueError("ddof=1 needs the groups' sums of squares")
+        q_f = member @ sumsq.to(torch.float64)  # [F, N]
+        ss_f = q_f - s_f * s_f / n_f.unsqueeze(1)
+        ss_r = (total_sumsq - q_f) - s_r * s_r / n_r.unsqueeze(1)
+        nf, nr = n_f.unsqueeze(1), n_r.unsqueeze(1)
+        split = (nf / n) * ss_f / (nf - 1) + (nr / n) * ss_r / (nr - 1)
+        vr = 1.0 - split / (sst / (n - 1))
+        ok = (n_f > 1).unsqueeze(1) & (n_r > 1).unsqueeze(1) & (sst > 0).unsqueeze(0)
+    else:
+        raise ValueError(f"ddof must be 0 or 1, got {ddof}")
+    vr = torch.where(ok, vr, torch.zeros_like(vr))
+    # ddof 0: η² is in [0, 1], clamp rounding; ddof 1 can be slightly negative, as the paper's
+    vr = vr.clamp(0.0, 1.0) if ddof == 0 else vr.clamp(max=1.0)
     return SplitStats(vr, m_f + shift, m_r + shift, n_f / n)
 
 
@@ -111,8 +145,9 @@ def eta_squared(table: GroupTable, total_sumsq: torch.Tensor) -> torch.Tensor:
     return torch.where(sst > 0, (between / sst).clamp(0, 1), torch.zeros_like(sst))
 
 
-def fire_mutual_information(table: GroupTable) -> torch.Tensor:
-    """``[N]`` I(group; a > 0) in bits from per-group counts and firing counts."""
+def fire_mutual_information(table: GroupTable, base: float = np.e) -> torch.Tensor:
+    """``[N]`` I(group; a > 0) from per-group counts and firing counts, in nats (``base``
+    e) or bits (``base`` 2)."""
     if table.fire is None:
         raise ValueError("this group table has no firing counts")
     c = table.count.to(torch.float64).unsqueeze(1)  # [G, 1]
@@ -121,7 +156,7 @@ def fire_mutual_information(table: GroupTable) -> torch.Tensor:
 
     def h(p: torch.Tensor) -> torch.Tensor:
         p = p.clamp(0, 1)
-        return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / np.log(2)
+        return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / np.log(base)
 
     p_fire = table.fire.sum(0) / n  # [N]
     cond = torch.where(c > 0, h(table.fire / c.clamp(min=1)), torch.zeros(1, dtype=c.dtype))
@@ -189,7 +224,7 @@ def _csr(m: np.ndarray) -> torch.Tensor:
 
 def explain_table(table: TokenTable, vocab_features: pd.DataFrame, d_mlp: int,
                   strings: Sequence[str] | None = None, min_token_count: int = 5,
-                  n_top_tokens: int = 5) -> Explanations:
+                  n_top_tokens: int = 5, ddof: int = 0) -> Explanations:
     """All VRs for the neurons of ``table``.
 
     ``vocab_features``: frame from ``analysis.features.build_vocab_features`` (rows = token
@@ -205,9 +240,9 @@ def explain_table(table: TokenTable, vocab_features: pd.DataFrame, d_mlp: int,
     cols: list[str] = []
     parts: list[SplitStats] = []
     cur = variance_reduction(member, table.current.count, table.current.sum, table.total_sumsq,
-                             shift)
+                             shift, table.current.sumsq, ddof)
     prev = variance_reduction(member, table.previous.count, table.previous.sum,
-                              table.previous.sumsq.sum(0), shift)
+                              table.previous.sumsq.sum(0), shift, table.previous.sumsq, ddof)
     for kind, st in (("current", cur), ("prev", prev)):
         cols += [f"{kind}/{n}" for n in names]
         parts.append(st)
@@ -219,7 +254,8 @@ def explain_table(table: TokenTable, vocab_features: pd.DataFrame, d_mlp: int,
         g = table.sequence[scheme]
         onehot = torch.zeros(len(feats), g.count.shape[0], dtype=torch.float64)
         onehot[torch.arange(len(feats)), torch.tensor([c for _, c in feats])] = 1.0
-        parts.append(variance_reduction(onehot, g.count, g.sum, table.total_sumsq, shift))
+        parts.append(variance_reduction(onehot, g.count, g.sum, table.total_sumsq, shift,
+                                        g.sumsq, ddof))
         cols += [f"sequence/{name}" for name, _ in feats]
 
     def cat(attr: str, dtype: torch.dtype = torch.float32) -> np.ndarray:
@@ -236,7 +272,9 @@ def explain_table(table: TokenTable, vocab_features: pd.DataFrame, d_mlp: int,
     if pos is not None and pos.fire is not None:
         neurons["fire_rate"] = (pos.fire.sum(0) / table.n_rows).numpy()
         neurons["position_eta2"] = eta_squared(pos, table.total_sumsq).numpy()
-        neurons["position_mi"] = fire_mutual_information(pos).numpy()
+    each = table.sequence.get(POSITION_EACH)
+    if each is not None and each.fire is not None:
+        neurons["position_mi"] = fire_mutual_information(each).numpy()
     neurons["top_tokens"] = _top_tokens(table, strings, min_token_count, n_top_tokens)
     return Explanations(table.model, neurons, cols, cat("vr", torch.float64), cat("mean_in"),
                         cat("mean_out"), torch.cat([p.frac_in for p in parts]).numpy())
@@ -326,6 +364,8 @@ class ExplainConfig:
     unigram_min_forms: int = 2
     precision: Literal["fp32", "fp64"] = "fp32"
     """dtype of the per-batch group sums (tables are float64 either way)."""
+    vr_ddof: int = 0
+    """Variances in VR: 0 = population (VR = η²), 1 = sample variances (the paper's)."""
     max_memory: str | None = None
     """Token-table budget, e.g. ``8G`` (default: 70% of available RAM); above it the
     neurons are tiled over several passes."""
@@ -336,6 +376,8 @@ class ExplainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got "
                                 f"{getattr(self, name)}")
+        if self.vr_ddof not in (0, 1):
+            raise UserError(f"--vr-ddof must be 0 or 1, got {self.vr_ddof}")
         if self.precision not in ("fp32", "fp64"):
             raise UserError(f"--precision must be fp32 or fp64, got {self.precision!r}")
 
@@ -411,7 +453,7 @@ def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
             feats = build_vocab_features(strings, counts, unigram_min_count=config.unigram_min_count,
                                          unigram_min_forms=config.unigram_min_forms,
                                          special_ids=specials.tolist())
-        parts.append(explain_table(table, feats, ad.d_mlp, strings))
+        parts.append(explain_table(table, feats, ad.d_mlp, strings, ddof=config.vr_ddof))
         del table
     timings["pass_s"] = time.perf_counter() - t1
     assert feats is not None

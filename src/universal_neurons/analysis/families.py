@@ -4,8 +4,9 @@ Rules (:class:`FamilyThresholds`, defaults in brackets; VR = variance reduction 
 ``analysis.explain``; "best" = the largest VR over that group of features):
 
 * ``unigram``: best current-token ``unigram:*`` VR > [0.5] (paper). Score = that VR.
-* ``alphabet``: for each letter feature ``alpha:c`` the *one* neuron with the highest
-  current-token VR, if that VR > [0.37] (paper). Score = VR (best letter if several).
+* ``alphabet``: for each letter feature ``alpha:c`` (the single-letter token, the paper's
+  ``{c}_unigram``) the *one* neuron with the highest current-token VR, if that VR >
+  [0.37] (paper). Score = VR (best letter if several).
 * ``previous_token``: best previous-token feature VR (any token feature) > [0.5].
 * ``token``: best current-token property (not unigram, not alphabet; e.g. ``is_year``,
   ``all_caps``) VR > [0.5].
@@ -14,10 +15,16 @@ Rules (:class:`FamilyThresholds`, defaults in brackets; VR = variance reduction 
   semantic family we implement; topic neurons (document-level topics) are not.
 * ``context``: best context feature (in quotes / parentheses / brackets, after newline)
   VR > [0.3].
-* ``position``: firing predicted by position: mutual information between position bin and
-  firing (``a > 0``) over the entropy of firing, I/H, ≥ [0.25], and, when the neuron table
-  has the activation kurtosis ``kurt`` (non-excess), ``kurt`` < [3.0] (sub-Gaussian, as the
-  paper's position neurons). Score = the mutual information in bits (the paper's ranking).
+* ``position`` (the paper's, ``paper_notebooks/position_neurons.ipynb``): universal
+  neurons (``is_universal`` of the neuron table, when it has the column) whose activation
+  kurtosis ``kurt`` (non-excess, as the paper's ``neuron_df``) is < [2.0], scored by
+  ``position_mi``: the mutual information in nats between the context position and
+  firing (``analysis.explain``). The paper ranks these candidates by that score and has
+  no cut on it; ``position_min_mi`` [0.0] (nats) and ``position_information`` [0.0]
+  (I / H(fires)) are optional extra cuts, both off by default. Without a ``kurt`` column
+  the kurtosis cut cannot be applied and every neuron passes it. (An earlier version used
+  16 position bins, bits, I/H >= 0.25 and kurtosis < 3, which it wrongly attributed to
+  the paper.)
 * ``prediction`` / ``suppression`` / ``partition``: ``analysis.prediction.classify`` on the
   vocabulary moments (score: vocab kurtosis, or variance ratio for partition).
 
@@ -56,10 +63,14 @@ class FamilyThresholds:
     syntax: float = 0.3
     entity: float = 0.3
     context: float = 0.3
-    position_information: float = 0.25
-    """Minimum I(position bin; fires) / H(fires)."""
-    position_max_kurt: float = 3.0
-    """Maximum activation kurtosis (non-excess) of a position neuron, when known."""
+    position_min_mi: float = 0.0
+    """Position neurons need I(position; fires) > this, in nats (paper: no cut, 0)."""
+    position_information: float = 0.0
+    """Position neurons need I(position; fires) / H(fires) >= this (paper: none, 0)."""
+    position_max_kurt: float = 2.0
+    """Position neurons need activation kurtosis (non-excess) < this, when known (paper: 2)."""
+    position_universal_only: bool = True
+    """Position neurons must be universal, when the neuron table says (paper: yes)."""
     prediction: PredictionThresholds = PredictionThresholds()
 
 
@@ -94,8 +105,9 @@ def _best(vr: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    """In nats, like ``position_mi``."""
     p = np.clip(p, 1e-300, 1 - 1e-16)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
 
 def assign_families(vr: pd.DataFrame | None, neurons: pd.DataFrame | None = None,
@@ -131,17 +143,25 @@ def assign_families(vr: pd.DataFrame | None, neurons: pd.DataFrame | None = None
             if col[i] > thresholds.alphabet and col[i] > best_alpha[i]:
                 best_alpha[i], alpha_feat[i] = col[i], c.split("/", 1)[1]
         add("alphabet", best_alpha > 0, best_alpha, alpha_feat)
-        # position
-        if {"position_mi", "fire_rate"} <= set(vr.columns):
-            mi = vr["position_mi"].to_numpy(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                u = mi / _binary_entropy(vr["fire_rate"].to_numpy(np.float64))
-            ok = np.nan_to_num(u) >= thresholds.position_information
-            if neurons is not None and "kurt" in neurons.columns:
-                k = vr[["layer", "neuron"]].merge(neurons[["layer", "neuron", "kurt"]],
-                                                  on=["layer", "neuron"], how="left")["kurt"]
-                kurt = k.to_numpy(np.float64)
-                ok &= ~(kurt >= thresholds.position_max_kurt)  # unknown (NaN) passes
+        # position: the paper's candidates (universal, kurtosis < 2), scored by the MI
+        if "position_mi" in vr.columns:
+            mi = np.nan_to_num(vr["position_mi"].to_numpy(np.float64))
+            ok = mi > thresholds.position_min_mi
+            if thresholds.position_information > 0 and "fire_rate" in vr.columns:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    u = mi / _binary_entropy(vr["fire_rate"].to_numpy(np.float64))
+                ok &= np.nan_to_num(u) >= thresholds.position_information
+            cols = [c for c in ("kurt", "is_universal")
+                    if neurons is not None and c in neurons.columns]
+            if cols:
+                assert neurons is not None
+                known = vr[["layer", "neuron"]].merge(neurons[["layer", "neuron", *cols]],
+                                                      on=["layer", "neuron"], how="left")
+                if "kurt" in cols:
+                    kurt = known["kurt"].to_numpy(np.float64)
+                    ok &= ~(kurt >= thresholds.position_max_kurt)  # unknown (NaN) passes
+                if "is_universal" in cols and thresholds.position_universal_only:
+                    ok &= known["is_universal"].fillna(False).astype(bool).to_numpy()
             add("position", ok, mi, np.full(len(vr), "position", dtype=object))
     if neurons is not None and {"vocab_var", "vocab_skew", "vocab_kurt", "vocab_mean"} <= set(
             neurons.columns):

@@ -3,7 +3,9 @@
 Three kinds of features, one boolean column each, rows = token ids:
 
 * **token properties** (paper names): type (``all_white_space``, ``all_caps``, ``all_lower``,
-  ``all_alpha``, ``all_numeric``, ``all_symbolic``), symbols and punctuation
+  ``all_alpha``, ``all_numeric``, ``all_symbolic``; our ``all_symbolic`` means every
+  character is non-alphanumeric, the paper's means *any* is, which is our
+  ``any_symbolic``), symbols and punctuation
   (``contains_period``, ...), numbers (``contains_digit``, ``is_year``, ...), pronoun
   classes, starts-with (space, capital, vowel, ...), common suffixes (``end_w_ing``) and
   prefixes (``start_w_un``), word groups (``is_month``, ``is_day_of_week``, ``is_state``, ...);
@@ -13,8 +15,13 @@ Three kinds of features, one boolean column each, rows = token ids:
   vocabulary (``the``, `` the``, `` The``, ...). Defaults: ``min_count`` = 3 per 10,000
   tokens (the paper's 3,000 in 10M), at least 10; ``min_forms`` = 2 (the paper used 4 on
   GPT-2's 50k vocabulary; smaller vocabularies have fewer variants per word);
-* **alphabet** features ``alpha:<c>``: the stripped token starts with letter ``c``
-  (either case), one per letter a-z.
+* **alphabet** features ``alpha:<c>``: the token *is* the single letter ``c`` once stripped
+  and lower-cased (``c``, `` C``, ``C``, ...), one per letter a-z. This is the paper's
+  ``{c}_unigram`` feature (``paper_notebooks/alphabet_neurons.ipynb`` reads the
+  ``a_unigram`` ... ``z_unigram`` columns of its unigram frame). Unlike the paper, the 26
+  letters are always built, not only those that pass the unigram count cut. (An earlier
+  version used "the stripped token starts with ``c``", true for ``apple``: that is the
+  paper's ``start_w_{c}``, which it only uses to colour its histograms.)
 
 Features are computed on *surface strings* (:func:`surface_strings`): each token decoded
 on its own, with the leading space restored for SentencePiece-style ``▁`` tokens.
@@ -94,6 +101,9 @@ TYPE_FEATURES: dict[str, Callable[[Str], pd.Series]] = {
     "all_numeric": lambda s: s.str.strip().str.isdecimal(),
     "all_symbolic": lambda s: s.map(lambda x: bool(x.strip()) and
                                     not any(c.isalnum() for c in x)),
+    # the paper's "all_symbolic" (analysis/vocab_df.py): ANY non-alphanumeric character
+    # once stripped, e.g. " don't" or "e.g"; ours above is what the name says
+    "any_symbolic": lambda s: s.map(lambda x: any(not c.isalnum() for c in x.strip())),
 }
 
 _SYMBOLS = {
@@ -238,9 +248,10 @@ def token_property_features(strings: Sequence[str]) -> pd.DataFrame:
 
 
 def alphabet_features(strings: Sequence[str]) -> pd.DataFrame:
-    """``[vocab, 26]``: ``alpha:c`` = the stripped token starts with letter ``c`` (any case)."""
-    first = pd.Series(list(strings), dtype=object).astype(str).str.strip().str[:1].str.lower()
-    return pd.DataFrame({f"{ALPHABET_PREFIX}{c}": (first == c).to_numpy()
+    """``[vocab, 26]``: ``alpha:c`` = the stripped, lower-cased token is ``c`` (the paper's
+    ``{c}_unigram``)."""
+    norm = pd.Series(list(strings), dtype=object).astype(str).str.strip().str.lower()
+    return pd.DataFrame({f"{ALPHABET_PREFIX}{c}": (norm == c).to_numpy()
                          for c in "abcdefghijklmnopqrstuvwxyz"})
 
 

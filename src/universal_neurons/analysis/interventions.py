@@ -190,11 +190,15 @@ class _Sums:
     sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("loss", "entropy", "ln_scale", "reciprocal_rank"), 0.0))
 
-    def add(self, m: dict[str, torch.Tensor]) -> None:
-        self.n += int(m["loss"].numel())
+    def add(self, m: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> None:
+        """``rows``: Bool mask of the rows counted (None = all)."""
+        def sel(t: torch.Tensor) -> torch.Tensor:
+            return t if rows is None else t[rows]
+
+        self.n += int(sel(m["loss"]).numel())
         for k in ("loss", "entropy", "ln_scale"):
-            self.sums[k] += float(m[k].double().sum())
-        self.sums["reciprocal_rank"] += float((1.0 / m["rank"].double()).sum())
+            self.sums[k] += float(sel(m[k]).double().sum())
+        self.sums["reciprocal_rank"] += float((1.0 / sel(m["rank"]).double()).sum())
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.n, 1) for k, v in self.sums.items()}
@@ -235,13 +239,17 @@ def forward_metrics(model: Any, input_ids: torch.Tensor) -> dict[str, torch.Tens
 def run_interventions(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.ndarray | torch.Tensor],
                       interventions: Sequence[Intervention | None],
                       keep_tokens: bool | Container[str] = False,
-                      progress: Callable[[int], None] | None = None) -> InterventionResults:
+                      progress: Callable[[int], None] | None = None,
+                      skip_ids: Sequence[int] = ()) -> InterventionResults:
     """Run every intervention on every batch; ``batches`` yields ``Int[b, n_ctx]`` (or the
     ``(start_seq, tokens)`` pairs of ``TokenDataset.iter_batches``).
 
     Each batch runs ``len(interventions)`` forward passes; ``progress(batch tokens)`` is
     called after each batch. Metrics cover positions ``0 .. n_ctx - 2`` (those with a next token).
-    ``keep_tokens``: keep per-token rows of every intervention (True) or of those labels.
+    ``skip_ids``: rows whose input token is one of these ids (e.g. BOS/EOS/pad) are left out
+    of the means and of ``n_tokens`` (the paper: ``token != 50256``, ``position != 511``);
+    per-token rows keep them. ``keep_tokens``: keep per-token rows of every intervention
+    (True) or of those labels.
     """
     import pandas as pd
 
@@ -251,6 +259,7 @@ def run_interventions(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.
     kept = [keep_tokens is True or (keep_tokens is not False and lab in keep_tokens)
             for lab in labels]
     device = next(model.hf_model.parameters()).device
+    skip = torch.as_tensor(np.asarray(list(skip_ids), dtype=np.int64), device=device)
     sums = [_Sums() for _ in interventions]
     token_rows: list[dict[str, np.ndarray]] = []
     seq0 = 0
@@ -259,10 +268,11 @@ def run_interventions(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.
             start, toks = batch if isinstance(batch, tuple) else (seq0, batch)
             ids = torch.as_tensor(np.asarray(toks, dtype=np.int64), device=device)
             seq0 = start + ids.shape[0]
+            counted = ~torch.isin(ids[:, :-1], skip) if skip.numel() else None  # [b, p-1]
             for i, iv in enumerate(interventions):
                 with intervene(model.adapter, [iv]):
                     m = forward_metrics(model, ids)
-                sums[i].add(m)
+                sums[i].add(m, counted)
                 if kept[i]:
                     token_rows.append(_token_rows(labels[i], start, ids, m))
             if progress is not None:

@@ -11,7 +11,10 @@ token-table accumulator groups activations by, in the same pass as the token tab
   label of the spaCy token covering its first non-space character (its first character if
   it is all whitespace); tokens that no spaCy token covers get ``NONE``. Every piece of a
   word split into several model tokens thus gets the word's label.
-* **position**: ``position`` bins of equal width over ``[0, n_ctx)``.
+* **position**: ``position`` bins of equal width over ``[0, n_ctx)`` (VR features), and
+  ``position_each``, one label per context position, which gives no VR feature: it is
+  kept for the per-position mutual information of the position family (the paper's
+  ``pos_mutual_info`` uses every position, not bins).
 * **context**: ``in_quotes`` (an odd number of ``"`` earlier in the sequence),
   ``in_parens`` / ``in_brackets`` (more openers than closers earlier in the sequence),
   ``after_newline`` (the previous token contains a newline). Computed within each
@@ -152,6 +155,21 @@ def position_codes(n_seq: int, n_ctx: int, n_bins: int = 16
     return np.broadcast_to(b.astype(np.uint8), (n_seq, n_ctx)).copy(), labels
 
 
+POSITION_EACH = "position_each"
+
+
+def position_each_codes(n_seq: int, n_ctx: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``(codes [n_seq, n_ctx], labels)``: one label per position (``"0"``, ``"1"``, ...).
+
+    uint8 up to 256 positions, uint16 above (at most 65,536).
+    """
+    if n_ctx > 65536:
+        raise UserError(f"position labels support at most 65,536 positions, got n_ctx={n_ctx}")
+    dtype = np.uint8 if n_ctx <= 256 else np.uint16
+    codes = np.broadcast_to(np.arange(n_ctx, dtype=dtype), (n_seq, n_ctx)).copy()
+    return codes, tuple(str(i) for i in range(n_ctx))
+
+
 def context_codes(windows: np.ndarray, strings: Sequence[str]) -> np.ndarray:
     """``Bool[n_seq, n_ctx, 4]`` of :data:`CONTEXT_FLAGS` (see module doc)."""
     def per_token(chars: str) -> np.ndarray:
@@ -196,6 +214,10 @@ def build_row_labels(windows: np.ndarray, strings: Sequence[str], nlp: Any | Non
     cols.append(pos)
     schemes.append("position")
     labels.append(pos_labels)
+    each, each_labels = position_each_codes(n_seq, n_ctx)
+    cols.append(each)
+    schemes.append(POSITION_EACH)
+    labels.append(each_labels)
     ctx = context_codes(windows, strings)
     for k, flag in enumerate(CONTEXT_FLAGS):
         cols.append(ctx[..., k].astype(np.uint8))
@@ -209,10 +231,12 @@ def scheme_features(schemes: dict[str, tuple[str, ...]]) -> list[tuple[str, str,
 
     Two-label ``False/True`` schemes give one feature for their True label
     (``ctx:in_quotes``, ``ent:in_entity``); other schemes give one feature per label except ``NONE``: ``pos:NOUN``,
-    ``dep:nsubj``, ``ent:PERSON``, ``position:0-31``.
+    ``dep:nsubj``, ``ent:PERSON``, ``position:0-31``. ``position_each`` gives none.
     """
     out = []
     for scheme, labs in schemes.items():
+        if scheme == POSITION_EACH:
+            continue
         if labs == ("False", "True"):
             out.append((f"{FLAG_GROUPS.get(scheme, 'ctx')}:{scheme}", scheme, 1))
             continue

@@ -14,7 +14,12 @@ Score every (neuron, later attention head) pair by h = w_out . W_Q^h . k_BOS / s
 the same norms; then, streaming the dataset once, path-ablate the top pairs -- remove the
 neuron's output from ONE head's query only (keys, values and other heads untouched) -- and
 correlate the change in the head's attention to BOS and in its output norm with the
-neuron's activation. Also compares |W_O v_BOS| with other tokens' value norms per head.
+neuron's activation. As in the paper, the output norm is the head's |z_h| (mixed values,
+head space, value bias folded out), its change in percent, at query positions 64-255
+(--norm-measure head_abs: the absolute change of |z_h|, which the paper's script
+correlates; model_abs: absolute change of |z_h W_O| in model space; --positions 1:
+every position after BOS). Also compares |W_O v_BOS| with other tokens' value norms per
+head.
 Writes to RUN/attention/:
   heuristic_top, heuristic_hist, heuristic_summary.json   scores vs baseline
   path_ablation (+ path_ablation_points)                  per pair: correlations, means
@@ -30,6 +35,18 @@ examples:
 """
 
 
+
+
+def _positions(text: str) -> tuple[int, int | None]:
+    start, sep, end = text.partition(":")
+    try:
+        lo, hi = int(start), (int(end) if end.strip() else None)
+    except ValueError:
+        lo, hi = -1, None
+    if not sep or lo < 1 or (hi is not None and hi <= lo):
+        raise argparse.ArgumentTypeError(f"bad --positions {text!r}: expected START:END with "
+                                         "1 <= START < END, e.g. 64:256, or START: for the end")
+    return lo, hi
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--max-points", type=int, default=2000,
                    help="per-token points kept per pair for plots (default 2000)")
+    p.add_argument("--norm-measure", choices=("head_pct", "head_abs", "model_abs"),
+                   default="head_pct",
+                   help="output-norm change: %% change of the head-space |z_h| (head_pct, the "
+                        "paper's figure, default), its absolute change (head_abs, the paper's "
+                        "script) or absolute change of |z_h W_O| (model_abs)")
+    p.add_argument("--positions", type=_positions, default=(64, 256), metavar="START:END",
+                   help="query positions measured, END excluded and optional (default 64:256, "
+                        "the paper's; 1: = every position after BOS)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
@@ -66,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         n_ctx=args.n_ctx, batch_size=args.batch_size, device=args.device,
         pairs=tuple(args.pairs), neurons=tuple(args.neurons), top_pairs=args.top_pairs,
         table_k=args.table_k, seed=args.seed, max_points=args.max_points,
+        norm_measure=args.norm_measure, positions=args.positions,
         plots=not args.no_plots, progress=not args.quiet)
     result = run_attention(config)
     s = result.heuristic_summary
@@ -75,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     for r in result.passed.path_ablation.itertuples():
         print(f"{r.pair}: corr(activation, delta BOS attention) = "
               f"{r.corr_act_delta_bos_attn:+.3f}, corr(activation, delta output norm) = "
-              f"{r.corr_act_delta_out_norm:+.3f}")
+              f"{r.corr_act_delta_out_norm:+.3f} ({r.norm_measure}, positions {r.positions})")
     print(f"wrote {result.rundir}")
     return 0

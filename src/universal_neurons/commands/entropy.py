@@ -11,7 +11,11 @@ HELP = "find entropy neurons and sweep fixed activations: final-norm scale, entr
 DESCRIPTION = """\
 Fix the activation of each given neuron (and of random baseline neurons from the last
 layers) to each of several values at every position, and measure the final norm's scale,
-next-token entropy, loss and reciprocal rank of the true token (paper Fig. 6). Without
+next-token entropy, loss and reciprocal rank of the true token (paper Fig. 6). As in the
+paper: values -0.17 0 1 ... 6; means over tokens that are neither BOS/EOS/pad
+(--count-special counts them) nor the last position; baseline neurons drawn from the
+last two layers among those with l2 penalty <= its 90th percentile and vocab_var >= its
+10th (--baseline-draw uniform: any neuron of those layers). Without
 --neurons (or with --find) neurons are first ranked from weights alone: the norm of
 w_out inside the effective null space of W_U (the smallest singular directions holding
 at most --null-energy of its spectrum), with w_out norm, vocab_var and the cosine
@@ -26,7 +30,7 @@ between candidates (entropy/anti-entropy pairs). Writes
 examples:
   universal-neurons entropy --model tiny-gpt2-a --out runs/tiny
   universal-neurons entropy --model stanford-gpt2-medium-a --neurons L23.945 L22.2882 \\
-      --values 0 1 2 3 4 5 6 --tokens 100k --device cuda --out runs/medium
+      --tokens 100k --device cuda --out runs/medium
 """
 
 
@@ -37,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
     p.add_argument("--neurons", nargs="+", default=[], metavar="L.N",
                    help="neurons to sweep, e.g. L23.945 (default: the best candidates)")
-    p.add_argument("--values", nargs="+", type=float, default=[0, 1, 2, 3, 4, 5, 6],
-                   metavar="V", help="activation values to fix (default 0 1 2 3 4 5 6)")
+    p.add_argument("--values", nargs="+", type=float,
+                   default=[-0.17, 0, 1, 2, 3, 4, 5, 6], metavar="V",
+                   help="activation values to fix (default -0.17 0 1 2 3 4 5 6, the paper's)")
     p.add_argument("--find", action="store_true",
                    help="rank candidates from weights even when --neurons are given")
     p.add_argument("--dataset", metavar="TOKENS", default=None,
@@ -51,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random baseline neurons (default 20)")
     p.add_argument("--baseline-layers", type=int, default=2,
                    help="baseline neurons come from the last this-many layers (default 2)")
+    p.add_argument("--baseline-draw", choices=("filtered", "uniform"), default="filtered",
+                   help="filtered (the paper's, default): l2 penalty <= 90th percentile and "
+                        "vocab_var >= 10th percentile; uniform: any neuron of those layers")
+    p.add_argument("--count-special", action="store_true",
+                   help="count rows whose token is BOS/EOS/pad in the means (the paper "
+                        "leaves them out)")
     p.add_argument("--seed", type=int, default=0, help="seed of the baseline neurons")
     p.add_argument("--find-layers", type=int, default=2, metavar="K",
                    help="rank candidates in the last K layers (default 2; 0 = all)")
@@ -76,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         find=args.find, dataset=args.dataset, tokens=args.tokens, n_ctx=args.n_ctx,
         batch_size=args.batch_size, device=args.device, n_baseline=args.baseline,
         baseline_layers=args.baseline_layers, seed=args.seed, null_energy=args.null_energy,
+        baseline_draw=args.baseline_draw, count_special=args.count_special,
         find_layers=args.find_layers or None, top_k=args.top_k, n_targets=args.n_targets,
         keep_tokens=args.per_token, plots=not args.no_plots, progress=not args.quiet)
     result = run_entropy(config)

@@ -11,14 +11,15 @@ HELP = "explain neurons by token, previous-token and sequence features (variance
 DESCRIPTION = """\
 Stream a token dataset once through a model and explain each selected neuron by binary
 features: properties of the current and of the previous token (type, punctuation,
-numbers, pronouns, affixes, word groups, unigrams, first letter), spaCy part of speech,
+numbers, pronouns, affixes, word groups, unigrams, single letters), spaCy part of speech,
 dependency and entity (optional extra: pip install 'universal-neurons[nlp]'), position
 bins and context (inside quotes/parentheses, after a newline). For every neuron and
 feature, VR = 1 - sum_g p_g Var_g / Var over the two groups the feature makes; the
 previous token never crosses a sequence boundary. Writes
   RUN/explanations/<model>.parquet     top-k explanations per neuron (feature, kind, VR)
-  RUN/explanations/<model>_vr.parquet  every VR, one row per neuron, plus position
-                                       information, firing rate and top tokens
+  RUN/explanations/<model>_vr.parquet  every VR, one row per neuron, plus position_mi
+                                       (I(position; fires) in nats over every context
+                                       position, the paper's), firing rate, top tokens
   RUN/features/<tokenizer>/vocab_features.parquet   the token features of the vocabulary
 The per-token table costs 2 x vocab x neurons x 20 bytes; above --max-memory the neurons
 are split over several passes.
@@ -57,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="activation explained (default post = mlp.hook_post)")
     p.add_argument("--keep-tokens", action="store_true",
                    help="keep BOS/pad and newline tokens (dropped by default)")
+    p.add_argument("--vr-ddof", type=int, choices=(0, 1), default=0,
+                   help="variances in VR: 0 = population, VR = eta squared (default); 1 = "
+                        "sample variances, as the paper's pandas code")
     p.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
                    help="per-batch group sums (tables are float64 either way)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, n_ctx=args.n_ctx, batch_size=args.batch_size,
         device=args.device, site=args.site, keep_tokens=args.keep_tokens, top_k=args.top_k,
         spacy=not args.no_spacy, spacy_model=args.spacy_model,
-        position_bins=args.position_bins, unigram_min_count=args.unigram_min_count,
+        position_bins=args.position_bins, vr_ddof=args.vr_ddof,
+        unigram_min_count=args.unigram_min_count,
         unigram_min_forms=args.unigram_min_forms, precision=args.precision,
         max_memory=args.max_memory, progress=not args.quiet)
     result = run_explain(config)

@@ -11,14 +11,17 @@ Label every neuron of a run with zero or more families and a score each, from th
 variance reductions written by `explain` and the vocabulary moments of cos(W_U, w_out)
 (from the neuron table, else computed from the model's weights):
   unigram         best current-token unigram VR > 0.5
-  alphabet        the best neuron of each first-letter feature, if VR > 0.37
+  alphabet        the best neuron of each single-letter token feature (" a", "A", ...),
+                  if VR > 0.37 (the paper's {c}_unigram)
   previous_token  best previous-token feature VR > 0.5
   token           best other current-token property VR > 0.5
   syntax          best spaCy POS / dependency VR > 0.3
   entity          best spaCy entity VR > 0.3
   context         best context (quotes, parentheses, after newline) VR > 0.3
-  position        I(position; fires) / H(fires) >= 0.25 and activation kurtosis < 3
-                  when known; scored by the mutual information
+  position        universal neurons with activation kurtosis < 2 (the paper's candidates),
+                  scored by I(position; pre > 0) in nats over every context position;
+                  optional cuts --position-min-mi (nats) and --position-information
+                  (I / H(fires)) are off (0); --position-any-neuron drops "universal"
   prediction      vocab kurtosis > 10, positive skew  (suppression: negative skew)
   partition       vocab variance >= 5 x the model's median
 Writes the columns families, family_scores, family_features into RUN/neurons/<model>.parquet,
@@ -33,7 +36,7 @@ examples:
 
 
 THRESHOLDS = ("unigram", "alphabet", "previous_token", "token", "syntax", "entity", "context",
-              "position_information", "position_max_kurt")
+              "position_min_mi", "position_information", "position_max_kurt")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in THRESHOLDS:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, metavar="X",
                        help="threshold of that family (defaults above)")
+    p.add_argument("--position-any-neuron", action="store_true",
+                   help="position family: do not require is_universal (the paper does)")
     p.add_argument("--vocab-kurtosis", type=float, default=None, metavar="X",
                    help="prediction/suppression cut on vocab kurtosis (default 10)")
     p.add_argument("--partition-var-ratio", type=float, default=None, metavar="X",
@@ -67,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     given = {n: getattr(args, n) for n in THRESHOLDS if getattr(args, n) is not None}
     pred = {k: v for k, v in (("kurtosis", args.vocab_kurtosis),
                               ("partition_var_ratio", args.partition_var_ratio)) if v is not None}
-    thresholds = FamilyThresholds(**given, prediction=PredictionThresholds(**pred))
+    thresholds = FamilyThresholds(**given, prediction=PredictionThresholds(**pred),
+                                  position_universal_only=not args.position_any_neuron)
     counts = run_families(FamiliesConfig(
         run=args.run, models=tuple(args.models), thresholds=thresholds,
         weights=not args.no_weights, top_tokens=args.top_tokens, plots=not args.no_plots,

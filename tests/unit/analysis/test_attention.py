@@ -170,7 +170,7 @@ def test_path_ablation_of_zero_w_out_changes_nothing(kind):
         _zero_w_out(m, kind, 0, 7)
     toks = random_tokens(3, 12).numpy()
     pairs = [HeadPair(0, 7, 2, 1), HeadPair(0, 8, 2, 1)]
-    r = attention_pass(m, [(0, toks[:2]), (2, toks[2:])], pairs)
+    r = attention_pass(m, [(0, toks[:2]), (2, toks[2:])], pairs, positions=(1, None))
     row = r.path_ablation.set_index("pair")
     zero = r.points[r.points["pair"] == "L0.7->L2.H1"]
     assert len(zero) == 33 and (zero["delta_bos_attn"] == 0).all() and (zero["delta_out_norm"] == 0).all()
@@ -184,7 +184,9 @@ def test_path_ablation_and_value_norms_match_transformer_lens(twins):
     m, tl = twins
     toks = random_tokens(3, 12, seed=5)
     pairs = [HeadPair(0, 3, 1, 2), HeadPair(1, 20, 2, 0)]
-    r = attention_pass(m, [(0, toks.numpy())], pairs)
+    r = attention_pass(m, [(0, toks.numpy())], pairs, measure="model_abs", positions=(1, None))
+    paper = attention_pass(m, [(0, toks.numpy())], pairs, positions=(4, 10))  # the default measure
+    script = attention_pass(m, [(0, toks.numpy())], pairs, measure="head_abs", positions=(4, 10))
     tl.set_use_split_qkv_input(True)
     try:
         _, clean = tl.run_with_cache(toks)
@@ -214,6 +216,20 @@ def test_path_ablation_and_value_norms_match_transformer_lens(twins):
             want = np.corrcoef(a[:, 1:].reshape(-1), d_attn.reshape(-1))[0, 1]
             row = r.path_ablation.set_index("pair").loc[p.name]
             assert row["corr_act_delta_bos_attn"] == pytest.approx(want, abs=1e-3)
+            # the paper's measure: % change of |hook_z| of the head, positions 4..9 here
+            z0 = clean[f"{name}.hook_z"][:, 4:10, p.head].norm(dim=-1)
+            z1 = abl[f"{name}.hook_z"][:, 4:10, p.head].norm(dim=-1)
+            pct = (100 * (z1 - z0) / z0).reshape(-1).numpy()
+            got = paper.points[paper.points["pair"] == p.name]
+            np.testing.assert_allclose(got["act"], a[:, 4:10].reshape(-1), atol=1e-5)
+            np.testing.assert_allclose(got["delta_out_norm"], pct, atol=1e-3)
+            sgot = script.points[script.points["pair"] == p.name]
+            np.testing.assert_allclose(sgot["delta_out_norm"], (z1 - z0).reshape(-1), atol=1e-5)
+            np.testing.assert_allclose(got["delta_bos_attn"], d_attn[:, 3:9].reshape(-1), atol=1e-5)
+            prow = paper.path_ablation.set_index("pair").loc[p.name]
+            assert prow["n_tokens"] == 3 * 6 and prow["norm_measure"] == "head_pct"
+            assert prow["corr_act_delta_out_norm"] == pytest.approx(
+                np.corrcoef(a[:, 4:10].reshape(-1), pct)[0, 1], abs=1e-3)
     finally:
         tl.set_use_split_qkv_input(False)
     vn = r.value_norms.set_index(["layer", "head"])
@@ -234,7 +250,7 @@ def test_attention_command_end_to_end(tmp_path, kind):
     folder, ds = saved_model(tmp_path, kind)
     run = tmp_path / "run"
     argv = ["attention", "--model", str(folder), "--dataset", str(ds), "--tokens", "32",
-            "--top-pairs", "1", "--out", str(run), "--quiet"]
+            "--top-pairs", "1", "--out", str(run), "--quiet", "--positions", "1:"]
     assert main(argv) == 0
     d = run / "attention"
     for f in ("heuristic_top.csv", "heuristic_hist.parquet", "heuristic_summary.json",

@@ -12,6 +12,7 @@ from test_interventions_models import random_tokens, saved_model, tiny_model
 from universal_neurons.analysis.entropy import (
     EntropyConfig,
     baseline_neurons,
+    baseline_pool,
     entropy_sweep,
     find_entropy_candidates,
     null_space_basis,
@@ -88,6 +89,66 @@ def test_baseline_neurons_are_seeded_distinct_and_from_last_layers():
         baseline_neurons(4, 10, 20, last_layers=1)
 
 
+def test_baseline_pool_is_the_papers_filter():
+    """The paper's sample_baseline_neurons (analysis/entropy_neurons.py): pandas quantiles
+    over every neuron, then ``layer > max_layer - 2 and l2_penalty <= q90 and vocab_var >=
+    q10``; recomputed here with pandas from the raw weights."""
+    import types
+
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(11)
+    L, d_mlp, d_model, d_vocab = 4, 30, 8, 40
+    W_in = torch.randn(L, d_model, d_mlp, generator=g) * torch.linspace(0.2, 2, d_mlp)
+    W_out = torch.randn(L, d_mlp, d_model, generator=g)
+    W_U = torch.randn(d_model, d_vocab, generator=g)
+    pw = types.SimpleNamespace(W_in=W_in, b_in=torch.zeros(L, d_mlp), W_out=W_out, W_U=W_U)
+    rows = []
+    Wu = W_U.double().numpy()
+    Wu = Wu / np.linalg.norm(Wu, axis=0)
+    for lay in range(L):
+        for n in range(d_mlp):
+            wi, wo = W_in[lay, :, n].double().numpy(), W_out[lay, n].double().numpy()
+            cos = (wo / np.linalg.norm(wo)) @ Wu
+            rows.append({"layer": lay, "neuron": n, "l2_penalty": wi @ wi + wo @ wo,
+                         "vocab_var": cos.var()})
+    df = pd.DataFrame(rows)
+    min_layer = df["layer"].max() - 2
+    max_norm, min_var = df["l2_penalty"].quantile(0.9), df["vocab_var"].quantile(0.1)
+    want = df[(df["layer"] > min_layer) & (df["l2_penalty"] <= max_norm)
+              & (df["vocab_var"] >= min_var)]
+    got = baseline_pool(pw, last_layers=2)
+    assert got == [tuple(x) for x in want[["layer", "neuron"]].to_numpy().tolist()]
+    assert 0 < len(got) < 2 * d_mlp  # the filter removes some neurons of the last layers
+    drawn = baseline_neurons(L, d_mlp, 10, 2, seed=3, pool=got)
+    assert len(set(drawn)) == 10 and set(drawn) <= set(got)
+
+
+def test_entropy_defaults_are_the_papers():
+    c = EntropyConfig(model="m", out="o")
+    assert c.values == (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    assert c.baseline_draw == "filtered" and not c.count_special and c.baseline_layers == 2
+
+
+def test_sweep_leaves_out_special_tokens_and_the_last_position():
+    m = tiny_model("gpt2")
+    toks = random_tokens(4, 12).numpy()
+    toks[:, 0] = 0  # "BOS" at position 0, and once in the middle
+    toks[1, 6] = 0
+    res = entropy_sweep(m, [(0, toks)], [(2, 5)], [-0.17, 3.0], skip_ids=[0])
+    direct = forward_metrics(m, torch.as_tensor(toks))  # rows: positions 0 .. n_ctx - 2
+    valid = toks[:, :-1] != 0  # the paper: token != BOS and position != last
+    clean = res.summary[res.summary["group"] == "clean"].iloc[0]
+    assert clean["n_tokens"] == valid.sum() == 4 * 11 - 5
+    for k in ("entropy", "loss", "ln_scale"):
+        want = direct[k].double().numpy()[valid].mean()
+        assert clean[k] == pytest.approx(want, rel=1e-6), k
+    rr = (1 / direct["rank"].double().numpy())[valid].mean()
+    assert clean["reciprocal_rank"] == pytest.approx(rr, rel=1e-6)
+    every = entropy_sweep(m, [(0, toks)], [(2, 5)], [3.0]).summary
+    assert (every["n_tokens"] == 4 * 11).all()
+
+
 def _plant_entropy_neuron(m, layer: int, neuron: int, scale: float = 3.0) -> None:
     """GPT-2: remove a centred direction u from the (tied) unembedding, make the final LN
     plain, and write the neuron's output along u."""
@@ -147,7 +208,13 @@ def test_entropy_command_end_to_end(tmp_path):
     sweep = pd.read_parquet(run / "entropy" / "sweep.parquet")
     target = sweep.loc[sweep["group"] == "target", "neuron"].iloc[0]
     assert (run / "plots" / f"entropy_{target}.png").stat().st_size > 0
-    assert len(sweep) == 1 + 3 * 2 and (sweep["n_tokens"] == 2 * 15).all()
+    from universal_neurons.data.dataset import open_token_dataset
+
+    toks = np.asarray(open_token_dataset(ds).tokens[:2])  # the 32 tokens run: 2 x 16
+    bos = 0  # <|endoftext|>, BOS/EOS/pad of the saved tokenizer
+    counted = int((toks[:, :-1] != bos).sum())  # the paper's rows; BOS is in column 0
+    assert counted <= 2 * 14
+    assert len(sweep) == 1 + 3 * 2 and (sweep["n_tokens"] == counted).all()
     stage = json.loads((run / "manifest.json").read_text())["stages"]["entropy"]
     assert stage["targets"] == [target] and len(stage["baseline"]) == 2
     assert main([*argv[:-3], "--neurons", "L9.0", "--out", str(run), "--quiet"]) == 2

@@ -66,7 +66,7 @@ def test_vr_matches_pandas_groupby():
     pos = np.broadcast_to(np.arange(n_ctx), tokens.shape)
     a = acts[keep].astype(np.float64)
     checked = 0
-    for name in ["starts_w_space", "unigram:the", "all_alpha", "contains_period", "alpha:d"]:
+    for name in ["starts_w_space", "unigram:the", "all_alpha", "contains_period", "is_year"]:
         member = feats[name].to_numpy()
         for j in range(acts.shape[-1]):
             want = _pandas_vr(a[:, j], member[tokens[keep]])
@@ -147,21 +147,89 @@ def test_no_leakage_across_sequence_boundaries():
     assert leaky > 0.9
 
 
+def _paper_binary_vr(values: np.ndarray, feature: np.ndarray) -> float:
+    """The paper's compute_binary_variance_reduction (heuristic_explanation.py), from its
+    description: pandas sample variances (ddof=1), groups weighted by their share."""
+    df = pd.DataFrame({"a": values, "feature": feature})
+    var = df["a"].var()
+    fv = df.groupby("feature")["a"].var()
+    cnt = df.groupby("feature").size()
+    false_ratio = cnt[False] / (cnt[True] + cnt[False])
+    split = false_ratio * fv[False] + (1 - false_ratio) * fv[True]
+    return float((var - split) / var)
+
+
+def test_vr_ddof1_is_the_papers():
+    tokens, rng = _random_tokens(7, n_seq=6, n_ctx=10)
+    n_seq, n_ctx = tokens.shape
+    acts = rng.normal(size=(n_seq, n_ctx, D_MLP)).astype(np.float32)
+    acts[..., 1] += 0.8 * np.isin(tokens, [TOK[" the"], TOK["the"]])
+    labels = build_row_labels(tokens, VOCAB, None, position_bins=2)
+    acc = TokenTableAccumulator("m", len(VOCAB), D_MLP, None, labels, compute_dtype=torch.float64)
+    for b in iter_array_batches("m", tokens, acts, None, batch_seqs=3):
+        acc.update(b)
+    table = acc.finalize()
+    feats = build_vocab_features(VOCAB, table.current.count.numpy(), unigram_min_count=1,
+                                 special_ids=[0])
+    ex = explain_table(table, feats, D_MLP, VOCAB, ddof=1)
+    ex0 = explain_table(table, feats, D_MLP, VOCAB)
+    a = acts.reshape(-1, D_MLP).astype(np.float64)
+    prev = np.full_like(tokens, -1)
+    prev[:, 1:] = tokens[:, :-1]
+    has_prev = (np.arange(n_ctx) > 0)[None].repeat(n_seq, 0).reshape(-1)
+    pos = np.broadcast_to(np.arange(n_ctx), tokens.shape).reshape(-1)
+    checked = 0
+    for name in ["unigram:the", "starts_w_space", "all_alpha"]:
+        member = feats[name].to_numpy()
+        for j in range(D_MLP):
+            want = _paper_binary_vr(a[:, j], member[tokens.reshape(-1)])
+            assert _col(ex, f"current/{name}")[j] == pytest.approx(want, abs=1e-10)
+            want = _paper_binary_vr(a[has_prev, j], member[prev.reshape(-1)[has_prev]])
+            assert _col(ex, f"prev/{name}")[j] == pytest.approx(want, abs=1e-10)
+            checked += 2
+    for j in range(D_MLP):
+        want = _paper_binary_vr(a[:, j], pos < 5)
+        assert _col(ex, "sequence/position:0-4")[j] == pytest.approx(want, abs=1e-10)
+    assert checked == 24
+    assert not np.allclose(ex.vr, ex0.vr)  # ddof matters at this size
+
+
+def _paper_pos_mutual_info(pre: np.ndarray) -> float:
+    """The paper's ``pos_mutual_info`` (position_neurons.ipynb), from its description:
+    ``pre [n_seq, n_ctx]``; mean over positions of the KL divergence, in nats, of the
+    firing rate at that position from the overall firing rate (``pre > 0``)."""
+    fire = (pre > 0).astype(np.float64)
+    q, q_t = fire.mean(), fire.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = (np.where(q_t > 0, q_t * np.log(q_t / q), 0.0)
+              + np.where(q_t < 1, (1 - q_t) * np.log((1 - q_t) / (1 - q)), 0.0))
+    return float(kl.mean())
+
+
 def test_position_mutual_information():
     tokens, rng = _random_tokens(5, n_seq=20, n_ctx=32)
     acts = (rng.normal(size=tokens.shape + (D_MLP,)) * 0.1 - 1.0).astype(np.float32)
-    acts[:, :8, 1] = 1.0  # fires exactly in the first bin of positions
+    acts[:, :8, 1] = 1.0  # fires exactly in the first 8 positions
+    # fires more often late in the context, at random: a non-trivial rate per position
+    acts[..., 2] = rng.normal(size=tokens.shape) + np.linspace(-2, 1, 32)
     labels = build_row_labels(tokens, VOCAB, None, position_bins=4)
     ex, _ = _explain(tokens, acts, labels=labels)
     n = ex.neurons.set_index("neuron")
-    # I(bin; fire) = H(fire) = H(1/4) bits when firing is determined by the bin
-    h = -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))
+    # I(position; fire) = H(fire) = H(1/4) nats when firing is determined by the position
+    h = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
     assert n.loc[1, "position_mi"] == pytest.approx(h, abs=1e-9)
+    for j in range(D_MLP):  # the paper's formula, every neuron
+        assert n.loc[j, "position_mi"] == pytest.approx(_paper_pos_mutual_info(acts[..., j]),
+                                                        rel=1e-6, abs=1e-6)
+    assert n.loc[2, "position_mi"] > 0.05
     assert n.loc[1, "position_eta2"] > 0.99 and n.loc[1, "fire_rate"] == pytest.approx(0.25)
     assert n.loc[0, "position_mi"] < 0.01
+    # position_each labels every position and gives no VR feature
+    assert not any(c.startswith("sequence/position_each") for c in ex.columns)
     g = type("G", (), {})()
     g.count, g.fire = torch.tensor([5, 5]), torch.tensor([[5.0], [0.0]])
-    assert float(fire_mutual_information(g)[0]) == pytest.approx(1.0)
+    assert float(fire_mutual_information(g)[0]) == pytest.approx(np.log(2))
+    assert float(fire_mutual_information(g, base=2)[0]) == pytest.approx(1.0)
 
 
 def test_select_neurons(tmp_path):

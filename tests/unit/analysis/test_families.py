@@ -44,7 +44,7 @@ def _vr_frame() -> pd.DataFrame:
     df.loc[4, "sequence/pos:NOUN"] = 0.4  # syntax
     df.loc[4, "sequence/ent:PERSON"] = 0.35  # entity
     df.loc[5, "current/is_year"] = 0.6  # token property
-    df.loc[6, "position_mi"] = 1.0  # position: I = H(fire) = 1 bit
+    df.loc[6, "position_mi"] = 0.5  # position: universal, kurtosis < 2
     df.loc[7, "position_mi"] = 1.0  # position, but kurtosis too high (see neuron table)
     df.loc[7, "sequence/ctx:in_quotes"] = 0.31  # context
     return df
@@ -52,7 +52,7 @@ def _vr_frame() -> pd.DataFrame:
 
 def _table() -> pd.DataFrame:
     return pd.DataFrame({"layer": [0] * 6 + [1] * 2, "neuron": [0, 1, 2, 3, 4, 5, 0, 1],
-                         "kurt": [3.5, 3, 3, 3, 3, 3, 2.0, 8.0],
+                         "kurt": [3.5, 3, 3, 3, 3, 3, 1.8, 8.0],
                          "is_universal": [True, True, False, False, True, False, True, False]})
 
 
@@ -72,6 +72,35 @@ def test_rules():
     # without kurtosis the second position neuron passes too
     nokurt = assign_families(_vr_frame(), None).set_index(["layer", "neuron"])["families"]
     assert parse_families(nokurt[(1, 1)]) == ["position", "context"]
+
+
+def test_position_family_is_the_papers_selection():
+    """The paper (position_neurons.ipynb): ``neuron_df.query('kurt < 2 and
+    excess_correlation > 0.5')``, ranked by the positional mutual information."""
+    rng = np.random.default_rng(3)
+    n = 200
+    table = pd.DataFrame({"layer": np.repeat([0, 1], n // 2), "neuron": np.tile(np.arange(n // 2), 2),
+                          "kurt": rng.uniform(1.2, 6.0, n),
+                          "excess_corr": rng.uniform(0, 1, n)})
+    table["is_universal"] = table["excess_corr"] > 0.5
+    vr = table[["layer", "neuron"]].assign(position_mi=rng.uniform(1e-4, 0.3, n),
+                                           fire_rate=rng.uniform(0.05, 0.95, n))
+    fam = assign_families(vr, table)
+    got = fam[fam["families"].str.contains("position")]
+    want = table.query("kurt < 2 and excess_corr > 0.5").merge(vr)
+    assert set(zip(got["layer"], got["neuron"])) == set(zip(want["layer"], want["neuron"]))
+    assert len(want) > 5
+    scores = got["family_scores"].map(lambda j: json.loads(j)["position"]).to_numpy()
+    np.testing.assert_allclose(np.sort(scores), np.sort(want["position_mi"].to_numpy()), atol=1e-6)
+    # the optional cuts: in nats, and the information ratio with H in nats
+    cut = assign_families(vr, table, FamilyThresholds(position_min_mi=0.1))
+    assert cut["families"].str.contains("position").sum() == (want["position_mi"] > 0.1).sum()
+    h = -(want["fire_rate"] * np.log(want["fire_rate"])
+          + (1 - want["fire_rate"]) * np.log(1 - want["fire_rate"]))
+    ratio = assign_families(vr, table, FamilyThresholds(position_information=0.1))
+    assert ratio["families"].str.contains("position").sum() == (want["position_mi"] / h >= 0.1).sum()
+    anyone = assign_families(vr, table, FamilyThresholds(position_universal_only=False))
+    assert anyone["families"].str.contains("position").sum() == (table["kurt"] < 2).sum()
 
 
 def test_unigram_neuron_end_to_end():

@@ -19,7 +19,7 @@ from universal_neurons.analysis.features import (
 
 VOCAB = ["<|endoftext|>", " the", "The", " THE", " 1999", "1999", "42", " May", " she", " They",
          ".", " (", ")", '"', "\n", "  ", " walking", "ness", " Texas", " Monday", "$", " cat",
-         "cat", " Cat", "�", " �"]
+         "cat", " Cat", "�", " �", " c", "C", " a", "a."]
 
 
 def test_token_properties():
@@ -42,14 +42,22 @@ def test_token_properties():
     assert {" walking"} <= on("end_w_ing") and "ness" in on("end_w_ness")
     assert {" Texas"} == on("is_state") and {" Monday"} == on("is_day_of_week")
     assert {".", " (", ")", '"', "$"} <= on("all_symbolic") and " cat" not in on("all_symbolic")
+    # the paper's all_symbolic (vocab_df.py): any non-alphanumeric character once stripped
+    assert on("any_symbolic") == {t for t in VOCAB if any(not c.isalnum() for c in t.strip())}
+    assert "a." in on("any_symbolic") and "a." not in on("all_symbolic")
     assert {"The", " Cat"} <= on("starts_w_cap")
 
 
 def test_alphabet():
     a = alphabet_features(VOCAB)
     assert a.shape[1] == 26
-    assert {VOCAB[i] for i in np.flatnonzero(a["alpha:c"])} == {" cat", "cat", " Cat"}
-    assert not a.loc[VOCAB.index(" 1999")].any()
+    # the paper's {c}_unigram: the normalised (stripped, lower-cased) token is the letter;
+    # oracle written from its create_normalized_vocab: decoded.lower().strip() == c
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        want = {t for t in VOCAB if t.lower().strip() == c}
+        assert {VOCAB[i] for i in np.flatnonzero(a[f"alpha:{c}"])} == want
+    assert {VOCAB[i] for i in np.flatnonzero(a["alpha:c"])} == {" c", "C"}  # not " cat"
+    assert not a.loc[VOCAB.index(" 1999")].any() and not a.loc[VOCAB.index("a.")].any()
 
 
 def test_unigram_rule():

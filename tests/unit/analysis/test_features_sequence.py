@@ -94,7 +94,7 @@ def test_position_and_context():
 
 def test_scheme_feature_names():
     labels = build_row_labels(WINDOW, PIECES, None, position_bins=2)
-    assert labels.schemes == ("position", "in_quotes", "in_parens", "in_brackets",
+    assert labels.schemes == ("position", "position_each", "in_quotes", "in_parens", "in_brackets",
                               "after_newline")
     feats = scheme_features(dict(zip(labels.schemes, labels.labels)))
     names = [n for n, _, _ in feats]

@@ -46,6 +46,29 @@ def test_keep_mask_drops_bos_and_newlines_only(tokenizer, raw_tokenizer):
     assert keep_mask(tokens, tokenizer, keep_all=True).all()
 
 
+def test_keep_mask_paper_rule_drops_pad_and_single_newline_only(tokenizer, raw_tokenizer):
+    """The paper (correlations_fast.py): ``isin(inputs, [pad_token_id,
+    to_single_token('\\n')], invert=True)``."""
+    text = "The cat sat.\nA dog ran\n\non the mat. \n Red fox"
+    ids = [0] + raw_tokenizer.encode(text).ids + [0]
+    tokens = np.array([ids, ids[::-1]], dtype=np.uint16)
+    single_nl = raw_tokenizer.encode("\n").ids
+    assert len(single_nl) == 1
+    forbidden = [tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                 else tokenizer.eos_token_id, single_nl[0]]
+    expected = ~np.isin(tokens, forbidden)
+    mask = keep_mask(tokens, tokenizer, rule="paper")
+    np.testing.assert_array_equal(mask, expected)
+    ours = keep_mask(tokens, tokenizer)
+    assert (mask >= ours).all()  # the paper drops a subset of what we drop
+    multi = [t for t in ids if raw_tokenizer.decode([t]).isspace() and raw_tokenizer.decode([t]) != "\n"
+             and "\n" in raw_tokenizer.decode([t])]
+    if multi:  # e.g. "\n\n": kept by the paper, dropped by ours
+        assert mask[0, ids.index(multi[0])] and not ours[0, ids.index(multi[0])]
+    with pytest.raises(ValueError, match="rule"):
+        keep_mask(tokens, tokenizer, rule="other")  # type: ignore[arg-type]
+
+
 def test_keep_mask_rejects_foreign_ids(tokenizer):
     with pytest.raises(UserError, match="300"):
         keep_mask(np.array([[0, 5, 300]]), tokenizer)
