@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
     config = CorrelateConfig(
         models=tuple(args.models), out=args.out, dataset=args.dataset,
@@ -107,10 +107,10 @@ def _run_with_stats(config, args: argparse.Namespace) -> int:
     """Correlations and activation statistics from the same forward passes."""
     from universal_neurons.analysis.neuron_table import write_activation_stats
     from universal_neurons.engine.activation_stats import activation_stats_for
-    from universal_neurons.engine.correlate import _load_models, _open_dataset, run_correlate
+    from universal_neurons.stages.correlate import load_models, open_dataset, run_correlate
 
-    models = _load_models(config, config.device)
-    dataset, n_seq = _open_dataset(config, models)
+    models = load_models(config, config.device)
+    dataset, n_seq = open_dataset(config, models)
     accs = activation_stats_for(models, dataset, n_seq, keep_all=config.keep_tokens,
                                 device=config.device)
     result = run_correlate(config, extra_accumulators=accs, models=models)

@@ -88,8 +88,8 @@ def test_one_pass_shared_with_correlate(run_dir, tiny_suite, tmp_path):
         ActivationStatsConfig,
         activation_stats_for,
     )
-    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
     from universal_neurons.models.loading import load_model
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
     models = [load_model(p) for p in tiny_suite["models"][:2]]
     ds = open_token_dataset(tiny_suite["dataset"])
