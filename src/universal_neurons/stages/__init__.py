@@ -3,6 +3,7 @@
 A stage is the one place that loads models, opens datasets, checks and writes the run
 directory and records itself in the manifest; the work in between is ``engine`` (streaming
 passes) and ``analysis`` (pure computations). ``correlate`` (cross-model correlations and
-universality) and ``stats`` (activation statistics). Nothing is imported here; import
+universality), ``stats`` (activation statistics), ``entropy`` (entropy neurons) and
+``attention`` (attention-deactivation neurons). Nothing is imported here; import
 submodules.
 """
