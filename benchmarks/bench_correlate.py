@@ -193,10 +193,10 @@ class PaperPearson:
                 self.m1_m2_sum[i, :, j, :] += torch.einsum("at,bt->ab", x,
                                                            a2[j].to(torch.float32)).cpu()
         # (float32 here: float16 squares overflow on CPU sums)
-        self.m1_sum += a1.float().sum(-1)
-        self.m1_sum_sq += (a1.float() ** 2).sum(-1)
-        self.m2_sum += a2.float().sum(-1)
-        self.m2_sum_sq += (a2.float() ** 2).sum(-1)
+        self.m1_sum += a1.float().sum(-1).cpu()
+        self.m1_sum_sq += (a1.float() ** 2).sum(-1).cpu()
+        self.m2_sum += a2.float().sum(-1).cpu()
+        self.m2_sum_sq += (a2.float() ** 2).sum(-1).cpu()
         self.n += a1.shape[-1]
 
     def correlation(self) -> torch.Tensor:
@@ -224,14 +224,16 @@ def paper_summary(c: torch.Tensor) -> dict:
 
 
 def paper_way(specs: list[str], dataset, n_seq: int, batch_size: int = 32,
-              forward: str = "tl") -> float:
+              forward: str = "tl", device: str = "cpu") -> float:
     """Seconds for the 8 jobs (reference x 4 partners x {none, rotation}); ``forward`` "tl"
-    runs TransformerLens's HookedTransformer as the paper code does, "hf" our HF hooks."""
+    runs TransformerLens's HookedTransformer as the paper code does, "hf" our HF hooks.
+    On ``device`` run the models and the per-layer einsums; the sums stay float64 on the
+    CPU, as in that code."""
     from universal_neurons.data.tokens import keep_mask
     from universal_neurons.models.loading import load_model
     from universal_neurons.models.transformer_lens import hooked_transformer
 
-    models = [load_model(s) for s in specs]
+    models = [load_model(s, device=device) for s in specs]
     tokens = np.asarray(dataset.tokens[:n_seq], dtype=np.int64)
     keep = torch.from_numpy(keep_mask(tokens, models[0].tokenizer))
     if forward == "tl":  # built outside the timing, like the engine's model loads
@@ -245,11 +247,11 @@ def paper_way(specs: list[str], dataset, n_seq: int, batch_size: int = 32,
             m1, m2 = models[0].adapter, partner.adapter
             comp = PaperPearson(m1.n_layers, m1.d_mlp, m2.n_layers, m2.d_mlp)
             if baseline == "rotation":
-                rot = torch.randn(m2.n_layers, m2.d_mlp, m2.d_mlp)
+                rot = torch.randn(m2.n_layers, m2.d_mlp, m2.d_mlp, device=device)
                 rot = (rot / rot.norm(dim=-1, keepdim=True)).half()
             for s in range(0, n_seq, batch_size):
-                batch = torch.from_numpy(tokens[s:s + batch_size])
-                k = keep[s:s + batch_size]
+                batch = torch.from_numpy(tokens[s:s + batch_size]).to(device)
+                k = keep[s:s + batch_size].to(device)
                 a1 = acts_of(runners[0], batch, k)
                 a2 = acts_of(runner, batch, k)
                 if baseline == "rotation":

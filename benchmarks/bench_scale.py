@@ -51,6 +51,24 @@ def build_suite(work: Path, shape: str, seeds: range = range(5)) -> list[str]:
     return paths
 
 
+def gpu_matmul_peak(device: str, precision: str, n: int = 8192) -> tuple[float, str]:
+    """Best ``torch.mm`` rate of an ``n x n`` product on the GPU in ``precision``."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best, f"{precision}, {n}^3 on {torch.cuda.get_device_name(device)}"
+
+
 def run_stage(argv: list[str], log: Path) -> dict:
     """One stage in a fresh process: wall seconds, peak RSS (ru_maxrss), exit code."""
     cmd = [sys.executable, "-m", "universal_neurons", *argv]
@@ -113,6 +131,8 @@ def main() -> None:
     p.add_argument("--max-memory", default=None,
                    help="budget handed to the stages, as `run --max-memory` (default: theirs)")
     p.add_argument("--skip", nargs="*", default=[], help="stages not to run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, handed to the stages")
+    p.add_argument("--precision", default=None, help="correlate GEMM inputs (as `run`)")
     p.add_argument("--plan-only", action="store_true", help="print the plans and stop")
     p.add_argument("--gpu-memory", default="80GB", help="GPU for the projection (80GB)")
     p.add_argument("--gpu-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
@@ -130,8 +150,11 @@ def main() -> None:
     t0 = time.perf_counter()
     specs = build_suite(work, args.shape)
     print(f"models: {', '.join(specs)} (built in {time.perf_counter() - t0:.0f} s)")
-    peak = max(cpu_matmul_peak(2048) for _ in range(2))
-    print(f"float32 matmul peak here: {peak / 1e9:.0f} GFLOP/s (2048^3, best of 2), "
+    if args.device.startswith("cuda"):
+        peak, what = gpu_matmul_peak(args.device, args.precision or "fp32")
+    else:
+        peak, what = max(cpu_matmul_peak(2048) for _ in range(2)), "float32, 2048^3, best of 2"
+    print(f"matmul peak here: {peak / 1e9:.0f} GFLOP/s ({what}), "
           f"load avg {os.getloadavg()[0]:.1f}")
     gpu_proj = _gpu_projection(specs, args)
     if args.plan_only:
@@ -141,7 +164,8 @@ def main() -> None:
     cfg = RunConfig(models=tuple(specs), out=str(run), tokens=parse_count(args.tokens),
                     explain_tokens=parse_count(args.explain_tokens),
                     intervention_tokens=parse_count(args.intervention_tokens),
-                    max_memory=args.max_memory, skip=tuple(args.skip))
+                    max_memory=args.max_memory, skip=tuple(args.skip), device=args.device,
+                    precision=args.precision)
     rows = []
     for name, argv in stage_commands(cfg, specs[0]):
         if name == "correlate":
@@ -204,7 +228,7 @@ def _report_correlate(run: Path, peak: float, r: dict, gpu_s: float, gpu_tf: flo
     if f["accumulate_flops_s"]:
         print(f"  accumulate step (passes after the first): "
               f"{f['accumulate_flops_s'] / 1e9:.0f} GFLOP/s = "
-              f"{f['accumulate_flops_s'] / peak:.0%} of the fp32 matmul peak")
+              f"{f['accumulate_flops_s'] / peak:.0%} of the matmul peak above")
     stream = sum(v for k, v in t.items() if k.endswith("_stream_s"))
     summ = sum(v for k, v in t.items() if k.endswith("_summarize_s"))
     fixed = t.get("total_s", r["wall_s"]) - stream

@@ -30,6 +30,13 @@ the sites ``("pre", "post")``. Per neuron it keeps, exactly and mergeably:
   TokenTableAccumulator` on ids remapped to ``0..T-1`` (every other id -> group ``T``), so
   its memory is ``token_table_bytes(T + 1, N)``; :func:`plan_token_table` picks ``T`` for a
   budget.
+- **whole-vocabulary token means** (with ``vocab_size``): count and mean post-activation of
+  every token id, per neuron, in bounded memory (:class:`~universal_neurons.engine.
+  token_table.VocabMeans`: float64 staging, float32 ``[V, N]`` store in RAM or spilled to a
+  memory-mapped file). Written as ``vocab_token_count [V]`` and, per neuron, the
+  ``vocab_top_k`` ids of highest mean among ids seen ``>= vocab_min_count`` times
+  (``token_top_ids``/``token_top_mean [L, d_mlp, k]``); the frequent tokens' exact float64
+  means are used for their ids.
 
 Shapes: activations arrive as ``Float[n_kept, layers * d_mlp]`` (neuron ``l * d_mlp + i``).
 """
@@ -41,7 +48,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +56,11 @@ import numpy as np
 import torch
 
 from universal_neurons.engine.batch import ActivationBatch
-from universal_neurons.engine.token_table import TokenTableAccumulator, token_table_bytes
+from universal_neurons.engine.token_table import (
+    TokenTableAccumulator,
+    VocabMeans,
+    token_table_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +241,12 @@ class ActivationStats:
         token_ids: ids tracked by the per-token table (``None``: no table), e.g. from
             :func:`frequent_token_ids` truncated by :func:`plan_token_table`.
         device: where the state lives (activations are moved there).
+        vocab_size: keep the count and mean of every token id ``< vocab_size`` too
+            (:class:`VocabMeans`; ``None``: only the ``token_ids`` table).
+        vocab_top_k, vocab_min_count: per neuron, the ids of highest mean written, among
+            ids seen at least ``vocab_min_count`` times.
+        vocab_buffer_bytes, vocab_ram_bytes, spill_dir: the :class:`VocabMeans` staging
+            buffer, the largest store kept in RAM, where a larger one is memory-mapped.
     """
 
     sites: tuple[str, ...] = ("pre", "post")
@@ -237,7 +254,10 @@ class ActivationStats:
     def __init__(self, model: str, n_layers: int, d_mlp: int,
                  config: ActivationStatsConfig | None = None,
                  token_ids: np.ndarray | torch.Tensor | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", *, vocab_size: int | None = None,
+                 vocab_top_k: int = 10, vocab_min_count: int = 5,
+                 vocab_buffer_bytes: int = 64 << 20, vocab_ram_bytes: int = 256 << 20,
+                 spill_dir: str | None = None):
         self.model, self.n_layers, self.d_mlp = model, int(n_layers), int(d_mlp)
         self.config = config or ActivationStatsConfig()
         self.device = torch.device(device)
@@ -260,6 +280,14 @@ class ActivationStats:
         self.top_pos = torch.full((k, n), -1, **i64)
         ids = torch.as_tensor(np.asarray([] if token_ids is None else token_ids, np.int64))
         self.tokens = _FrequentTokens(model, ids, n, dev) if ids.numel() else None
+        if vocab_top_k < 1 or vocab_min_count < 1:
+            raise ValueError(f"vocab_top_k ({vocab_top_k}) and vocab_min_count "
+                             f"({vocab_min_count}) must be >= 1")
+        self.vocab_top_k, self.vocab_min_count = int(vocab_top_k), int(vocab_min_count)
+        self.vocab = (VocabMeans(model, vocab_size, n, site="post",
+                                 buffer_bytes=vocab_buffer_bytes, store_ram_bytes=vocab_ram_bytes,
+                                 spill_dir=spill_dir, exact_ids=ids)
+                      if vocab_size else None)
 
     @property
     def n_neurons(self) -> int:
@@ -279,7 +307,8 @@ class ActivationStats:
         """State bytes plus per-chunk scratch (for the engine's memory planner)."""
         state = sum(getattr(self, k).numel() * getattr(self, k).element_size()
                     for k in self._STATE)
-        return state + self.token_table_nbytes + self.scratch_nbytes()
+        vocab = self.vocab.nbytes if self.vocab is not None else 0
+        return state + self.token_table_nbytes + vocab + self.scratch_nbytes()
 
     def scratch_nbytes(self) -> int:
         """Temporaries of one update (freed before the next accumulator runs)."""
@@ -302,6 +331,8 @@ class ActivationStats:
                                batch.positions[sl].to(self.device))
         if self.tokens is not None:
             self.tokens.update(batch)
+        if self.vocab is not None:
+            self.vocab.update(batch)
 
     def _update_chunk(self, pre: torch.Tensor, post: torch.Tensor, seq: torch.Tensor,
                       pos: torch.Tensor) -> None:
@@ -379,6 +410,9 @@ class ActivationStats:
                              f"{other.config} into {self.n_neurons} neurons / {self.config}")
         if not torch.equal(other.token_ids.cpu(), self.token_ids.cpu()):
             raise ValueError("cannot merge ActivationStats tracking different token ids")
+        if (self.vocab is None) != (other.vocab is None):
+            raise ValueError("cannot merge ActivationStats with and without the "
+                             "whole-vocabulary table")
         o = {k: v.to(self.device) if torch.is_tensor(v) else v
              for k, v in other.state_dict().items()}
         self._set_moments(_merge_moments(
@@ -395,6 +429,8 @@ class ActivationStats:
         self.top_pos = torch.cat([self.top_pos, o["top_pos"]]).gather(0, idx)
         if self.tokens is not None and other.tokens is not None:
             self.tokens.table.merge(other.tokens.table)
+        if self.vocab is not None and other.vocab is not None:
+            self.vocab.merge(other.vocab)
 
     def _merge_hist(self, o: dict[str, Any]) -> None:
         if not o["hist_ready"]:
@@ -430,7 +466,8 @@ class ActivationStats:
         sd.update(n=int(self.n), hist_ready=bool(self.hist_ready), model=self.model,
                   n_layers=self.n_layers, d_mlp=self.d_mlp, config=asdict(self.config),
                   token_ids=self.token_ids.clone(),
-                  token_table=self.tokens.table.state_dict() if self.tokens else None)
+                  token_table=self.tokens.table.state_dict() if self.tokens else None,
+                  vocab=self.vocab.state_dict() if self.vocab is not None else None)
         return sd
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -445,6 +482,13 @@ class ActivationStats:
         self.tokens = _FrequentTokens(self.model, ids, self.n_neurons, self.device) if ids.numel() else None
         if self.tokens is not None:
             self.tokens.table.load_state_dict(state["token_table"])
+        if self.vocab is not None:
+            if state.get("vocab") is not None:
+                self.vocab.load_state_dict(state["vocab"])
+            elif int(state["n"]) > 0:  # it would miss the tokens before the checkpoint
+                log.warning("%s: the checkpoint has no whole-vocabulary token table; it is "
+                            "off for this run", self.model)
+                self.vocab = None
         self.n, self.hist_ready = int(state["n"]), bool(state["hist_ready"])
 
     # ------------------------------------------------------------------ finalize
@@ -473,7 +517,26 @@ class ActivationStats:
             top_seq=per_neuron(self.top_seq.T.contiguous()),
             top_pos=per_neuron(self.top_pos.T.contiguous()),
             token_ids=self.token_ids.numpy(),
-            **(self.tokens.finalize(shape) if self.tokens else _empty_token_arrays(0, shape)))
+            **(self.tokens.finalize(shape) if self.tokens else _empty_token_arrays(0, shape)),
+            **self._vocab_arrays(shape))
+
+    def _vocab_arrays(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        if self.vocab is None:
+            return {}
+        exact = None
+        if self.tokens is not None and self.tokens.table.n_rows:
+            t = self.tokens.token_ids.numel()
+            tab = self.tokens.table.finalize()
+            exact = (self.tokens.token_ids, tab.current.count[:t],
+                     tab.group_mean(tab.current)[:t])
+        ids, means = self.vocab.top_k(self.vocab_top_k, self.vocab_min_count, exact)
+        count = self.vocab.count.clone()
+        if exact is not None:
+            count[exact[0]] = exact[1].cpu()
+        k = ids.shape[1]
+        return dict(vocab_token_count=count.numpy(),
+                    token_top_ids=ids.int().numpy().reshape(*shape, k),
+                    token_top_mean=means.float().numpy().reshape(*shape, k))
 
 
 @dataclass
@@ -487,6 +550,10 @@ class ActivationStatsResult:
     seen). For ``token_ids [T]``: ``token_count [T]`` and ``token_mean``/``token_max``
     ``[T, L, d_mlp]`` over the positions holding the token (NaN / -inf if none);
     ``prev_token_count``, ``prev_token_mean`` over the positions that follow it.
+    With the whole-vocabulary table: ``vocab_token_count [V]`` (every id) and
+    ``token_top_ids``/``token_top_mean [L, d_mlp, k]`` (float32), per neuron the ids of
+    highest mean activation among ids seen ``vocab_min_count`` times or more (-1 / NaN
+    past those); otherwise these are empty.
     """
 
     model: str
@@ -512,6 +579,9 @@ class ActivationStatsResult:
     token_max: np.ndarray
     prev_token_count: np.ndarray
     prev_token_mean: np.ndarray
+    vocab_token_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    token_top_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.int32))
+    token_top_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
 
     NEURON_COLUMNS = ("mean", "var", "skew", "kurt", "sparsity")
 
@@ -551,7 +621,8 @@ class ActivationStatsResult:
 def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,
                          config: ActivationStatsConfig | None = None, *,
                          token_budget_bytes: int = 256 << 20, n_frequent_tokens: int = 1000,
-                         keep_all: bool = False, device: str | torch.device = "cpu"
+                         keep_all: bool = False, device: str | torch.device = "cpu",
+                         whole_vocab: bool = True, spill_dir: str | None = None
                          ) -> list[ActivationStats]:
     """One :class:`ActivationStats` per loaded model, ready to be fed by the engine's pass
     (alone, or as ``extra_accumulators`` of correlate).
@@ -559,6 +630,12 @@ def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,
     The per-token table tracks the ``n_frequent_tokens`` most frequent kept tokens of the
     first ``n_seq`` sequences of ``dataset`` (counted from the token array, before the
     pass), as many as ``token_budget_bytes`` allows per model (0 disables it).
+
+    ``whole_vocab`` (with a non-zero budget) also keeps every token id's count and mean
+    (:class:`~universal_neurons.engine.token_table.VocabMeans`): its ``[V, N]`` float32 store
+    stays in RAM up to ``token_budget_bytes`` and is a memory-mapped file in ``spill_dir``
+    (default: the system's temporary folder) beyond; its float64 staging buffer takes a
+    quarter of the budget on top.
     """
     from universal_neurons.data.tokens import keep_mask
 
@@ -575,6 +652,9 @@ def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,
         if n < len(ids):
             log.info("%s: per-token table limited to the %d most frequent tokens by the "
                      "%.0f MiB budget", m.name, n, token_budget_bytes / 2**20)
+        vocab = ad.d_vocab if whole_vocab and token_budget_bytes > 0 else None
         out.append(ActivationStats(m.name, ad.n_layers, ad.d_mlp, config, token_ids=ids[:n],
-                                   device=device))
+                                   device=device, vocab_size=vocab,
+                                   vocab_buffer_bytes=max(1, token_budget_bytes // 4),
+                                   vocab_ram_bytes=token_budget_bytes, spill_dir=spill_dir))
     return out

@@ -36,7 +36,8 @@ def models():
 
 @pytest.fixture(scope="module")
 def tl_stats(models):
-    return compute_weight_stats(models[1], top_k=5, chunk_elements=1000)
+    return compute_weight_stats(models[1], top_k=5, chunk_elements=1000,
+                                matmul_dtype=torch.float64, compositions=True)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -130,7 +131,8 @@ def test_adapter_processed_weights_give_tl_statistics(models, tl_stats):
     adapters = pytest.importorskip("universal_neurons.models.adapters")
     hf, _ = models
     before = {k: v.clone() for k, v in hf.state_dict().items()}
-    ours = compute_weight_stats(adapters.adapter_for(hf).processed_weights(), top_k=5)
+    ours = compute_weight_stats(adapters.adapter_for(hf).processed_weights(), top_k=5,
+                                matmul_dtype=torch.float64, compositions=True)
     assert all(torch.equal(before[k], v) for k, v in hf.state_dict().items())  # untouched
     for c in NEURON_COLUMNS:
         got, expect = ours.arrays[c], tl_stats.arrays[c]
@@ -141,11 +143,68 @@ def test_adapter_processed_weights_give_tl_statistics(models, tl_stats):
 
 
 def test_float32_matmuls_stay_close(models, tl_stats):
-    fast = compute_weight_stats(models[1], top_k=5, matmul_dtype=torch.float32).arrays
-    for c in NEURON_COLUMNS:
-        np.testing.assert_allclose(fast[c], tl_stats.arrays[c], rtol=1e-4, atol=1e-6, err_msg=c)
+    fast = compute_weight_stats(models[1], top_k=5, matmul_dtype=torch.float32,
+                                compositions=True).arrays
+    for c in NEURON_COLUMNS:  # skew can be ~0: absolute error (it is of order 1)
+        atol = 1e-6 if c == "vocab_skew" else 1e-7
+        np.testing.assert_allclose(fast[c], tl_stats.arrays[c], rtol=1e-5, atol=atol, err_msg=c)
     for c in ("vocab_top_cos", "neuron_top_cos", "attn_k_comp", "attn_o_comp"):
         np.testing.assert_allclose(fast[c], tl_stats.arrays[c], atol=1e-6, err_msg=c)
+
+
+def test_default_is_float32_without_compositions(models, tl_stats):
+    """The default keeps what the report and the neuron table read, nothing else."""
+    a = compute_weight_stats(models[1], top_k=5).arrays
+    assert set(a) == {*NEURON_COLUMNS, "vocab_top_ids", "vocab_top_cos", "vocab_bottom_ids",
+                      "vocab_bottom_cos"}
+    for c in NEURON_COLUMNS:
+        atol = 1e-6 if c == "vocab_skew" else 1e-7
+        np.testing.assert_allclose(a[c], tl_stats.arrays[c], rtol=1e-5, atol=atol, err_msg=c)
+    np.testing.assert_array_equal(a["vocab_top_ids"], tl_stats.arrays["vocab_top_ids"])
+    assert a["vocab_top_ids"].dtype == np.int32 and a["vocab_top_cos"].dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_vocab_equals_float64_oracle(dtype):
+    """A vocabulary large enough for the blocked top-k, against numpy/scipy in float64;
+    float32 products: vocab moments within 2e-5 relative, cosines within 1e-6."""
+    rng = np.random.default_rng(3)
+    d, m, v, k = 64, 24, 5003, 7
+    W_U = rng.normal(size=(d, v)) * rng.uniform(0.2, 2, size=v)  # unequal token norms
+    W_U -= W_U.mean(1, keepdims=True)
+    W_out = rng.normal(size=(2, m, d)) + 0.3 * W_U[:, 0]  # a common direction -> skewed
+    pw = SimpleNamespace(W_in=torch.randn(2, d, m), b_in=torch.zeros(2, m), W_gate=None,
+                         W_out=torch.from_numpy(W_out).float(), W_U=torch.from_numpy(W_U).float())
+    a = compute_weight_stats(pw, top_k=k, matmul_dtype=dtype, chunk_elements=3 * v).arrays
+    W_U = pw.W_U.double().numpy()
+    W_U_hat = W_U / np.linalg.norm(W_U, axis=0)
+    wo = pw.W_out.double().numpy().reshape(-1, d)
+    cos = (wo / np.linalg.norm(wo, axis=1, keepdims=True)) @ W_U_hat  # [N, V]
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    expect = {"vocab_mean": cos.mean(1), "vocab_var": cos.var(1),
+              "vocab_skew": stats.skew(cos, axis=1),
+              "vocab_kurt": stats.kurtosis(cos, axis=1, fisher=False)}
+    for c, e in expect.items():
+        scale = 1.0 if c == "vocab_skew" else np.abs(e)  # skew may be ~0: absolute
+        assert np.all(np.abs(a[c].ravel() - e) <= tol * scale), c
+    order = np.argsort(-cos, axis=1)
+    np.testing.assert_array_equal(a["vocab_top_ids"].reshape(-1, k), order[:, :k])
+    np.testing.assert_array_equal(a["vocab_bottom_ids"].reshape(-1, k), order[:, ::-1][:, :k])
+    np.testing.assert_allclose(a["vocab_top_cos"].reshape(-1, k),
+                               np.take_along_axis(cos, order[:, :k], 1), atol=1e-6)
+
+
+def test_blocked_topk_equals_torch_topk():
+    from universal_neurons.analysis.weights import _topk_both
+
+    torch.manual_seed(4)
+    for V in (64 * 21, 64 * 21 + 13, 5000):
+        x = torch.randn(9, V)
+        got = _topk_both(x, 10)
+        for name, largest in (("top", True), ("bottom", False)):
+            t = x.topk(10, dim=1, largest=largest)
+            assert torch.equal(got[f"{name}_ids"], t.indices), (V, name)
+            assert torch.equal(got[f"{name}_cos"], t.values), (V, name)
 
 
 def test_gated_mlp_uses_gate_as_input_direction():

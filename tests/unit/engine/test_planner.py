@@ -101,3 +101,22 @@ def test_parse_and_format_bytes():
     with pytest.raises(UserError, match="bad memory size"):
         parse_bytes("lots")
     assert format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def test_gpt2_medium_shape_plans_on_a_gpu_and_refuses_small_budgets_with_the_need():
+    """GPT-2 medium x 5 from shapes alone: tiles on an 80 GB GPU; below the finest tile a
+    one-line refusal whose number is exactly the smallest budget that plans."""
+    shapes = [ModelShape(f"m{c}", 24, 4096) for c in "abcde"]
+    weights = 5 * 355 * 10**6 * 4
+    gpu = plan_correlation(shapes, "reference", int(0.9 * 80e9), device_type="cuda",
+                           model_bytes=weights)
+    assert 1 < gpu.n_passes <= 8 and gpu.total_bytes <= 0.9 * 80e9
+    layout = Layout(shapes)
+    assert sum(len(list(range(lo, hi))) for p in gpu.passes for b in p
+               for _m, lo, hi in layout.block_partner_layers(b)
+               for _ in range(b.layer_start, b.layer_stop)) == 24 * 4 * 24
+    with pytest.raises(UserError, match=r"needs [\d,]+ bytes") as e:
+        plan_correlation(shapes, "reference", 20 * 2**30, model_bytes=weights)
+    need = int(str(e.value).split("needs ")[1].split(" bytes")[0].replace(",", ""))
+    assert 20 * 2**30 < need < 40 * 2**30  # co-moments of 5 x 24 x 4096^2 float64 dominate
+    assert plan_correlation(shapes, "reference", need, model_bytes=weights).total_bytes <= need
