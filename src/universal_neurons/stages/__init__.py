@@ -5,7 +5,6 @@ directory and records itself in the manifest; the work in between is ``engine`` 
 passes) and ``analysis`` (pure computations). Modules: ``correlate`` (cross-model
 correlations and universality), ``stats`` (activation statistics), ``properties`` (how
 universal neurons differ), ``explain`` (variance-reduction explanations), ``families``
-(neuron families), ``entropy`` (entropy neurons),
-``attention`` (attention-deactivation neurons). Nothing is imported here; import
-submodules.
+(neuron families), ``attention`` (attention-deactivation neurons). Nothing is imported here;
+import submodules.
 """

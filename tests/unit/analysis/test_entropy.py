@@ -10,6 +10,7 @@ import torch
 from test_interventions_models import random_tokens, saved_model, tiny_model
 
 from universal_neurons.analysis.entropy import (
+    EntropyConfig,
     baseline_neurons,
     entropy_sweep,
     find_entropy_candidates,
@@ -17,7 +18,6 @@ from universal_neurons.analysis.entropy import (
     vocab_cos_var,
 )
 from universal_neurons.analysis.interventions import forward_metrics
-from universal_neurons.stages.entropy import EntropyConfig
 
 
 def _orthonormal(n: int, seed: int) -> torch.Tensor:
