@@ -131,8 +131,8 @@ def rss_bytes(field: str) -> int:
 def child_e2e(specs: list[str], dataset: str, out: str, rows: int, batch_size: int,
               precision: str = "fp32") -> dict:
     """Run in a fresh process: load models, reset the RSS high-water mark, correlate."""
-    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
     from universal_neurons.models.loading import load_model
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
     t0 = time.perf_counter()
     models = [load_model(s) for s in specs]

@@ -71,8 +71,8 @@ def check_precisions(specs, ds, n_seq, device, work: Path, rows: int) -> dict:
     """(a): each precision's per-partner best correlations against float64."""
     import pandas as pd
 
-    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
     from universal_neurons.engine.moments import correlation_error_bound
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
     acts = activations(specs, ds, n_seq)
     names = list(acts)

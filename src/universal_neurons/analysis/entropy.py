@@ -51,6 +51,8 @@ from universal_neurons.constants import neuron_name
 
 log = logging.getLogger(__name__)
 
+STAGE = "entropy"
+
 CANDIDATE_COLUMNS = ("layer", "neuron", "neuron_name", "w_out_norm", "vocab_var", "null_frac",
                      "null_norm", "rank")
 
@@ -279,7 +281,15 @@ def run_entropy(config: EntropyConfig) -> EntropyResult:
     and the ``entropy`` stage of ``RUN/manifest.json``.
     """
     from universal_neurons.analysis.interventions import open_dataset, token_progress
-    from universal_neurons.constants import PLOTS_DIR, parse_neuron_name
+    from universal_neurons.constants import (
+        ENTROPY_CANDIDATE_PAIRS,
+        ENTROPY_CANDIDATES,
+        ENTROPY_DIR,
+        ENTROPY_SWEEP,
+        FIG_ENTROPY,
+        PLOTS_DIR,
+        parse_neuron_name,
+    )
     from universal_neurons.errors import UserError
     from universal_neurons.models.loading import load_model
     from universal_neurons.rundir import RunDir, write_table
@@ -293,15 +303,15 @@ def run_entropy(config: EntropyConfig) -> EntropyResult:
             raise UserError(f"neuron {neuron_name(layer, n)} does not exist in {model.name} "
                             f"({a.n_layers} layers of {a.d_mlp} neurons)")
     run = RunDir(config.out)
-    out_dir = run / "entropy"
+    out_dir = run / ENTROPY_DIR
     candidates = pairs = None
     if config.find or not targets:
         first = 0 if config.find_layers is None else max(a.n_layers - config.find_layers, 0)
         candidates, pairs = find_entropy_candidates(
             a.processed_weights(), range(first, a.n_layers), config.null_energy, config.top_k)
         candidates.insert(0, "model", model.name)
-        write_table(out_dir / "candidates.parquet", candidates)
-        write_table(out_dir / "candidate_pairs.parquet", pairs)
+        write_table(out_dir / ENTROPY_CANDIDATES, candidates)
+        write_table(out_dir / ENTROPY_CANDIDATE_PAIRS, pairs)
         if not targets:
             targets = [(int(r.layer), int(r.neuron))
                        for r in candidates.head(config.n_targets).itertuples()]
@@ -324,17 +334,17 @@ def run_entropy(config: EntropyConfig) -> EntropyResult:
         sweep = entropy_sweep(model, ds.iter_batches(config.batch_size, 0, n_seq), targets,
                               config.values, baseline, config.keep_tokens, update, skip)
     sweep.summary.insert(0, "model", model.name)
-    sweep.save(out_dir, "sweep")
+    sweep.save(out_dir, ENTROPY_SWEEP)
     plots: list[Path] = []
     if config.plots:
         from universal_neurons.report.plots_roles import plot_entropy_sweep
 
         for t in targets:
             name = neuron_name(*t)
-            plots.append(plot_entropy_sweep(sweep.summary, name,
-                                            run / PLOTS_DIR / f"entropy_{name}.png", model.name))
+            path = run / PLOTS_DIR / FIG_ENTROPY.format(neuron=name)
+            plots.append(plot_entropy_sweep(sweep.summary, name, path, model.name))
     run.record_stage(
-        "entropy", config, model=model.name, targets=[neuron_name(*t) for t in targets],
+        STAGE, config, model=model.name, targets=[neuron_name(*t) for t in targets],
         baseline=[neuron_name(*b) for b in baseline],
         null_dims=candidates.attrs.get("null_dims") if candidates is not None else None,
         tokens={"sequences": n_seq, "n_ctx": ds.n_ctx, "evaluated": int(sweep.summary["n_tokens"].iloc[0])},

@@ -478,7 +478,7 @@ def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
 def make_token_table(model: Any, neurons: np.ndarray, labels: Any = None, *,
                      site: str = "post", precision: str = "fp32") -> Any:
     """A :class:`~universal_neurons.engine.token_table.TokenTableAccumulator` for ``model``
-    (a ``LoadedModel``): pass it to ``engine.correlate.run_correlate(extra_accumulators=...)``
+    (a ``LoadedModel``): pass it to ``stages.correlate.run_correlate(extra_accumulators=...)``
     to fill it in correlate's pass, then :func:`explain_table` on its ``finalize()``."""
     from universal_neurons.engine.token_table import TokenTableAccumulator
 

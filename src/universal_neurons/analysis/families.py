@@ -31,24 +31,21 @@ Rules (:class:`FamilyThresholds`, defaults in brackets; VR = variance reduction 
 Outputs: per neuron ``families`` (names joined by ``;``, highest score first, ``""`` for
 none), ``family_scores`` (JSON object family -> score) and ``family_features`` (JSON
 object family -> the explaining feature), merged into ``RUN/neurons/<model>.parquet``;
-``RUN/families/<model>_counts.csv``; ``RUN/plots/families_<model>.png``.
+``RUN/families/<model>_counts.csv``; ``RUN/plots/families_<model>.png`` (written by
+``stages.families``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from universal_neurons.analysis.features import feature_group
 from universal_neurons.analysis.prediction import PredictionThresholds, classify
-
-log = logging.getLogger(__name__)
 
 FAMILIES = ("unigram", "alphabet", "previous_token", "token", "syntax", "entity", "context",
             "position", "prediction", "suppression", "partition")
@@ -242,157 +239,6 @@ def merge_into_neuron_table(path: str | Path, fam: pd.DataFrame) -> pd.DataFrame
     df["family_features"] = df["family_features"].fillna("{}")
     write_table(path, df)
     return df
-
-
-# ---- the stage ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FamiliesConfig:
-    """Options of the families stage."""
-
-    run: str
-    models: tuple[str, ...] = ()
-    """Models to label (default: every model with explanations or a neuron table in RUN)."""
-    thresholds: FamilyThresholds = FamilyThresholds()
-    weights: bool = True
-    """Load models for vocab moments missing from the tables and for token sets."""
-    top_tokens: int = 20
-    plots: bool = True
-    device: str = "cpu"
-
-
-def _models_in_run(run: Path) -> list[str]:
-    from universal_neurons.constants import EXPLANATIONS_DIR, EXPLANATIONS_VR, NEURONS_DIR
-
-    prefix, suffix = EXPLANATIONS_VR.split("{model}")
-    names = [p.name[len(prefix): -len(suffix)] for p in sorted((run / EXPLANATIONS_DIR).glob(
-        EXPLANATIONS_VR.format(model="*")))]
-    names += [p.stem for p in sorted((run / NEURONS_DIR).glob("*.parquet"))]
-    return list(dict.fromkeys(names))
-
-
-def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
-    """Families for every model of a run; returns ``{model: counts}``."""
-    from universal_neurons.analysis.explain import explanation_paths
-    from universal_neurons.constants import (
-        FAMILIES_DIR,
-        FAMILY_COUNTS,
-        FIG_FAMILIES,
-        FIG_PREDICTION_CURVES,
-        PLOTS_DIR,
-        PREDICTION_TOKENS,
-        neuron_table,
-        safe_name,
-    )
-    from universal_neurons.errors import UserError
-    from universal_neurons.rundir import RunDir, atomic_path, write_table
-
-    run = Path(config.run)
-    if not run.is_dir():
-        raise UserError(f"run directory {run} does not exist; run `universal-neurons explain` "
-                        "or `correlate` with --out there first")
-    models = list(config.models) or _models_in_run(run)
-    if not models:
-        raise UserError(f"{run} holds no explanations/*_vr.parquet and no neurons/*.parquet; "
-                        "run `universal-neurons explain --model M --out RUN` first")
-    rd = RunDir(run)
-    result, moment_frames = {}, {}
-    for name in models:
-        safe = safe_name(name)
-        vr_path = explanation_paths(run, name)["vr"]
-        table_path = run / neuron_table(name)
-        vr = pd.read_parquet(vr_path) if vr_path.exists() else None
-        neurons = pd.read_parquet(table_path) if table_path.exists() else None
-        if vr is None and neurons is None:
-            raise UserError(f"no explanations ({vr_path}) and no neuron table ({table_path}) "
-                            f"for model {name!r}")
-        weights = _LazyWeights(name, config.device) if config.weights else None
-        if weights and (neurons is None or "vocab_kurt" not in neurons.columns):
-            pw = weights.processed()
-            if pw is not None:
-                neurons = _with_moments(neurons, pw)
-        fam = assign_families(vr, neurons, config.thresholds)
-        merged = merge_into_neuron_table(table_path, fam)
-        considered = fam if vr is None else fam.merge(vr[["layer", "neuron"]])
-        counts = family_counts(considered, merged)
-        with atomic_path(run / FAMILIES_DIR / FAMILY_COUNTS.format(model=safe)) as tmp:
-            counts.to_csv(tmp, index=False)
-        if neurons is not None and "vocab_kurt" in neurons.columns:
-            moment_frames[name] = neurons
-            labelled = classify(neurons, config.thresholds.prediction)
-            if (labelled["prediction_class"] != "").any() and weights:
-                pw = weights.processed()
-                if pw is not None:
-                    from universal_neurons.analysis.features import surface_strings
-                    from universal_neurons.analysis.prediction import token_sets
-
-                    tokens = token_sets(pw, labelled, surface_strings(weights.model.tokenizer),
-                                        config.top_tokens)
-                    write_table(run / FAMILIES_DIR / PREDICTION_TOKENS.format(model=safe), tokens)
-        if config.plots:
-            from universal_neurons.report.plots_families import plot_family_counts
-
-            plot_family_counts(counts[counts["n_neurons"] > 0] if counts["n_neurons"].any()
-                               else counts, run / PLOTS_DIR / FIG_FAMILIES.format(model=safe), name)
-        result[name] = counts
-        log.info("%s: %s", name, ", ".join(f"{f} {n}" for f, n in
-                                          zip(counts["family"], counts["n_neurons"]) if n))
-    if config.plots and moment_frames:
-        from universal_neurons.analysis.prediction import plot_prediction_curves
-
-        plot_prediction_curves(moment_frames, run / PLOTS_DIR / FIG_PREDICTION_CURVES)
-    rd.record_stage("families", _jsonable(config), models=models,
-                    counts={m: dict(zip(c["family"], c["n_neurons"].tolist()))
-                            for m, c in result.items()})
-    return result
-
-
-def _jsonable(config: FamiliesConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(config), default=str))
-
-
-class _LazyWeights:
-    """A model's processed weights, loaded on first use (None if it cannot be loaded)."""
-
-    def __init__(self, name: str, device: str):
-        self.name, self.device = name, device
-        self.model: Any = None
-        self._pw: Any = None
-        self._tried = False
-
-    def processed(self) -> Any:
-        if not self._tried:
-            self._tried = True
-            self.model = _try_load(self.name, self.device)
-            if self.model is not None:
-                self._pw = self.model.adapter.processed_weights()
-        return self._pw
-
-
-def _try_load(name: str, device: str) -> Any:
-    """Load ``name`` (a display name, or a file-safe one with ``--`` for ``/``)."""
-    from universal_neurons.errors import UserError
-    from universal_neurons.models.loading import load_model
-
-    err: Exception | None = None
-    for spec in dict.fromkeys([name, name.replace("--", "/")]):
-        try:
-            return load_model(spec, device=device)
-        except UserError as e:
-            err = err or e
-    log.warning("cannot load %s for its weights (%s); skipping weight-based families and "
-                "token sets", name, err)
-    return None
-
-
-def _with_moments(neurons: pd.DataFrame | None, pw: Any) -> pd.DataFrame:
-    from universal_neurons.analysis.prediction import vocab_moments
-
-    moments = vocab_moments(pw)
-    if neurons is None:
-        return moments
-    return neurons.drop(columns=[c for c in moments.columns if c in neurons.columns
-                                 and c not in ("layer", "neuron")]).merge(
-        moments, on=["layer", "neuron"], how="left")
 
 
 def neuron_families(run: str | Path, model: str) -> pd.DataFrame:

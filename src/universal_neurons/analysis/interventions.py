@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from universal_neurons.constants import neuron_name, parse_neuron_name
+from universal_neurons.constants import (
+    INTERVENTION_SUMMARY,
+    INTERVENTION_TOKENS,
+    neuron_name,
+    parse_neuron_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +222,9 @@ class InterventionResults:
         """Write ``<run_dir>/<stem>.parquet`` (+ ``<stem>_tokens.parquet``), CSV copies beside."""
         from universal_neurons.rundir import write_table
 
-        write_table(run_dir / f"{stem}.parquet", self.summary)
+        write_table(run_dir / INTERVENTION_SUMMARY.format(stem=stem), self.summary)
         if self.tokens is not None:
-            write_table(run_dir / f"{stem}_tokens.parquet", self.tokens, csv=False)
+            write_table(run_dir / INTERVENTION_TOKENS.format(stem=stem), self.tokens, csv=False)
 
 
 def forward_metrics(model: Any, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:

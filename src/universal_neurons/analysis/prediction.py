@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 MOMENT_COLUMNS = ("vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt")
 CLASSES = ("prediction", "suppression", "partition")
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
-PLOT = "prediction_curves.png"
 
 
 @dataclass(frozen=True)

@@ -12,28 +12,19 @@ direction), ``not held``, ``too few`` (fewer than ``min_universal`` universal ne
 ``--top-percent``) or ``missing`` (the statistic was not computed).
 
 The universal set is ``is_universal`` from correlate (``excess_corr > threshold``), or the
-top ``top_percent`` % of neurons by ``excess_corr`` per model.
+top ``top_percent`` % of neurons by ``excess_corr`` per model. The stage that reads the
+run's tables and writes ``RUN/properties/`` is ``stages.properties``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from universal_neurons.constants import (
-    PROPERTIES_CLAIMS,
-    PROPERTIES_CLAIMS_JSON,
-    PROPERTIES_COMPARISON,
-    PROPERTIES_DIR,
-    PROPERTIES_PERCENTILES,
-)
 from universal_neurons.errors import UserError
-
-log = logging.getLogger(__name__)
 
 STATISTICS = ("sparsity", "skew", "kurt", "input_bias", "l2_penalty", "mean", "var",
               "w_in_norm", "w_out_norm", "in_out_sim", "vocab_mean", "vocab_var", "vocab_skew",
@@ -80,15 +71,6 @@ class PropertiesConfig:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.on not in ("percentile", "raw"):
             raise ValueError(f"on must be 'percentile' or 'raw', got {self.on!r}")
-
-
-@dataclass
-class PropertiesResult:
-    comparison: Any  # DataFrame: model x statistic
-    claims: Any  # DataFrame: model x claim
-    percentiles: Any  # DataFrame: model, layer, neuron, universal, <stat> percentiles
-    summary: dict[str, Any] = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)
 
 
 def universal_mask(df, threshold: float = 0.5, top_percent: float | None = None
@@ -196,81 +178,6 @@ def _claim_row(model: str, claim: Claim, stats: dict | None, rule: str, n_univer
                 "note": f"only {n_universal} universal neurons (< {config.min_universal}){hint}"}
     return {**row, "status": "held" if held else "not held", "held": held,
             "note": f"one-sided Mann-Whitney U on {stats['tested_on']} values, alpha {config.alpha:g}"}
-
-
-def run_properties(config: PropertiesConfig) -> PropertiesResult:
-    """Analyse every model of the run; write ``RUN/properties/`` and ``RUN/plots/``."""
-    import pandas as pd
-
-    from universal_neurons.analysis.neuron_table import refresh_neuron_table, table_models
-    from universal_neurons.rundir import RunDir, write_json, write_table
-
-    run = RunDir(config.run)
-    if not run.path.is_dir():
-        raise UserError(f"run directory {config.run} does not exist")
-    tables, skipped = {}, []
-    for model in table_models(run.path):
-        df = refresh_neuron_table(run.path, model)
-        if df is not None and ({"excess_corr", "is_universal"} & set(df.columns)):
-            tables[model] = df
-        else:
-            skipped.append(model)
-    if skipped:
-        log.info("no correlation columns (not a correlate reference model): %s", skipped)
-    if not tables:
-        raise UserError(f"{config.run} holds no neuron table with correlation columns; run "
-                        f"`universal-neurons correlate --out {config.run}` (and `weights`, "
-                        "`stats`) first")
-    comparison, claims, frames = [], [], []
-    for model, df in tables.items():
-        c, cl, f = analyse_table(model, df, config)
-        comparison += c
-        claims += cl
-        frames.append(f)
-    res = PropertiesResult(pd.DataFrame(comparison), pd.DataFrame(claims),
-                           pd.concat(frames, ignore_index=True))
-    res.summary = _summary(res.claims, config)
-    out = run.path / PROPERTIES_DIR
-    write_table(out / PROPERTIES_CLAIMS, res.claims)
-    write_json(out / PROPERTIES_CLAIMS_JSON, {"config": asdict(config), "summary": res.summary,
-                                     "claims": _records(res.claims)})
-    write_table(out / PROPERTIES_COMPARISON, res.comparison)
-    write_table(out / PROPERTIES_PERCENTILES, res.percentiles, csv=False)
-    res.files = [f"{PROPERTIES_DIR}/{n}" for n in (_csv(PROPERTIES_CLAIMS), PROPERTIES_CLAIMS_JSON,
-                                                     _csv(PROPERTIES_COMPARISON),
-                                                     PROPERTIES_PERCENTILES)]
-    if config.plots:
-        from universal_neurons.report.plots_properties import plot_properties
-
-        res.files += plot_properties(run.path, tables, res.percentiles, config.threshold)
-    run.record_stage("properties", asdict(config), models=list(tables), outputs=res.files,
-                     summary=res.summary)
-    return res
-
-
-def _csv(parquet_name: str) -> str:
-    """The CSV copy ``write_table`` writes beside a parquet file."""
-    return parquet_name.removesuffix(".parquet") + ".csv"
-
-
-def _summary(claims, config: PropertiesConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for c in CLAIMS:
-        rows = claims[claims.statistic == c.statistic]
-        out[c.statistic] = {"claim": c.text,
-                            "held_in": int((rows.status == "held").sum()),
-                            "tested_in": int(rows.status.isin(["held", "not held"]).sum()),
-                            "models": int(len(rows))}
-    out["universal_set"] = (f"top {config.top_percent:g}% by excess_corr" if config.top_percent
-                            else "is_universal (excess_corr > threshold)")
-    return out
-
-
-def _records(df) -> list[dict[str, Any]]:
-    """JSON-safe records (NaN -> None)."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else
-                 v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-            for r in df.to_dict("records")]
 
 
 def claims_text(claims) -> str:

@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.analysis.attention import AttentionConfig, run_attention
+    from universal_neurons.stages.attention import AttentionConfig, run_attention
 
     config = AttentionConfig(
         model=args.model, out=args.out, dataset=args.dataset, tokens=args.tokens,

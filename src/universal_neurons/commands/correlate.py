@@ -84,7 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
+    from universal_neurons.stages.stats import run_correlate_with_stats
 
     config = CorrelateConfig(
         models=tuple(args.models), out=args.out, dataset=args.dataset,
@@ -96,26 +97,8 @@ def run(args: argparse.Namespace) -> int:
         max_memory=args.max_memory, max_tokens=args.max_tokens, n_ctx=args.n_ctx,
         checkpoint_every=args.checkpoint_every, restart=args.restart,
         progress=not args.quiet)
-    if args.stats:
-        return _run_with_stats(config, args)
-    result = run_correlate(config)
-    _print_summary(result)
-    return 0
-
-
-def _run_with_stats(config, args: argparse.Namespace) -> int:
-    """Correlations and activation statistics from the same forward passes."""
-    from universal_neurons.analysis.neuron_table import write_activation_stats
-    from universal_neurons.engine.activation_stats import activation_stats_for
-    from universal_neurons.engine.correlate import _load_models, _open_dataset, run_correlate
-
-    models = _load_models(config, config.device)
-    dataset, n_seq = _open_dataset(config, models)
-    accs = activation_stats_for(models, dataset, n_seq, keep_all=config.keep_tokens,
-                                device=config.device)
-    result = run_correlate(config, extra_accumulators=accs, models=models)
-    if result.tables:  # rank 0
-        write_activation_stats(result.rundir, accs)
+    # --stats: activation statistics from the same forward passes
+    result = run_correlate_with_stats(config) if args.stats else run_correlate(config)
     _print_summary(result)
     return 0
 

@@ -62,12 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.analysis.families import (
-        FamiliesConfig,
-        FamilyThresholds,
-        run_families,
-    )
+    from universal_neurons.analysis.families import FamilyThresholds
     from universal_neurons.analysis.prediction import PredictionThresholds
+    from universal_neurons.stages.families import FamiliesConfig, run_families
 
     given = {n: getattr(args, n) for n in THRESHOLDS if getattr(args, n) is not None}
     pred = {k: v for k, v in (("kurtosis", args.vocab_kurtosis),

@@ -43,11 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.analysis.properties import (
-        PropertiesConfig,
-        claims_text,
-        run_properties,
-    )
+    from universal_neurons.analysis.properties import claims_text
+    from universal_neurons.stages.properties import PropertiesConfig, run_properties
 
     config = PropertiesConfig(run=args.run, top_percent=args.top_percent,
                               threshold=args.threshold, alpha=args.alpha,

@@ -56,42 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    import time
+    from universal_neurons.stages.stats import StatsConfig, run_stats
 
-    from universal_neurons.analysis.neuron_table import write_activation_stats
-    from universal_neurons.data.dataset import dataset_for_models
-    from universal_neurons.engine.activation_stats import (
-        ActivationStatsConfig,
-        activation_stats_for,
-    )
-    from universal_neurons.engine.runner import batch_ranges, stream
-    from universal_neurons.models.loading import load_models
-    from universal_neurons.rundir import RunDir
-
-    t0 = time.perf_counter()
-    config = ActivationStatsConfig(n_bins=args.bins, top_k=args.top_k,
-                                   sparsity_rule=args.sparsity_rule)
-    models = load_models(args.models, device=args.device)
-    ds, n_seq = dataset_for_models(models, args.dataset, args.n_ctx, args.max_tokens,
-                                   show_progress=not args.quiet)
-    accs = activation_stats_for(models, ds, n_seq, config,
-                                token_budget_bytes=int(args.token_table_mb * 2**20),
-                                n_frequent_tokens=args.frequent_tokens,
-                                keep_all=args.keep_tokens, device=args.device)
-    s = stream(ds, models, accs, batch_ranges(n_seq, args.batch_size),
-               tokenizer=models[0].tokenizer, keep_all=args.keep_tokens, device=args.device,
-               progress=not args.quiet, desc=NAME)
-    run_dir = RunDir(args.out)
-    files = write_activation_stats(run_dir.path, accs)
-    run_dir.record_stage(
-        NAME, {**dataclasses.asdict(config), "models": list(args.models),
-               "dataset": str(ds.path), "keep_tokens": args.keep_tokens,
-               "frequent_tokens": args.frequent_tokens, "token_table_mb": args.token_table_mb},
-        models=[m.name for m in models], outputs=files,
-        tokens={"sequences": n_seq, "tokens": s.tokens, "kept_tokens": s.kept_tokens},
-        timings={"forward_s": s.forward_s, "accumulate_s": s.accumulate_s,
-                 "total_s": time.perf_counter() - t0})
-    print(f"{', '.join(m.name for m in models)}: statistics over {s.kept_tokens:,} kept tokens; "
-          f"wrote {run_dir.path}")
+    result = run_stats(StatsConfig(
+        models=tuple(args.models), out=args.out, dataset=args.dataset,
+        max_tokens=args.max_tokens, n_ctx=args.n_ctx, keep_tokens=args.keep_tokens,
+        sparsity_rule=args.sparsity_rule, bins=args.bins, top_k=args.top_k,
+        frequent_tokens=args.frequent_tokens, token_table_mb=args.token_table_mb,
+        device=args.device, batch_size=args.batch_size, progress=not args.quiet))
+    print(f"{', '.join(result.models)}: statistics over {result.n_kept:,} kept tokens; "
+          f"wrote {result.rundir}")
     return 0

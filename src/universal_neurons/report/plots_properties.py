@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from universal_neurons.constants import PLOTS_DIR, safe_name
+from universal_neurons.constants import (
+    FIG_CORR_VS_BASELINE,
+    FIG_PROPERTIES_PERCENTILES,
+    FIG_UNIVERSAL_BY_LAYER,
+    PLOTS_DIR,
+    safe_name,
+)
 from universal_neurons.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -156,14 +162,14 @@ def plot_properties(run: str | Path, tables: Mapping[str, Any], percentiles,
     run = Path(run)
     out = run / PLOTS_DIR
     files = []
-    if plot_percentiles(percentiles, out / "properties_percentiles.png"):
-        files.append(f"{PLOTS_DIR}/properties_percentiles.png")
+    if plot_percentiles(percentiles, out / FIG_PROPERTIES_PERCENTILES):
+        files.append(f"{PLOTS_DIR}/{FIG_PROPERTIES_PERCENTILES}")
     universal = {m: percentiles.loc[percentiles["model"] == m, "universal"].to_numpy()
                  for m in tables}
-    if plot_universal_by_layer(tables, universal, out / "universal_by_layer.png"):
-        files.append(f"{PLOTS_DIR}/universal_by_layer.png")
+    if plot_universal_by_layer(tables, universal, out / FIG_UNIVERSAL_BY_LAYER):
+        files.append(f"{PLOTS_DIR}/{FIG_UNIVERSAL_BY_LAYER}")
     for model, df in tables.items():
-        name = f"corr_vs_baseline_{safe_name(model)}.png"
+        name = FIG_CORR_VS_BASELINE.format(model=safe_name(model))
         if plot_corr_vs_baseline(model, df, universal[model], out / name, threshold):
             files.append(f"{PLOTS_DIR}/{name}")
     log.info("wrote %d plots to %s", len(files), out)

@@ -40,7 +40,7 @@ def universality_curve(cfg, work_dir: str | Path, max_tokens: int = 100_000,
     Each snapshot is exported to a temporary HF folder and correlated with the engine on the
     first ``max_tokens`` tokens of the bundled test split.
     """
-    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
     from .export import export_member, snapshot_card
 

@@ -10,17 +10,16 @@ import pytest
 
 from universal_neurons.analysis.explain import explain_table
 from universal_neurons.analysis.families import (
-    FamiliesConfig,
     FamilyThresholds,
     assign_families,
     family_counts,
     merge_into_neuron_table,
     neuron_families,
     parse_families,
-    run_families,
 )
 from universal_neurons.analysis.features import build_vocab_features
 from universal_neurons.engine.token_table import TokenTableAccumulator, iter_array_batches
+from universal_neurons.stages.families import FamiliesConfig, run_families
 
 VOCAB = ["<eos>", " the", "the", " The", " cat", " dog", "dog", " sat", " on", " mat", ".",
          " day", " top", " ran"]

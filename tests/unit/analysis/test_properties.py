@@ -18,14 +18,13 @@ from universal_neurons.analysis.neuron_table import (
 )
 from universal_neurons.analysis.properties import (
     CLAIMS,
-    PropertiesConfig,
     compare_groups,
-    run_properties,
     universal_mask,
     within_layer_percentiles,
 )
 from universal_neurons.constants import neuron_table
 from universal_neurons.rundir import write_table
+from universal_neurons.stages.properties import PropertiesConfig, run_properties
 
 LAYERS, D_MLP = 4, 150
 

@@ -11,6 +11,7 @@ from scipy import stats
 
 from universal_neurons.analysis.neuron_table import CONTRACT_COLUMNS, stats_dir
 from universal_neurons.cli import main
+from universal_neurons.constants import neuron_table
 from universal_neurons.engine.activation_stats import ActivationStatsResult
 
 
@@ -88,8 +89,8 @@ def test_one_pass_shared_with_correlate(run_dir, tiny_suite, tmp_path):
         ActivationStatsConfig,
         activation_stats_for,
     )
-    from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
     from universal_neurons.models.loading import load_model
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
     models = [load_model(p) for p in tiny_suite["models"][:2]]
     ds = open_token_dataset(tiny_suite["dataset"])
@@ -107,3 +108,37 @@ def test_one_pass_shared_with_correlate(run_dir, tiny_suite, tmp_path):
     for k in ("sparsity", "top_values", "token_ids", "token_count"):
         np.testing.assert_array_equal(getattr(shared, k), getattr(alone, k), err_msg=k)
     assert accs[1].finalize().n_tokens == alone.n_tokens  # the partner model too
+
+
+def test_stats_from_python_is_the_command(run_dir, tiny_suite, tmp_path):
+    """``run_stats(StatsConfig)`` with the fixture's flags writes what the command wrote."""
+    from universal_neurons.stages.stats import StatsConfig, run_stats
+
+    a = tiny_suite["models"][0]
+    res = run_stats(StatsConfig(models=(a,), out=str(tmp_path), dataset=tiny_suite["dataset"],
+                                top_k=4, frequent_tokens=20, batch_size=7, progress=False))
+    (name,) = res.models
+    mine = ActivationStatsResult.load(stats_dir(tmp_path, name) / "activation_stats.safetensors")
+    cli = ActivationStatsResult.load(stats_dir(run_dir, name) / "activation_stats.safetensors")
+    assert res.n_kept == mine.n_tokens == cli.n_tokens
+    for k in ("mean", "var", "skew", "kurt", "sparsity", "top_values", "token_ids"):
+        np.testing.assert_array_equal(getattr(mine, k), getattr(cli, k), err_msg=k)
+    stage = json.loads((tmp_path / "manifest.json").read_text())["stages"]["stats"]
+    cli_stage = json.loads((run_dir / "manifest.json").read_text())["stages"]["stats"]
+    assert stage["config"] == cli_stage["config"] and stage["outputs"] == res.files
+
+
+def test_correlate_with_stats_writes_both(run_dir, tiny_suite, tmp_path):
+    from universal_neurons.stages.correlate import CorrelateConfig
+    from universal_neurons.stages.stats import run_correlate_with_stats
+
+    res = run_correlate_with_stats(CorrelateConfig(
+        models=tuple(tiny_suite["models"][:2]), out=str(tmp_path),
+        dataset=tiny_suite["dataset"], progress=False))
+    name = res.models[0]
+    shared = ActivationStatsResult.load(stats_dir(tmp_path, name) / "activation_stats.safetensors")
+    alone = ActivationStatsResult.load(stats_dir(run_dir, name) / "activation_stats.safetensors")
+    assert shared.n_tokens == alone.n_tokens == res.n_kept
+    np.testing.assert_allclose(shared.mean, alone.mean, rtol=1e-9)
+    table = pd.read_parquet(tmp_path / neuron_table(name))
+    assert {"excess_corr", "mean", "sparsity"} <= set(table.columns)

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from correlate_helpers import assert_hists_agree, captured, corr64, tiling_budget
 from safetensors.torch import load_file
 
-from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
+from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
 
 def free_port() -> int:

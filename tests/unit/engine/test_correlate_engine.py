@@ -15,9 +15,9 @@ from correlate_helpers import (
     tiling_budget,
 )
 
-from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
 from universal_neurons.engine.moments import CoMoments
 from universal_neurons.errors import UserError
+from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
 NAMES = ["ma", "mb", "mc"]
 

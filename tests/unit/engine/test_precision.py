@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from universal_neurons.engine import precision as prec
-from universal_neurons.engine.correlate import CorrelateConfig, run_correlate
 from universal_neurons.engine.moments import CoMoments, correlation_error_bound
 from universal_neurons.engine.precision import (
     DeviceCaps,
@@ -20,6 +19,7 @@ from universal_neurons.engine.precision import (
     resolve_precision,
 )
 from universal_neurons.errors import UserError
+from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
 AVX2 = DeviceCaps("cpu", "AVX2")
 AVX512_BF16 = DeviceCaps("cpu", "AVX512", frozenset({"avx512_bf16"}), bf16_speedup=1.6)
@@ -184,7 +184,7 @@ def test_a_run_made_with_auto_resumes_as_the_precision_it_resolved_to(tiny_suite
         with pytest.raises(Killed):
             run_correlate(config(tiny_suite, tmp_path, precision="auto", **kw))
     # the checkpoint says fp32: an explicit fp32 (or bf16 falling back to it) continues it
-    with caplog.at_level(logging.INFO, logger="universal_neurons.engine.correlate"):
+    with caplog.at_level(logging.INFO, logger="universal_neurons.engine.correlate_pass"):
         res = run_correlate(config(tiny_suite, tmp_path, precision="fp32", **kw))
     assert any(r.getMessage().startswith("resuming from") for r in caplog.records)
     assert res.n_kept > 0

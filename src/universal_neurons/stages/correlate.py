@@ -1,0 +1,317 @@
+"""The correlate stage: models + tokens -> per-neuron universality and per-pair summaries.
+
+``run_correlate(CorrelateConfig(...))`` is what ``universal-neurons correlate`` runs:
+validate inputs, load the models, open the dataset, check the run directory, run the
+engine's correlate pass (``engine.correlate_pass``: plan memory, stream the tokens feeding
+the co-moments and any extra accumulators, summarise), then write
+``neurons/<model>.parquet``, ``correlations/<a>__<b>.safetensors`` and the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from universal_neurons.constants import CHECKPOINT_DIR, correlations_file, neuron_table
+from universal_neurons.engine.correlate_pass import (
+    Checkpointing,
+    PassOptions,
+    PassResult,
+    correlate_pass,
+    plan_pass,
+)
+from universal_neurons.engine.layout import Mode, ModelShape
+from universal_neurons.engine.moments import Precision
+from universal_neurons.engine.planner import Plan, format_bytes
+from universal_neurons.engine.precision import CHOICES as PRECISION_CHOICES
+from universal_neurons.engine.precision import PrecisionChoice
+from universal_neurons.engine.rotation import BASELINES
+from universal_neurons.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STAGE = "correlate"
+HIST_RANGE = (-1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CorrelateConfig:
+    """Options of the correlate stage (the CLI flags, one for one)."""
+
+    models: tuple[str, ...]
+    """Model specs (suites expand); the first is the reference unless ``all_pairs``."""
+    out: str
+    """Run directory."""
+    dataset: str | None = None
+    """Token dataset folder; None = the bundled test split tokenized for the models."""
+    all_pairs: bool = False
+    """Every model against every other (each model gets a neuron table)."""
+    threshold: float = 0.5
+    """``is_universal`` when ``excess_corr`` exceeds this."""
+    baseline: Literal["rotation", "gaussian-rows", "none"] = "rotation"
+    seed: int = 0
+    """Seed of the baseline bases."""
+    site: Literal["post", "pre"] = "post"
+    keep_tokens: bool = False
+    """Keep BOS/pad and newline tokens (dropped by default, as in the paper)."""
+    top_k: int = 10
+    bins: int = 100
+    precision: PrecisionChoice = "auto"
+    """GEMM inputs; ``auto``: the fastest native one within ``precision_tolerance``
+    (engine/precision.py). The manifest records the precision used."""
+    precision_strict: bool = False
+    """Refuse a precision the device does not run natively (instead of using fp32)."""
+    precision_tolerance: float | None = None
+    """Error bound ``auto`` may accept (default: the fp32 bound, so ``auto`` is fp32)."""
+    device: str = "cpu"
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    rows_per_gemm: int = 4096
+    """Kept tokens buffered per GEMM (the planner may lower it to fit memory)."""
+    max_memory: str | None = None
+    """Budget, e.g. ``8G``; default 70% of available RAM (90% of free GPU memory on CUDA)."""
+    max_tokens: int | None = None
+    """Use only the first ``max_tokens`` tokens of the dataset (whole sequences)."""
+    n_ctx: int | None = None
+    """Context of the default dataset (default ``min(512, model n_ctx)``)."""
+    checkpoint_every: int | None = None
+    """Save a checkpoint every this many tokens (None: no checkpoints)."""
+    restart: bool = False
+    """Ignore and replace an existing checkpoint."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise UserError(f"--baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise UserError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got "
+                            f"{self.precision!r}")
+        if self.precision_tolerance is not None and not self.precision_tolerance > 0:
+            raise UserError("--precision-tolerance must be a positive error bound, e.g. 0.03, "
+                            f"got {self.precision_tolerance}")
+        if self.site not in ("post", "pre"):
+            raise UserError(f"--site must be post or pre, got {self.site!r}")
+        for name in ("top_k", "bins", "batch_size", "rows_per_gemm"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got "
+                                f"{getattr(self, name)}")
+        for name in ("max_tokens", "checkpoint_every", "n_ctx"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+    def semantic(self) -> dict[str, Any]:
+        """The options that change results (checked when resuming)."""
+        skip = {"out", "max_memory", "checkpoint_every", "restart", "progress",
+                "precision_strict", "precision_tolerance"}  # `precision`: the resolved one
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+    def pass_options(self, precision: Precision) -> PassOptions:
+        """The options the engine's correlate pass needs, with the resolved ``precision``."""
+        return PassOptions(site=self.site, baseline=self.baseline, seed=self.seed,
+                           keep_tokens=self.keep_tokens, top_k=self.top_k, bins=self.bins,
+                           precision=precision, batch_size=self.batch_size,
+                           progress=self.progress)
+
+
+@dataclass
+class CorrelateResult:
+    """What a run produced (rank 0 holds the tables and summaries)."""
+
+    rundir: Path
+    models: list[str]
+    plan: Plan
+    tables: dict[str, Any] = field(default_factory=dict)
+    summaries: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+    extras: Sequence[Any] = ()
+    n_tokens: int = 0
+    n_kept: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_correlate(config: CorrelateConfig, extra_accumulators: Sequence[Any] = (),
+                  models: Sequence[Any] | None = None) -> CorrelateResult:
+    """Run the correlate stage. ``extra_accumulators`` are fed during the first pass over the
+    data (same forward passes); ``models`` may be passed already loaded (``LoadedModel``)."""
+    from universal_neurons.engine import distributed as dd
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ctx = dd.init_from_env(config.device)
+    try:
+        device = dd.device_for(config.device, ctx)
+        models = list(models) if models is not None else load_models(config, device)
+        timings["load_s"] = time.perf_counter() - t0
+        return _run(config, list(extra_accumulators), models, device, ctx, timings, t0)
+    finally:
+        ctx.close()
+
+
+def load_models(config: CorrelateConfig, device: str) -> list[Any]:
+    """The configured models (suites expanded), loaded on ``device``."""
+    from universal_neurons.models.loading import load_model
+    from universal_neurons.models.registry import expand_model_specs
+
+    specs = expand_model_specs(list(config.models))
+    if len(specs) < 2:
+        raise UserError(f"correlate needs at least two models (got {specs}); pass several "
+                        "models or a suite, e.g. --models tiny-gpt2")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if not config.progress:
+        hf_logging.disable_progress_bar()
+    try:
+        return [load_model(s, device=device) for s in specs]
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_models(models: Sequence[Any]) -> str:
+    """Refuse fewer than two models, duplicate names or different tokenizers."""
+    from universal_neurons.models.loading import check_same_tokenizer
+
+    names = [m.name for m in models]
+    if len(models) < 2:
+        raise UserError(f"correlate needs at least two models (got {names}); pass several "
+                        "models or a suite, e.g. --models tiny-gpt2")
+    if len(set(names)) != len(names):
+        raise UserError(f"model names must be distinct, got {names}")
+    return check_same_tokenizer(models)
+
+
+def open_dataset(config: CorrelateConfig, models: Sequence[Any]):
+    """The configured token dataset for ``models`` and its number of sequences."""
+    from universal_neurons.data.dataset import dataset_for_models
+
+    return dataset_for_models(models, config.dataset, config.n_ctx, config.max_tokens,
+                              show_progress=config.progress)
+
+
+def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: str, ctx,
+         timings: dict[str, float], t0: float) -> CorrelateResult:
+    from universal_neurons.engine.precision import detect_caps, resolve_precision
+    from universal_neurons.fingerprints import dataset_fingerprint
+    from universal_neurons.outputs import correlate_output_bytes
+    from universal_neurons.rundir import check_output_dir
+
+    resolved = resolve_precision(config.precision, detect_caps(device),
+                                 strict=config.precision_strict,
+                                 rows_per_gemm=config.rows_per_gemm,
+                                 tolerance=config.precision_tolerance)
+    config = dataclasses.replace(config, precision=resolved.precision)  # what runs
+    fingerprint = _check_models(models)
+    shapes = [ModelShape(m.name, m.adapter.n_layers, m.adapter.d_mlp) for m in models]
+    if ctx.is_main:  # before any compute: writable, not a file, room for the outputs
+        check_output_dir(config.out, correlate_output_bytes(
+            [s.n_neurons for s in shapes], config.all_pairs, config.top_k, config.bins))
+    dataset, n_seq = open_dataset(config, models)
+    mode: Mode = "all-pairs" if config.all_pairs else "reference"
+    opts = config.pass_options(resolved.precision)
+    plan = plan_pass(models, shapes, mode, dataset.n_ctx, n_seq, opts, extras=extras,
+                     max_memory=config.max_memory, rows_per_gemm=config.rows_per_gemm,
+                     ctx=ctx, device=device)
+    semantic = {**config.semantic(), "models": [m.name for m in models],
+                "dataset": str(dataset.path), "dataset_fingerprint": fingerprint,
+                "dataset_content": dataset_fingerprint(dataset.path),
+                "n_seq": n_seq, "world_size": ctx.world_size}
+    out = Path(config.out)
+    ckpt = Checkpointing(out / CHECKPOINT_DIR / (f"{STAGE}.rank{ctx.rank}.pt" if ctx.active
+                                                 else f"{STAGE}.pt"),
+                         every=config.checkpoint_every, restart=config.restart,
+                         semantic=semantic)
+    done = correlate_pass(models, dataset, n_seq, plan=plan, mode=mode, opts=opts,
+                          checkpoint=ckpt, extras=extras, ctx=ctx, device=device,
+                          timings=timings)
+    result = CorrelateResult(out, [m.name for m in models], done.plan, extras=extras,
+                             n_tokens=done.n_tokens, n_kept=done.n_kept, timings=timings)
+    if ctx.is_main:
+        _write_outputs(config, result, shapes, mode, done, dataset, n_seq, t0,
+                       precision=resolved.to_dict())
+    ctx.barrier()
+    if config.checkpoint_every is not None:
+        ckpt.path.unlink(missing_ok=True)
+    return result
+
+
+def _write_outputs(config: CorrelateConfig, result: CorrelateResult, shapes: list[ModelShape],
+                   mode: Mode, done: PassResult, dataset, n_seq: int, t0: float,
+                   precision: dict[str, Any] | None = None) -> None:
+    from universal_neurons.rundir import RunDir
+
+    run = RunDir(config.out)
+    final = {key: s.finalize() for key, s in done.summaries.items()}
+    files = _write_correlations(run, config, result, shapes, final)
+    universal = _write_tables(run, config, result, shapes, mode, final)
+    files += [neuron_table(name) for name in universal]
+    timings = result.timings
+    timings["total_s"] = time.perf_counter() - t0
+    run.record_stage(
+        STAGE, dataclasses.asdict(config),
+        models=[s.name for s in shapes], mode=mode,
+        seeds={"rotation": config.seed, "baseline": config.baseline},
+        tokens={"dataset_tokens": result.n_tokens, "kept_tokens": result.n_kept,
+                "sequences": n_seq, "n_ctx": dataset.n_ctx},
+        dataset={"path": str(dataset.path), "source": dataset.meta.get("source"),
+                 "tokenizer_fingerprint": dataset.fingerprint},
+        plan={**result.plan.to_dict(), "total": format_bytes(result.plan.total_bytes)},
+        timings=timings, universal=universal, outputs=files, precision=precision)
+
+
+def _write_correlations(run, config: CorrelateConfig, result: CorrelateResult,
+                        shapes: list[ModelShape], final) -> list[str]:
+    """``correlations/<a>__<b>.safetensors`` of every direction of every pair."""
+    from safetensors.torch import save_file
+
+    from universal_neurons.rundir import atomic_path
+
+    edges = torch.linspace(*HIST_RANGE, config.bins + 1, dtype=torch.float64)
+    files = []
+    for (a, b), f in final.items():
+        name_a, name_b = shapes[a].name, shapes[b].name
+        rel = correlations_file(name_a, name_b)
+        tensors = {k: v.contiguous() for k, v in f.items()}
+        tensors["hist_edges"] = edges
+        meta = {"model": name_a, "partner": name_b, "n_layers": str(shapes[a].n_layers),
+                "d_mlp": str(shapes[a].d_mlp), "partner_n_layers": str(shapes[b].n_layers),
+                "partner_d_mlp": str(shapes[b].d_mlp), "baseline": config.baseline,
+                "seed": str(config.seed), "site": config.site, "n_tokens": str(result.n_kept),
+                "index": "layer * d_mlp + neuron"}
+        with atomic_path(run / rel) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        files.append(rel)
+        result.summaries[(name_a, name_b)] = f
+    return files
+
+
+def _write_tables(run, config: CorrelateConfig, result: CorrelateResult,
+                  shapes: list[ModelShape], mode: Mode, final) -> dict[str, dict[str, Any]]:
+    """``neurons/<model>.parquet`` of the reference (every model with all pairs); the
+    universal counts of each, by model name."""
+    from universal_neurons.analysis.universality import universality_table, write_neuron_table
+
+    universal = {}
+    for a, shape in enumerate(shapes):
+        partners = [b for b in range(len(shapes)) if (a, b) in final]
+        if mode == "reference" and a != 0:
+            continue
+        table = universality_table(
+            shape.n_layers, shape.d_mlp, {shapes[b].name: final[(a, b)] for b in partners},
+            {shapes[b].name: shapes[b].d_mlp for b in partners}, threshold=config.threshold,
+            baseline=config.baseline != "none")
+        write_neuron_table(run / neuron_table(shape.name), table)
+        result.tables[shape.name] = table
+        universal[shape.name] = {"n_universal": int(table["is_universal"].sum()),
+                                 "fraction": float(table["is_universal"].mean())}
+        log.info("%s: %d of %d neurons universal (%.2f%%)", shape.name,
+                 universal[shape.name]["n_universal"], len(table),
+                 100 * universal[shape.name]["fraction"])
+    return universal
