@@ -153,10 +153,13 @@ class TokenText:
         if self.tokenizer is None or not any(_REPLACEMENT in t or _has_bytes(t) for t in alone):
             return alone
         ids = [int(i) for i in ids]
-        out, prev = [], ""
-        for i in range(len(ids)):
+        start = 0  # a window that starts inside a character: its orphan bytes stand alone
+        while start < len(ids) and alone[start] and all(0xDC80 <= ord(c) <= 0xDCBF for c in alone[start]):
+            start += 1
+        out, prev = list(alone[:start]), ""
+        for i in range(start, len(ids)):
             try:
-                cur = self.tokenizer.decode(ids[:i + 1])
+                cur = self.tokenizer.decode(ids[start:i + 1])
             except Exception:  # noqa: BLE001 - an id outside the vocabulary
                 return alone
             if i < len(ids) - 1:  # an incomplete character may still be completed

@@ -53,6 +53,7 @@ TITLES = {  # file stem (model part removed) -> heading
     "heuristic_summary": "Deactivation heuristic: summary",
     "path_ablation": "Path ablation of neuron -> head pairs",
     "bos_value_norms": "Value norms of BOS vs other tokens, per head",
+    "sweep": "Entropy sweep: final-norm scale, entropy, loss and rank at fixed activations",
     "summary": "Summary",
 }
 
