@@ -221,25 +221,38 @@ def table_html(t: FrontTable, models: Sequence[str], pages: Mapping[str, Collect
             f'<p class="note">{note}; file <code>{esc(t.source)}</code></p></div>')
 
 
-def families_not_computed(run: RunData, model: str | None) -> set[str]:
-    """Families whose features the explain stage never computed for ``model`` (no column
-    of theirs in ``explanations/<model>_vr.parquet``): their counts say "not computed"
-    rather than 0. Empty when that table is absent."""
+VOCAB_FAMILIES = ("prediction", "suppression", "partition")
+"""Families from the neuron table's ``vocab_*`` moments (not from the explain stage)."""
+
+
+def families_not_computed(run: RunData, model: str | None,
+                          families: Collection[str] = ()) -> set[str]:
+    """Families among ``families`` (the counts table's) that were never computed for
+    ``model``, whose counts say "not computed" rather than 0: without
+    ``explanations/<model>_vr.parquet`` every family but the vocabulary ones; with it, the
+    families none of whose feature columns it has (``analysis.families``' selectors;
+    ``alphabet``: ``current/alpha:*``; ``position``: ``position_mi`` and ``fire_rate``)."""
     if model is None:
         return set()
     from universal_neurons.constants import EXPLANATIONS_DIR
 
     p = run.path / EXPLANATIONS_DIR / f"{safe_name(model)}_vr.parquet"
     if not p.is_file():
-        return set()
+        return {f for f in families if f not in VOCAB_FAMILIES}
     try:
         import pandas as pd
         import pyarrow.parquet as pq
 
         from universal_neurons.analysis.families import _VR_FAMILIES, _columns
 
-        empty = pd.DataFrame(columns=pq.read_schema(p).names)
-        return {fam for fam, (kind, groups) in _VR_FAMILIES.items()
-                if not _columns(empty, kind, groups)}
+        names = pq.read_schema(p).names
+        empty = pd.DataFrame(columns=names)
+        out = {fam for fam, (kind, groups) in _VR_FAMILIES.items()
+               if not _columns(empty, kind, groups)}
+        if not _columns(empty, "current", ("alpha",)):
+            out.add("alphabet")
+        if not {"position_mi", "fire_rate"} <= set(names):
+            out.add("position")
+        return out
     except Exception:  # noqa: BLE001 - unknown layout: show the counts as written
         return set()

@@ -146,7 +146,9 @@ def _front(sec: str, tables: Mapping[str, Sequence[FrontTable]], run: RunData,
            pages: Mapping[str, set], token_text: Callable[[int], str] | None) -> str | None:
     parts = []
     for t in tables.get(sec, ()):
-        skip = families_not_computed(run, t.model) if sec == "families" else set()
+        skip: set[str] = set()
+        if sec == "families" and "family" in t.table.frame.columns:
+            skip = families_not_computed(run, t.model, set(t.table.frame["family"].astype(str)))
         parts.append(table_html(t, run.models, pages, token_text, skip))
     return f'<div class="grid">{"".join(parts)}</div>' if parts else None
 

@@ -124,3 +124,13 @@ def test_page_size(tmp_path):
     assert "<style>" not in text and 'href="../../report.css"' in text
     assert (report / "report.css").is_file()
     assert "<rect" not in re.search(r'<section id="histogram">(.*?)</section>', text, re.S).group(1)
+
+
+def test_families_of_a_model_the_explain_stage_skipped_say_not_computed(tmp_path):
+    run = make_fake_run(tmp_path / "run")
+    pd.DataFrame({"family": ["unigram", "position", "partition"], "n_neurons": [0, 0, 2]}).to_csv(
+        run / "families" / "toy-a_counts.csv", index=False)  # no explanations/toy-a_vr.parquet
+    index = build_report(run, config=ReportConfig(top_n=0, max_pages=0)).read_text()
+    block = re.search(r'<section id="families">(.*?)</section>', index, re.S).group(1)
+    rows = dict(re.findall(r"<tr><td>(\w+)</td><td[^>]*>([^<]+)</td>", block))
+    assert rows == {"unigram": "not computed", "position": "not computed", "partition": "2"}
