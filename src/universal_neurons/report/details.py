@@ -132,13 +132,19 @@ class TokenText:
         return self._cache[token_id]
 
     def token_bytes(self, token_id: int) -> bytes | None:
-        """The raw bytes of a byte-level BPE token (GPT-2 style vocabulary), else None."""
+        """The raw bytes of a byte token: a byte-level BPE token (GPT-2 style alphabet) or a
+        SentencePiece byte-fallback piece (``<0xE2>``); else None."""
         try:
             piece = self.tokenizer.convert_ids_to_tokens(int(token_id))
         except Exception:  # noqa: BLE001 - not a Hugging Face tokenizer / unknown id
             return None
         if not isinstance(piece, str) or not piece:
             return None
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                return None
         table = _byte_decoder()
         if not all(c in table for c in piece):
             return None

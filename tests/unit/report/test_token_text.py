@@ -59,3 +59,20 @@ def test_plain_ascii_windows_decode_token_by_token(tokenizer):
     ids = tokenizer("the most commonly chosen number is 37.")["input_ids"]
     text = TokenText(tokenizer)
     assert text.sequence(ids) == [tokenizer.decode([i]) for i in ids]
+
+
+class _Pieces:
+    """A tokenizer stub: ``decode`` as a byte-fallback SentencePiece model does it."""
+
+    pieces = {0: "<0xE2>", 1: "\u0120the"}
+
+    def decode(self, ids):
+        return "\ufffd" if ids == [0] else " the"
+
+    def convert_ids_to_tokens(self, i):
+        return self.pieces[i]
+
+
+def test_byte_fallback_pieces_are_bytes():
+    text = TokenText(_Pieces())
+    assert text(0) == b"\xe2".decode("utf-8", "surrogateescape") and text(1) == " the"
