@@ -156,7 +156,7 @@ def test_neuron_page(driver, site, tmp_path):
     name = link.text
     link.click()
     assert driver.title == f"toy-a {name}"
-    assert driver.find_element(By.CSS_SELECTOR, "#histogram svg rect")
+    assert driver.find_element(By.CSS_SELECTOR, "#histogram svg path")  # the bars, one path
     shaded = driver.find_elements(By.CSS_SELECTOR, "#examples .tok.max")
     assert shaded and all("--a" in s.get_attribute("style") for s in shaded)
     examples = driver.find_element(By.ID, "examples").text

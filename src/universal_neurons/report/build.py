@@ -30,7 +30,9 @@ from universal_neurons.report.browser import (
     partner_models,
 )
 from universal_neurons.report.details import DetailSource
-from universal_neurons.report.index_page import render_index, summarize
+from universal_neurons.report.front import featured_neurons, front_tables
+from universal_neurons.report.html import STYLESHEET, asset
+from universal_neurons.report.index_page import TOP_LISTED, render_index, summarize
 from universal_neurons.report.neuron_page import neuron_file, render_neuron_page
 from universal_neurons.report.rundata import RunData
 
@@ -44,9 +46,11 @@ class ReportConfig:
     """Settings of :func:`build_report`."""
 
     top_n: int = 100
-    """Neuron pages for the top-N neurons of each model by excess correlation..."""
+    """Neuron pages for the top-N neurons of each model by excess correlation, always..."""
     max_pages: int = 1000
-    """...plus every universal neuron, at most this many pages per model in all."""
+    """...and for more, by excess correlation, up to this many pages per model. Universal
+    neurons, those named with ``neurons`` and those the front page names always get a page,
+    even past this budget (see :func:`select_pages`)."""
     neurons: tuple[str, ...] = ()
     """Extra neurons to give a page: ``L3.17`` (every model) or ``MODEL:L3.17``."""
     context_before: int = 24
@@ -64,12 +68,18 @@ class ReportConfig:
 
 
 def select_pages(df, model: str, config: ReportConfig,
-                 explained: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-    """Neurons of ``model`` that get a page, most important first, at most ``max_pages``.
+                 featured: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """Neurons of ``model`` that get a page, in this order:
 
-    Order: neurons named in ``config.neurons``, universal neurons by decreasing rank column
-    (``excess_corr``, else ``mean_corr``/``max_corr``), the top ``top_n`` by it, then the
-    ``explained`` neurons (those the explanations stage analysed).
+    1. neurons named in ``config.neurons``;
+    2. universal neurons, by decreasing rank column (``excess_corr``, else
+       ``mean_corr``/``max_corr``);
+    3. ``featured`` neurons (those the front page names: entropy candidates, prediction
+       rows, attention pairs, ...), in their order;
+    4. the top ``top_n`` by the rank column;
+    5. the others by the rank column, until ``max_pages`` pages.
+
+    Groups 1-4 are never cut; ``max_pages`` bounds the total only as far as they allow.
     """
     if df is None or len(df) == 0:
         return []
@@ -85,11 +95,15 @@ def select_pages(df, model: str, config: ReportConfig,
     if "is_universal" in df.columns:
         univ = ranked[ranked["is_universal"].fillna(False).astype(bool)]
         chosen.update(dict.fromkeys(zip(univ["layer"].astype(int), univ["neuron"].astype(int))))
+    chosen.update(dict.fromkeys((int(a), int(b)) for a, b in featured if (int(a), int(b)) in existing))
     if rank:
-        top = ranked.head(config.top_n)
-        chosen.update(dict.fromkeys(zip(top["layer"].astype(int), top["neuron"].astype(int))))
-    chosen.update(dict.fromkeys(k for k in explained if k in existing))
-    return list(chosen)[: config.max_pages]
+        order = list(zip(ranked["layer"].astype(int), ranked["neuron"].astype(int)))
+        chosen.update(dict.fromkeys(order[: config.top_n]))
+        for key in order[config.top_n:]:
+            if len(chosen) >= config.max_pages:
+                break
+            chosen[key] = None
+    return list(chosen)
 
 
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -133,8 +147,13 @@ def _check_target(final: Path, run: Path) -> None:
 def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None:
     plots = _copy_plots(run, out)
     frames = {m: run.neurons(m) for m in run.models}
-    pages = {m: select_pages(frames[m], m, config, sorted(run.explanation_rows(m)))
-             for m in run.models}
+    tables = front_tables(run)
+    featured = featured_neurons(tables, run.models)
+    for m, df in frames.items():  # the "most universal neurons" lists name neurons too
+        if df is not None and "excess_corr" in df.columns:
+            top = df.nlargest(TOP_LISTED, "excess_corr")
+            featured.setdefault(m, []).extend(zip(top["layer"].astype(int), top["neuron"].astype(int)))
+    pages = {m: select_pages(frames[m], m, config, featured.get(m, ())) for m in run.models}
     page_sets = {m: set(p) for m, p in pages.items()}
     d_mlp = {m: int(df["neuron"].max()) + 1 for m, df in frames.items() if df is not None and len(df)}
     summaries = [summarize(m, frames[m], pages[m]) for m in run.models]
@@ -159,7 +178,9 @@ def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None
                                   explanation_rows=run.explanation_rows(m).get((layer, neuron)))
         _write(out / neuron_file(m, layer, neuron), html)
 
-    _write(out / REPORT_INDEX, render_index(run, summaries, plots, page_sets, run.problems))
+    _write(out / STYLESHEET, asset(STYLESHEET))
+    _write(out / REPORT_INDEX, render_index(run, summaries, plots, page_sets, run.problems,
+                                            tables=tables, token_text=source.text))
 
 
 def _rows(df, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], dict]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ class NeuronDetail:
     examples: list[Example] | None = None
     promoted: list[tuple[str, float]] | None = None
     suppressed: list[tuple[str, float]] | None = None
-    token_means: list[tuple[str, float, int]] | None = None
+    token_means: list[tuple[str, float, int | None]] | None = None
+    token_means_scope: str = "frequent tokens"
     partners: list[Partner] = field(default_factory=list)
 
 
@@ -109,6 +111,9 @@ class TokenText:
         self._cache: dict[int, str] = {}
 
     def __call__(self, token_id: int) -> str:
+        """The token's text; bytes that are not a whole UTF-8 character are returned as
+        lone surrogates U+DC80..U+DCFF (``surrogateescape``; ``report.tokens`` shows them
+        as ``<0xE2>``) instead of U+FFFD."""
         token_id = int(token_id)
         if token_id not in self._cache:
             text = f"#{token_id}"
@@ -119,33 +124,79 @@ class TokenText:
                     text = self.tokenizer.decode([token_id])
                 except Exception:  # noqa: BLE001 - an id outside the vocabulary
                     pass
+                if _REPLACEMENT in text:
+                    raw = self.token_bytes(token_id)
+                    if raw is not None:
+                        text = raw.decode("utf-8", errors="surrogateescape")
             self._cache[token_id] = text
         return self._cache[token_id]
 
+    def token_bytes(self, token_id: int) -> bytes | None:
+        """The raw bytes of a byte token: a byte-level BPE token (GPT-2 style alphabet) or a
+        SentencePiece byte-fallback piece (``<0xE2>``); else None."""
+        try:
+            piece = self.tokenizer.convert_ids_to_tokens(int(token_id))
+        except Exception:  # noqa: BLE001 - not a Hugging Face tokenizer / unknown id
+            return None
+        if not isinstance(piece, str) or not piece:
+            return None
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                return None
+        table = _byte_decoder()
+        if not all(c in table for c in piece):
+            return None
+        return bytes(table[c] for c in piece)
+
     def sequence(self, ids: Sequence[int]) -> list[str]:
         """Display strings of consecutive tokens. A character split over several byte-level
-        tokens is shown on the token that completes it (the others show nothing), instead
-        of one U+FFFD per piece; sequences without split characters are decoded token by
-        token (cached)."""
+        tokens is shown whole on the token that completes it; the tokens before it show
+        their bytes (as surrogate escapes, see ``__call__``) instead of one U+FFFD per
+        piece. Sequences without split characters are decoded token by token (cached)."""
         alone = [self(i) for i in ids]
-        if self.tokenizer is None or not any(_REPLACEMENT in t for t in alone):
+        if self.tokenizer is None or not any(_REPLACEMENT in t or _has_bytes(t) for t in alone):
             return alone
         ids = [int(i) for i in ids]
-        out, prev = [], ""
-        for i in range(len(ids)):
+        start = 0  # a window that starts inside a character: its orphan bytes stand alone
+        while start < len(ids) and alone[start] and all(0xDC80 <= ord(c) <= 0xDCBF for c in alone[start]):
+            start += 1
+        out, prev = list(alone[:start]), ""
+        for i in range(start, len(ids)):
             try:
-                cur = self.tokenizer.decode(ids[:i + 1])
+                cur = self.tokenizer.decode(ids[start:i + 1])
             except Exception:  # noqa: BLE001 - an id outside the vocabulary
                 return alone
             if i < len(ids) - 1:  # an incomplete character may still be completed
                 cur = cur.rstrip(_REPLACEMENT)
             if cur.startswith(prev):
-                out.append(cur[len(prev):])
+                piece = cur[len(prev):]
+                if _has_bytes(alone[i]) and (not piece or _REPLACEMENT in piece):
+                    piece = alone[i]  # bytes of a character completed later (or never)
+                out.append(piece)
                 prev = cur
             else:  # the decoder rewrote earlier text: fall back to this token alone
                 out.append(alone[i])
                 prev = cur
         return out
+
+
+def _has_bytes(text: str) -> bool:
+    return any(0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: display character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
 
 
 class DetailSource:
@@ -229,6 +280,8 @@ class DetailSource:
                 setattr(d, part, fn(model, layer, neuron))
             except Exception as e:  # noqa: BLE001 - a damaged file must not sink the report
                 self.run._problem(f"{model} L{layer}.{neuron} {part}: {type(e).__name__}: {e}")
+        if d.token_means is not None:
+            d.token_means_scope = self.token_means_scope(model)
         d.promoted, d.suppressed = self.vocab(model, layer, neuron)
         d.partners = partners_from_row(row or {}, partners, d_mlp or {})
         for p in d.partners:
@@ -297,6 +350,12 @@ class DetailSource:
         return out
 
     def token_means(self, model: str, layer: int, neuron: int, n: int = 12):
+        """``(token, mean, count)`` of the tokens with the highest mean activation: the
+        whole-vocabulary top tokens (``token_top_ids``/``token_top_mean``, counts from
+        ``vocab_token_count``) when the stats have them, else the frequent-token table."""
+        top = self._top_tokens(model, layer, neuron, n)
+        if top is not None:
+            return top
         ids = self._slice(model, "token_ids")
         if ids is None or len(ids) == 0:
             return None
@@ -305,6 +364,29 @@ class DetailSource:
         order = sorted((i for i in range(len(ids)) if counts[i] > 0 and _num(means[i]) == _num(means[i])),
                        key=lambda i: -float(means[i]))
         return [(self.text(ids[i]), float(means[i]), int(counts[i])) for i in order[:n]]
+
+    def token_means_scope(self, model: str) -> str:
+        """What :meth:`token_means` ranks over, for the page's heading."""
+        f = self._handle("stats", model)
+        if f is not None and "token_top_ids" in f.keys() and _top_shape_ok(f):
+            return "whole vocabulary; tokens seen at least vocab_min_count times, 5 by default"
+        return "frequent tokens"
+
+    def _top_tokens(self, model: str, layer: int, neuron: int, n: int):
+        f = self._handle("stats", model)
+        if f is None or "token_top_ids" not in f.keys() or not _top_shape_ok(f):
+            return None
+        ids = f.get_slice("token_top_ids")[layer, neuron]
+        means = f.get_slice("token_top_mean")[layer, neuron]
+        counts = f.get_slice("vocab_token_count") if "vocab_token_count" in f.keys() else None
+        n_vocab = counts.get_shape()[0] if counts is not None else 0
+        out = []
+        for i, m in zip(ids[:n], means[:n]):
+            if i < 0 or _num(m) != _num(m):
+                continue
+            c = int(counts[int(i):int(i) + 1][0]) if counts is not None and 0 <= i < n_vocab else None
+            out.append((self.text(int(i)), float(m), c))
+        return out
 
     def vocab(self, model: str, layer: int, neuron: int):
         """``(promoted, suppressed)`` lists of ``(token, value)``, or ``(None, None)``."""
@@ -347,6 +429,12 @@ def _split_best(best, row: Mapping, partner: str, d_mlp: int | None) -> tuple[in
     if d_mlp:
         return divmod(int(best), int(d_mlp))
     return None, int(best)
+
+
+def _top_shape_ok(f) -> bool:
+    """``token_top_ids`` is ``[L, d_mlp, k]`` with k > 0 (empty when not computed)."""
+    shape = f.get_slice("token_top_ids").get_shape()
+    return len(shape) == 3 and shape[2] > 0
 
 
 def _num(v) -> float:

@@ -126,9 +126,14 @@ def asset(name: str) -> str:
     return resources.files("universal_neurons.report").joinpath("assets", name).read_text("utf-8")
 
 
+STYLESHEET = "report.css"
+"""The shared stylesheet at the report's root (``page(css_href=...)`` links it)."""
+
+
 def page(title: str, body: str, *, nav: Sequence[tuple[str, str]] = (), scripts: Sequence[str] = (),
-         data: str = "") -> str:
-    """A complete, self-contained HTML document: inline CSS, ``data`` blocks, inline ``scripts``.
+         data: str = "", css_href: str | None = None) -> str:
+    """A complete HTML document: CSS (inline, or linked from ``css_href``, a relative URL of
+    :data:`STYLESHEET`), ``data`` blocks, inline ``scripts``.
 
     ``nav`` is ``(href, label)`` pairs. ``scripts`` are asset names (e.g. ``"browser.js"``).
     """
@@ -136,11 +141,13 @@ def page(title: str, body: str, *, nav: Sequence[tuple[str, str]] = (), scripts:
     if nav:
         nav_html = "<nav>" + " · ".join(link(h, t) for h, t in nav) + "</nav>"
     js = "".join(f"<script>{_script_safe(asset(s))}</script>" for s in scripts)
+    style = (f'<link rel="stylesheet" href="{esc(css_href)}">' if css_href
+             else f"<style>{asset(STYLESHEET)}</style>")
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{asset('report.css')}</style></head>"
+        f"<title>{esc(title)}</title>{style}</head>"
         f"<body>{nav_html}<main><h1>{esc(title)}</h1>{body}</main>{data}{js}</body></html>\n"
     )
 

@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from universal_neurons.constants import (
-    ATTENTION_DIR,
-    ENTROPY_DIR,
-    FAMILIES_DIR,
-    FAMILY_COUNTS,
-    PREDICTION_DIR,
-    PREDICTION_TOKENS,
-    PROPERTIES_COMPARISON,
-    PROPERTIES_DIR,
-    figure_section,
-)
+from universal_neurons.constants import figure_section
 from universal_neurons.report.browser import browser_file
-from universal_neurons.report.html import esc, fmt, frame_table, link, page, section, table
+from universal_neurons.report.front import (
+    FrontTable,
+    families_not_computed,
+    front_tables,
+    table_html,
+)
+from universal_neurons.report.html import (
+    STYLESHEET,
+    esc,
+    fmt,
+    frame_table,
+    link,
+    page,
+    section,
+    table,
+)
 from universal_neurons.report.neuron_page import neuron_href
-from universal_neurons.report.rundata import NamedTable, RunData, paper_reference
+from universal_neurons.report.rundata import RunData, paper_reference
 from universal_neurons.report.svg import hbar_svg
+from universal_neurons.report.tokens import LEGEND
 
 # Figures are shown in the section ``constants.FIGURE_SECTIONS`` gives their file; the rest
-# under "Other figures". Per-token tables (large, for plots) are not shown.
-SKIP_TABLES = ("_tokens", "_points")
+# under "Other figures". Stage tables: see ``front``.
 MAX_PROBLEMS = 20
 SECTIONS = ("properties", "families", "prediction", "entropy", "attention")
 """Report sections that show figures (the values of ``constants.FIGURE_SECTIONS``)."""
@@ -48,7 +53,11 @@ class ModelSummary:
         return 100.0 * self.n_universal / self.n_neurons
 
 
-def summarize(name: str, df, pages, n_top: int = 10) -> ModelSummary:
+TOP_LISTED = 10
+"""Neurons listed per model under "Most universal neurons"."""
+
+
+def summarize(name: str, df, pages, n_top: int = TOP_LISTED) -> ModelSummary:
     s = ModelSummary(name, n_pages=len(pages))
     if df is None:
         return s
@@ -62,14 +71,6 @@ def summarize(name: str, df, pages, n_top: int = 10) -> ModelSummary:
     return s
 
 
-def _glob(template: str) -> str:
-    """A glob for the files of a ``constants`` file-name template and their CSV/parquet
-    copies: ``{model}_counts.csv`` -> ``*_counts.*``."""
-    import re
-
-    return re.sub(r"\{[a-z_]+\}", "*", Path(template).stem) + ".*"
-
-
 def _figure(rel: str, name: str) -> str:
     return (f'<figure><a href="{esc(rel)}"><img src="{esc(rel)}" alt="{esc(name)}" loading="lazy">'
             f"</a><figcaption>{esc(name)}</figcaption></figure>")
@@ -77,21 +78,6 @@ def _figure(rel: str, name: str) -> str:
 
 def _figures(plots: Sequence[tuple[str, str]]) -> str | None:
     return "".join(_figure(rel, name) for rel, name in plots) or None
-
-
-def _tables(tables: Sequence[NamedTable]) -> str | None:
-    if not tables:
-        return None
-    parts = []
-    for t in tables:
-        note = ""
-        if t.n_rows is not None and t.n_rows > len(t.frame):
-            note = f'<p class="note">first {len(t.frame)} of {t.n_rows:,} rows</p>'
-        elif t.n_rows is None and len(t.frame):
-            note = f'<p class="note">first {len(t.frame)} rows</p>' if len(t.frame) >= 50 else ""
-        parts.append(f'<div class="scroll"><h3>{esc(t.name)}</h3>'
-                     f"{frame_table(t.frame, max_rows=len(t.frame) or 1)}{note}</div>")
-    return f'<div class="grid">{"".join(parts)}</div>'
 
 
 def _join(*parts: str | None) -> str | None:
@@ -156,34 +142,50 @@ def _top_html(models: Sequence[ModelSummary], pages: Mapping[str, set]) -> str |
     return f'<div class="grid">{"".join(parts)}</div>' if parts else None
 
 
+def _front(sec: str, tables: Mapping[str, Sequence[FrontTable]], run: RunData,
+           pages: Mapping[str, set], token_text: Callable[[int], str] | None) -> str | None:
+    parts = []
+    for t in tables.get(sec, ()):
+        skip: set[str] = set()
+        if sec == "families" and "family" in t.table.frame.columns:
+            skip = families_not_computed(run, t.model, set(t.table.frame["family"].astype(str)))
+        parts.append(table_html(t, run.models, pages, token_text, skip))
+    return f'<div class="grid">{"".join(parts)}</div>' if parts else None
+
+
 def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[tuple[str, str]],
-                 pages: Mapping[str, set], problems: Sequence[str] = ()) -> str:
-    """The HTML of ``report/index.html``. ``plots`` are ``(relative URL, display name)``."""
+                 pages: Mapping[str, set], problems: Sequence[str] = (),
+                 tables: Mapping[str, Sequence[FrontTable]] | None = None,
+                 token_text: Callable[[int], str] | None = None) -> str:
+    """The HTML of ``report/index.html``. ``plots`` are ``(relative URL, display name)``;
+    ``tables`` are :func:`front.front_tables` (read here when not given); ``token_text``
+    decodes a token id (the tables' ``token`` cells are re-decoded with it)."""
+    if tables is None:
+        tables = front_tables(run)
     groups: dict[str, list[tuple[str, str]]] = {k: [] for k in (*SECTIONS, "other")}
     for rel, name in plots:
         key = figure_section(Path(name).name)
         groups[key if key in groups else "other"].append((rel, name))
     claims = run.claims()
-    claims_html = None if claims is None else f'<div class="scroll">{frame_table(claims)}</div>'
+    claims_html = None
+    if claims is not None:
+        claims_html = f'<div class="scroll"><h3>Claims of the paper, tested</h3>{frame_table(claims)}</div>'
+
+    def front(sec: str) -> str | None:
+        return _front(sec, tables, run, pages, token_text)
+
     sections = [
         section("summary", "Summary", _summary_html(run, models)),
         section("top", "Most universal neurons", _top_html(models, pages),
                 missing="not computed (no excess_corr column)"),
         section("claims", "Properties of universal neurons",
-                _join(claims_html, _tables(run.tables_in(PROPERTIES_DIR, _glob(PROPERTIES_COMPARISON), 200)),
-                      _figures(groups["properties"]))),
-        section("families", "Neuron families",
-                _join(_tables(run.tables_in(FAMILIES_DIR, _glob(FAMILY_COUNTS))), _figures(groups["families"]))),
+                _join(claims_html, front("claims"), _figures(groups["properties"]))),
+        section("families", "Neuron families", _join(front("families"), _figures(groups["families"]))),
         section("prediction", "Prediction and suppression neurons",
-                _join(_tables(run.tables_in(PREDICTION_DIR)),
-                      _tables(run.tables_in(FAMILIES_DIR, _glob(PREDICTION_TOKENS))),
-                      _figures(groups["prediction"]))),
-        section("entropy", "Entropy neurons",
-                _join(_tables(run.tables_in(ENTROPY_DIR, skip=SKIP_TABLES)),
-                      _figures(groups["entropy"]))),
+                _join(front("prediction"), _figures(groups["prediction"]))),
+        section("entropy", "Entropy neurons", _join(front("entropy"), _figures(groups["entropy"]))),
         section("attention", "Attention (de)activation neurons",
-                _join(_tables(run.tables_in(ATTENTION_DIR, skip=SKIP_TABLES)),
-                      _figures(groups["attention"]))),
+                _join(front("attention"), _figures(groups["attention"]))),
         section("figures", "Other figures", _figures(groups["other"]),
                 missing="no other figures in plots/"),
     ]
@@ -197,4 +199,5 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
            ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention"),
            ("#figures", "other figures")]
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
-    return page("Universal neurons report", "".join(sections), nav=nav)
+    body = "".join(sections) + f'<p class="note">{LEGEND}</p>'
+    return page("Universal neurons report", body, nav=nav, css_href=STYLESHEET)

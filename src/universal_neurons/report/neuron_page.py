@@ -10,8 +10,9 @@ from urllib.parse import quote
 from universal_neurons.constants import neuron_name, safe_name
 from universal_neurons.report.browser import browser_file, families_of
 from universal_neurons.report.details import Example, NeuronDetail
-from universal_neurons.report.html import esc, fmt, link, page, section, table
+from universal_neurons.report.html import STYLESHEET, esc, fmt, link, page, section, table
 from universal_neurons.report.svg import histogram_svg
+from universal_neurons.report.tokens import LEGEND, token_html
 
 FAMILY_COLUMNS = ("families", "family_scores", "family_features")
 STAT_GROUPS = {
@@ -34,20 +35,20 @@ def neuron_href(model: str, layer: int, neuron: int, *, from_neuron_page: bool) 
     return f"../{rel}" if from_neuron_page else f"neurons/{rel}"
 
 
-def token_html(token: str, act: float | None, scale: float, *, focus: bool = False) -> str:
-    """A token as an escaped ``<span>``; background opacity = |act| / scale (blue if negative)."""
-    shown = token.replace("\n", "\u21b5\n") if token else "\u2205"
-    if act is None or not math.isfinite(act) or scale <= 0:
-        return f'<span class="tok">{esc(shown)}</span>'
+def token_span(token: str, act: float | None, scale: float, *, focus: bool = False) -> str:
+    """A token of running text as a ``<span>`` (see ``report.tokens``); background opacity
+    = |act| / scale (blue if negative)."""
+    if act is None or not math.isfinite(act) or scale <= 0:  # unshaded: plain text
+        return token_html(token, spaces=False)
+    shown = token_html(token, spaces=False, isolate=False)  # .tok isolates (report.css)
     alpha = min(abs(act) / scale, 1.0)
     cls = "tok" + (" neg" if act < 0 else "") + (" max" if focus else "")
-    return (f'<span class="{cls}" style="--a:{alpha:.3f}" title="{esc(fmt(act))}">'
-            f"{esc(shown)}</span>")
+    return f'<span class="{cls}" style="--a:{alpha:.2f}" title="{esc(fmt(act, 3))}">{shown}</span>'
 
 
 def example_html(ex: Example, scale: float) -> str:
     where = "" if ex.seq_index is None else f"seq {ex.seq_index}, pos {ex.position}: "
-    toks = "".join(token_html(t, a, scale, focus=(i == ex.focus))
+    toks = "".join(token_span(t, a, scale, focus=(i == ex.focus))
                    for i, (t, a) in enumerate(zip(ex.tokens, ex.acts)))
     return (f'<div class="example"><span class="meta">{esc(where)}{esc(fmt(ex.activation))}</span>'
             f"{toks}</div>")
@@ -122,14 +123,15 @@ def _examples_html(detail: NeuronDetail) -> str | None:
                 default=0.0)
     note = ('<p class="note">Background opacity is proportional to the activation (relative '
             f"to the largest, {esc(fmt(scale))}); the outlined token is the example's maximum. "
-            "Tokens without a recorded activation are not shaded.</p>")
+            "Tokens without a recorded activation are not shaded. A character split over "
+            "several tokens is shown whole on the last of them, the others show their bytes. "
+            f"{LEGEND}</p>")
     return note + "".join(example_html(e, scale) for e in detail.examples)
 
 
 def token_code(token: str) -> str:
-    """A token for a table cell: escaped, whitespace kept visible (newline as an arrow)."""
-    shown = token.replace("\n", "\u21b5").replace("\t", "\u2192") if token else "\u2205"
-    return f'<code class="t">{esc(shown)}</code>'
+    """A token for a table cell: escaped, every space, newline and byte made visible."""
+    return f'<code class="t">{token_html(token)}</code>'
 
 
 def _token_table(items, header) -> str:
@@ -146,9 +148,11 @@ def _vocab_html(detail: NeuronDetail) -> str | None:
                      f"{_token_table(detail.suppressed, ['token', 'cos(W_U, w_out)'])}</div>")
     if detail.token_means:
         rows = ((token_code(t), fmt(m), fmt(c)) for t, m, c in detail.token_means)
-        parts.append("<div><h3>highest mean activation (frequent tokens)</h3>"
+        parts.append(f"<div><h3>highest mean activation ({esc(detail.token_means_scope)})</h3>"
                      f"{table(rows, ['token', 'mean', 'count'], raw_columns=(0, 1, 2))}</div>")
-    return f'<div class="grid">{"".join(parts)}</div>' if parts else None
+    if not parts:
+        return None
+    return f'<div class="grid">{"".join(parts)}</div><p class="note">{LEGEND}</p>'
 
 
 def _float(v) -> float:
@@ -229,4 +233,4 @@ def render_neuron_page(model: str, layer: int, neuron: int, row: Mapping, detail
                 _explanations_html(row, explanation_columns, explanation_rows)),
     ])
     nav = [("../../index.html", "report"), (f"../../{quote(browser_file(model))}", f"browser: {model}")]
-    return page(f"{model} {name}", body, nav=nav)
+    return page(f"{model} {name}", body, nav=nav, css_href=f"../../{STYLESHEET}")

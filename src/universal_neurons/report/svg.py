@@ -23,14 +23,17 @@ def histogram_svg(edges: Sequence[float], counts: Sequence[float], *, width: int
     span = (hi - lo) or 1.0
     vals = [math.log10(1 + max(float(c), 0.0)) if log else max(float(c), 0.0) for c in counts]
     top = max(vals) or 1.0
-    bars = []
+    path = []  # one path for every bar of non-zero height, numbers to 0.1 px
     for i, v in enumerate(vals):
+        bh = v / top * h
+        if bh <= 0:
+            continue
         x0 = pad_l + (float(edges[i]) - lo) / span * w
         x1 = pad_l + (float(edges[i + 1]) - lo) / span * w
-        bh = v / top * h
-        bars.append(f'<rect x="{x0:.2f}" y="{pad_t + h - bh:.2f}" width="{max(x1 - x0, 0.5):.2f}" '
-                    f'height="{bh:.2f}"><title>[{fmt(float(edges[i]))}, '
-                    f'{fmt(float(edges[i + 1]))}): {fmt(float(counts[i]))}</title></rect>')
+        path.append(f"M{_n(x0)} {_n(pad_t + h)}v-{_n(bh)}h{_n(max(x1 - x0, 0.5))}v{_n(bh)}z")
+    n = sum(max(float(c), 0.0) for c in counts)
+    bars = [f'<path d="{"".join(path)}"><title>{esc(label)}: {fmt(n)} values in '
+            f"{len(counts)} bins of [{fmt(lo)}, {fmt(hi)})</title></path>"] if path else []
     axis = []
     if lo < 0 < hi:
         zx = pad_l + (0 - lo) / span * w
@@ -44,6 +47,12 @@ def histogram_svg(edges: Sequence[float], counts: Sequence[float], *, width: int
                 f"{esc(label)} ({scale})</text>")
     return (f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
             f'role="img" aria-label="{esc(label)} histogram">{"".join(bars)}{"".join(axis)}</svg>')
+
+
+def _n(x: float) -> str:
+    """A coordinate to 0.1 px, without a trailing ``.0``."""
+    t = f"{x:.1f}"
+    return t[:-2] if t.endswith(".0") else t
 
 
 def hbar_svg(rows: Sequence[tuple[str, float, float | None]], *, width: int = 460,

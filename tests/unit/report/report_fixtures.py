@@ -149,6 +149,12 @@ def write_stats(path: Path, model: str, seed: int, n_vocab: int) -> None:
         top_values=top_values, top_seq=top_seq, top_pos=top_pos, token_ids=token_ids,
         token_count=np.full(len(token_ids), 5), token_mean=rng.normal(size=(len(token_ids), *shape)),
         token_max=rng.normal(size=(len(token_ids), *shape)).astype(np.float32))
+    if seed == 0:  # the whole-vocabulary top tokens (one model; the other has only the table)
+        top_ids = np.full((*shape, 5), -1, np.int32)
+        top_ids[..., :3] = [VOCAB.index(XSS_IMG), VOCAB.index(" cat"), VOCAB.index("\n")]
+        known.update(vocab_token_count=np.arange(n_vocab, dtype=np.int64) + 5,
+                     token_top_ids=top_ids,
+                     token_top_mean=np.where(top_ids >= 0, 2.0, np.nan).astype(np.float32))
     # fields added to the format later than this fixture get neutral placeholders
     extra = {f.name: np.zeros(shape) for f in dataclasses.fields(ActivationStatsResult)
              if f.name not in known}

@@ -27,6 +27,7 @@ from universal_neurons.constants import safe_name
 from universal_neurons.errors import UserError
 from universal_neurons.report.browser import browser_file, browser_rows
 from universal_neurons.report.build import ReportConfig, build_report, select_pages
+from universal_neurons.report.front import FRONT_ROWS
 from universal_neurons.report.rundata import RunData, paper_reference
 
 RAW_HOSTILE = (XSS_SCRIPT, "<img src=x", "</script><!--")
@@ -35,7 +36,7 @@ RAW_HOSTILE = (XSS_SCRIPT, "<img src=x", "</script><!--")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     run = make_fake_run(tmp_path_factory.mktemp("run") / "run")
-    index = build_report(run, config=ReportConfig(top_n=3))
+    index = build_report(run, config=ReportConfig(top_n=3, max_pages=0))
     return run, index
 
 
@@ -149,8 +150,9 @@ def test_neuron_pages_are_bounded_and_complete(built):
     run, _ = built
     df = pd.read_parquet(run / "neurons" / "toy-a.parquet")
     expected = set(df[df.is_universal].apply(lambda r: f"L{r.layer}.{r.neuron}", axis=1))
-    top = df.nlargest(3, "excess_corr")
+    top = df.nlargest(10, "excess_corr")  # listed under "Most universal neurons" (top_n=3)
     expected |= {f"L{a}.{b}" for a, b in zip(top.layer, top.neuron)}
+    expected.add("L2.3")  # named by the entropy table (max_pages=0: nothing else)
     pages = {p.stem for p in (run / "report" / "neurons" / "toy-a").glob("*.html")}
     assert pages == expected
     text = (run / "report" / "neurons" / "toy-a" / f"{sorted(pages)[0]}.html").read_text()
@@ -165,8 +167,11 @@ def test_select_pages_order_and_cap():
     df = pd.DataFrame({"layer": [0, 0, 1, 1], "neuron": [0, 1, 0, 1],
                        "excess_corr": [0.1, 0.9, 0.6, None],
                        "is_universal": [False, True, True, False]})
-    assert select_pages(df, "m", ReportConfig(top_n=1)) == [(0, 1), (1, 0)]
-    cfg = ReportConfig(top_n=4, max_pages=3, neurons=("L1.1", "other:L0.0"))
+    assert select_pages(df, "m", ReportConfig(top_n=1, max_pages=0)) == [(0, 1), (1, 0)]
+    # the budget is filled by excess correlation (missing last)
+    assert select_pages(df, "m", ReportConfig(top_n=0, max_pages=3)) == [(0, 1), (1, 0), (0, 0)]
+    assert select_pages(df, "m", ReportConfig(top_n=0)) == [(0, 1), (1, 0), (0, 0), (1, 1)]
+    cfg = ReportConfig(top_n=0, max_pages=3, neurons=("L1.1", "other:L0.0"))
     assert select_pages(df, "m", cfg) == [(1, 1), (0, 1), (1, 0)]
     assert select_pages(df.drop(columns=["excess_corr", "is_universal"]), "m", ReportConfig()) == []
     with pytest.raises(ValueError):
@@ -259,7 +264,11 @@ def test_paper_reference_and_manifest_models(tmp_path):
 def test_long_explanations_and_correlation_summaries(built):
     """org/toy-b has the explain stage's long table; pages show it and the top-k partners."""
     run, _ = built
-    page = (run / "report" / "neurons" / "org--toy-b" / "L0.0.html").read_text()
+    pages = {p.stem for p in (run / "report" / "neurons" / "org--toy-b").glob("*.html")}
+    explained = {f"L{i // D_MLP}.{i % D_MLP}" for i in range(0, N_LAYERS * D_MLP, 2)}
+    name = sorted(pages & explained)[0]  # the explain stage analysed every other neuron
+    layer, neuron = (int(x) for x in name[1:].split("."))
+    page = (run / "report" / "neurons" / "org--toy-b" / f"{name}.html").read_text()
     block = re.search(r'<section id="explanations">(.*?)</section>', page, re.S).group(1)
     assert "variance reduction" in block and block.count("<tr>") == 1 + 3
     assert "unigram:&lt;script&gt;" in block and "alpha:c" in block
@@ -268,11 +277,8 @@ def test_long_explanations_and_correlation_summaries(built):
     from safetensors import safe_open
 
     with safe_open(str(run / "correlations" / "org--toy-b__toy-a.safetensors"), "np") as f:
-        best = int(f.get_slice("top_indices")[0][0])
+        best = int(f.get_slice("top_indices")[layer * D_MLP + neuron][0])
     assert f"L{best // D_MLP}.{best % D_MLP}" in partners
-    # explained neurons get pages (here every other neuron of org/toy-b)
-    pages = {p.stem for p in (run / "report" / "neurons" / "org--toy-b").glob("*.html")}
-    assert {"L0.0", "L0.2", "L2.6"} <= pages
 
 
 def test_stage_tables_are_deduplicated_and_truncated(tmp_path):
@@ -283,9 +289,11 @@ def test_stage_tables_are_deduplicated_and_truncated(tmp_path):
     big.to_parquet(run / "entropy" / "sweep_tokens.parquet")  # per-token: not shown
     text = build_report(run, config=ReportConfig(top_n=1)).read_text()
     block = re.search(r'<section id="entropy">(.*?)</section>', text, re.S).group(1)
-    assert "candidates.parquet" in block and "candidates.csv" not in block
-    assert "sweep_tokens" not in block and "summary.csv" in block
-    assert "first 50 of 500 rows" in block and block.count("<tr>") == (1 + 50) + (1 + 1)
+    assert "entropy/candidates.parquet" in block and "candidates.csv" not in block
+    assert "sweep_tokens" not in block and "entropy/summary.csv" in block
+    assert "<h3>Entropy neuron candidates" in block and "<h3>Summary</h3>" in block
+    assert f"first {FRONT_ROWS} of 500 rows" in block
+    assert block.count("<tr>") == (1 + FRONT_ROWS) + (1 + 1)
 
 
 def test_refuses_to_replace_what_is_not_a_report(tmp_path):
@@ -335,3 +343,15 @@ def test_damaged_per_neuron_files_are_reported_once(tmp_path):
     page = next((run / "report" / "neurons" / "toy-a").glob("*.html")).read_text()
     hist = re.search(r'<section id="histogram">(.*?)</section>', page, re.S).group(1)
     assert "not computed" in hist and "<svg" not in hist
+
+
+def test_top_tokens_of_the_whole_vocabulary_else_the_frequent_table(built):
+    run, _ = built
+    a = next((run / "report" / "neurons" / "toy-a").glob("*.html")).read_text()
+    block = re.search(r'<section id="tokens">(.*?)</section>', a, re.S).group(1)
+    assert "highest mean activation (whole vocabulary" in block
+    assert "&lt;img" in block and "onerror=alert(1)&gt;" in block and "<img" not in block
+    assert "\u2423</span>cat" in block and "\u23ce" in block
+    b = next((run / "report" / "neurons" / "org--toy-b").glob("*.html")).read_text()
+    block = re.search(r'<section id="tokens">(.*?)</section>', b, re.S).group(1)
+    assert "highest mean activation (frequent tokens)" in block

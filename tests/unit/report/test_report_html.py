@@ -11,7 +11,7 @@ from report_fixtures import HOSTILE, XSS_IMG, XSS_SCRIPT
 
 from universal_neurons.report import html
 from universal_neurons.report.browser import round_sig_array
-from universal_neurons.report.neuron_page import token_code, token_html
+from universal_neurons.report.neuron_page import token_code, token_span
 from universal_neurons.report.svg import hbar_svg, histogram_svg
 
 
@@ -88,17 +88,19 @@ def test_inline_script_guard():
 
 
 def test_tokens_are_escaped_and_shaded():
-    span = token_html(XSS_IMG, 1.0, 2.0, focus=True)
-    assert "<img" not in span and 'style="--a:0.500"' in span and "max" in span
-    assert 'class="tok neg"' in token_html("x", -0.5, 1.0)
-    assert "--a" not in token_html(XSS_SCRIPT, None, 1.0)
-    assert token_html("x", 5.0, 1.0).count("--a:1.000") == 1  # clipped at full opacity
-    assert "<script" not in token_code(XSS_SCRIPT) and "\u21b5" in token_code("\n")
+    span = token_span(XSS_IMG, 1.0, 2.0, focus=True)
+    assert "<img" not in span and 'style="--a:0.50"' in span and "max" in span
+    assert 'class="tok neg"' in token_span("x", -0.5, 1.0)
+    assert "--a" not in token_span(XSS_SCRIPT, None, 1.0) and "<script" not in token_span(XSS_SCRIPT, None, 1.0)
+    assert token_span("x", 5.0, 1.0).count("--a:1.00") == 1  # clipped at full opacity
+    assert "<script" not in token_code(XSS_SCRIPT) and "\u23ce" in token_code("\n")
 
 
 def test_histogram_svg():
     svg = histogram_svg([0, 1, 2, 3], [1, 0, 4], label=XSS_SCRIPT)
-    assert svg.count("<rect") == 3 and XSS_SCRIPT not in svg
+    path = re.search(r'<path d="([^"]*)"', svg).group(1)
+    assert path.count("M") == 2 and XSS_SCRIPT not in svg  # the empty bin draws nothing
+    assert "5 values in 3 bins" in svg
     with pytest.raises(ValueError):
         histogram_svg([0, 1], [1, 2])
 
