@@ -12,8 +12,11 @@ Build a self-contained static site from a run directory (opens from disk, no ser
   RUN/report/index.html                     summary (% universal vs the paper), figures,
                                             claims, families, entropy, attention
   RUN/report/browser-<model>.html           searchable, sortable table of every neuron
-  RUN/report/neurons/<model>/L<l>.<n>.html  pages for universal neurons, the top --top-n by
-                                            excess correlation and any --neuron given
+  RUN/report/neurons/<model>/L<l>.<n>.html  pages for any --neuron given, universal
+                                            neurons, neurons named on the front page and
+                                            the top --top-n by excess correlation (never
+                                            cut), then more by excess correlation up to
+                                            --max-pages
 
 Stages that did not run show as "not computed". See docs/report.md.
 
@@ -33,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-n", type=int, default=d.top_n,
                    help=f"neuron pages for the top N neurons by excess correlation (default {d.top_n})")
     p.add_argument("--max-pages", type=int, default=d.max_pages,
-                   help=f"at most this many neuron pages per model (default {d.max_pages})")
+                   help="pages per model filled by excess correlation up to this many; "
+                        "given, universal, front-page and top-N neurons always get one "
+                        f"(default {d.max_pages})")
     p.add_argument("--neuron", action="append", default=[], metavar="[MODEL:]L<l>.<n>",
                    help="also give this neuron a page (repeatable)")
     p.add_argument("--examples", type=int, default=d.max_examples,
