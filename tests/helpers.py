@@ -194,3 +194,22 @@ def tl_twin(model):
         tl = HookedTransformer(cfg)
     tl.load_and_process_state_dict({k: v.clone() for k, v in sd.items()})
     return tl.eval().requires_grad_(False)
+
+
+class Killed(Exception):
+    """A simulated kill of the process in the middle of a correlate pass."""
+
+
+def kill_after(monkeypatch, n_updates: int) -> None:
+    """Make ``CoMoments.update`` raise :class:`Killed` after ``n_updates`` calls."""
+    from universal_neurons.engine.moments import CoMoments
+
+    real, calls = CoMoments.update, {"n": 0}
+
+    def update(self, batch):
+        calls["n"] += 1
+        if calls["n"] > n_updates:
+            raise Killed
+        real(self, batch)
+
+    monkeypatch.setattr(CoMoments, "update", update)

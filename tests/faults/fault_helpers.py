@@ -5,26 +5,6 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from universal_neurons.engine.moments import CoMoments
-
-
-class Killed(Exception):
-    """A simulated kill of the process in the middle of a pass."""
-
-
-def kill_after(monkeypatch, n_updates: int) -> None:
-    """Make ``CoMoments.update`` raise :class:`Killed` after ``n_updates`` calls."""
-    real = CoMoments.update
-    calls = {"n": 0}
-
-    def update(self, batch):
-        calls["n"] += 1
-        if calls["n"] > n_updates:
-            raise Killed
-        real(self, batch)
-
-    monkeypatch.setattr(CoMoments, "update", update)
-
 
 def cli(capsys, *argv: str) -> tuple[int, list[str]]:
     """Run ``universal-neurons ARGV``; its exit code and non-empty stderr lines."""

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from correlate_helpers import make_dataset
-from fault_helpers import Killed, cli, correlate_args, kill_after, largest_entry_span
+from fault_helpers import cli, correlate_args, largest_entry_span
+
+from helpers import Killed, kill_after
 
 CKPT = ("--checkpoint-every", "64")  # 2 sequences of 32: a checkpoint after every batch
 

@@ -15,7 +15,7 @@ from correlate_helpers import (
     tiling_budget,
 )
 
-from universal_neurons.engine.moments import CoMoments
+from helpers import Killed, kill_after
 from universal_neurons.errors import UserError
 from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
@@ -107,22 +107,7 @@ def test_tiled_run_equals_single_pass(reference_run, acts, tiny_suite, tmp_path)
                            corr64(acts[key[0]], acts[key[1]]))
 
 
-class Killed(Exception):
-    pass
 
-
-def kill_after(monkeypatch, n_updates: int):
-    """Make CoMoments.update raise after ``n_updates`` calls (a simulated kill)."""
-    real = CoMoments.update
-    calls = {"n": 0}
-
-    def update(self, batch):
-        calls["n"] += 1
-        if calls["n"] > n_updates:
-            raise Killed
-        real(self, batch)
-
-    monkeypatch.setattr(CoMoments, "update", update)
 
 
 @pytest.mark.parametrize("tiled", [False, True])

@@ -9,8 +9,9 @@ import logging
 import pytest
 import torch
 
+from helpers import Killed, kill_after
 from universal_neurons.engine import precision as prec
-from universal_neurons.engine.moments import CoMoments, correlation_error_bound
+from universal_neurons.engine.moments import correlation_error_bound
 from universal_neurons.engine.precision import (
     DeviceCaps,
     cpu_bf16_flags,
@@ -134,21 +135,7 @@ def config(suite, out, **kw) -> CorrelateConfig:
                            progress=False, **kw)
 
 
-class Killed(Exception):
-    pass
 
-
-def kill_after(monkeypatch, n_updates: int) -> None:
-    """Make CoMoments.update raise after ``n_updates`` calls (a simulated kill)."""
-    real, calls = CoMoments.update, {"n": 0}
-
-    def update(self, batch):
-        calls["n"] += 1
-        if calls["n"] > n_updates:
-            raise Killed
-        real(self, batch)
-
-    monkeypatch.setattr(CoMoments, "update", update)
 
 
 @pytest.fixture
