@@ -60,7 +60,8 @@ class CorrelateConfig:
     """Seed of the baseline bases."""
     site: Literal["post", "pre"] = "post"
     keep_tokens: bool = False
-    """Keep BOS/pad and newline tokens (dropped by default, as in the paper)."""
+    """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
+    the single `\\n` token: docs/engine.md)."""
     top_k: int = 10
     bins: int = 100
     precision: PrecisionChoice = "auto"

@@ -40,7 +40,8 @@ class StatsConfig:
     n_ctx: int | None = None
     """Context of the default dataset (default ``min(512, model n_ctx)``)."""
     keep_tokens: bool = False
-    """Keep BOS/pad and newline tokens (dropped by default, as in the paper)."""
+    """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
+    the single `\\n` token: docs/engine.md)."""
     sparsity_rule: str = "post>0"
     """When a neuron counts as active: ``post>0`` or e.g. ``pre>-0.1``."""
     bins: int = 64
