@@ -198,8 +198,9 @@ def main() -> None:
 def _gpu_projection(specs: list[str], args) -> float:
     """Plan and projected 100M-token correlate time on one GPU of ``--gpu-memory``."""
     from universal_neurons.engine.layout import ModelShape
-    from universal_neurons.engine.planner import forward_bytes, parse_bytes, plan_correlation
+    from universal_neurons.engine.planner import forward_bytes, plan_correlation
     from universal_neurons.engine.projection import A100_PEAK_TFLOPS, format_duration, project
+    from universal_neurons.engine.sizes import parse_bytes
     from universal_neurons.models.dims import model_dims
 
     dims = [model_dims(s) for s in specs]

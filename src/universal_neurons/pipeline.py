@@ -93,7 +93,7 @@ class RunConfig:
         if self.top_percent is not None and not 0 < self.top_percent <= 100:
             raise UserError(f"top_percent must be in (0, 100], got {self.top_percent!r}")
         if self.max_memory is not None:
-            from universal_neurons.engine.planner import parse_bytes
+            from universal_neurons.engine.sizes import parse_bytes
 
             parse_bytes(self.max_memory)  # UserError naming the value
         unknown = set(self.skip) - set(STAGE_NAMES)

@@ -407,7 +407,7 @@ def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
     )
     from universal_neurons.constants import neuron_table
     from universal_neurons.data.tokens import special_ids, tokenizer_fingerprint
-    from universal_neurons.engine.planner import default_budget, format_bytes, parse_bytes
+    from universal_neurons.engine.sizes import default_budget, format_bytes, parse_bytes
     from universal_neurons.engine.token_table import plan_neuron_tiles, token_table_bytes
     from universal_neurons.rundir import RunDir, write_table
 

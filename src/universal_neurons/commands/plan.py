@@ -53,14 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from universal_neurons.engine.layout import ModelShape
-    from universal_neurons.engine.planner import (
-        default_budget,
-        format_bytes,
-        forward_bytes,
-        parse_bytes,
-        plan_correlation,
-    )
+    from universal_neurons.engine.planner import forward_bytes, plan_correlation
     from universal_neurons.engine.projection import format_duration, project
+    from universal_neurons.engine.sizes import default_budget, format_bytes, parse_bytes
     from universal_neurons.errors import UserError
     from universal_neurons.models.dims import model_dims
     from universal_neurons.models.registry import expand_model_specs

@@ -96,12 +96,8 @@ def plan_pass(models: Sequence[Any], shapes: Sequence[ModelShape], mode: Mode, n
               n_seq: int, opts: PassOptions, *, extras: Sequence[Any] = (),
               max_memory: str | None, rows_per_gemm: int, ctx: Any, device: str) -> Plan:
     """The memory plan of a correlate pass (the same on every rank)."""
-    from universal_neurons.engine.planner import (
-        default_budget,
-        forward_bytes,
-        parse_bytes,
-        plan_correlation,
-    )
+    from universal_neurons.engine.planner import forward_bytes, plan_correlation
+    from universal_neurons.engine.sizes import default_budget, parse_bytes
 
     budget = parse_bytes(max_memory) if max_memory is not None else default_budget(device)
     budget = dd.agree_min(budget, ctx, device)  # one plan for every rank

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from universal_neurons.engine.layout import CrossBlock, Layout, Mode, ModelShape, partner_range
+from universal_neurons.engine.sizes import format_bytes
 from universal_neurons.engine.summary import summary_nbytes
 from universal_neurons.errors import UserError
 
@@ -385,54 +385,3 @@ def _finalize_bytes(shapes: Sequence[ModelShape], mode: Mode) -> int:
             group = max(1, min(shapes[b].n_layers, CHUNK_ELEMENTS // (da * db)))
             chunk = max(chunk, da * db * group)
     return FINALIZE_BYTES_PER_ELEMENT * chunk
-
-
-# ---- sizes --------------------------------------------------------------------------------
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20,
-          "mb": 10**6, "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40,
-          "tb": 10**12}
-
-
-def parse_bytes(text: str | int) -> int:
-    """``"8G"``/``"8GiB"`` -> 8 * 2**30, ``"8GB"`` -> 8e9, ``"1.5e9"`` -> 1500000000."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise UserError(f"bad memory size {text!r}; write e.g. 8G (GiB), 8GB (10^9 bytes), "
-                        "512M or 2e9")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
-def format_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
-
-
-CPU_BUDGET_FRACTION = 0.7
-"""Share of available RAM a CPU run plans for by default: the plan is a peak estimate
-(measured within 10% at GPT-2-small shape, docs/scale.md), so 30% stays for the rest of
-the machine."""
-
-
-def default_budget(device: str) -> int:
-    """70% of available RAM on CPU; 90% of free device memory on CUDA."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(dev)
-        return int(free * 0.9)
-    try:
-        import psutil
-
-        available = int(psutil.virtual_memory().available)
-    except ImportError:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        available = int(info["MemAvailable"].split()[0]) * 1024
-    return int(available * CPU_BUDGET_FRACTION)

@@ -29,10 +29,11 @@ from universal_neurons.engine.correlate_pass import (
 )
 from universal_neurons.engine.layout import Mode, ModelShape
 from universal_neurons.engine.moments import Precision
-from universal_neurons.engine.planner import Plan, format_bytes
+from universal_neurons.engine.planner import Plan
 from universal_neurons.engine.precision import CHOICES as PRECISION_CHOICES
 from universal_neurons.engine.precision import PrecisionChoice
 from universal_neurons.engine.rotation import BASELINES
+from universal_neurons.engine.sizes import format_bytes
 from universal_neurons.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from universal_neurons.engine.layout import Layout, ModelShape, pairs_for
-from universal_neurons.engine.planner import format_bytes, parse_bytes, plan_correlation
+from universal_neurons.engine.planner import plan_correlation
+from universal_neurons.engine.sizes import format_bytes, parse_bytes
 from universal_neurons.errors import UserError
 
 SHAPES = [ModelShape(f"m{i}", 4, 256) for i in range(4)]
