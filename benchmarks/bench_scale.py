@@ -102,8 +102,10 @@ def correlate_figures(run: Path, peak: float) -> dict:
         if p == 0:
             elems += sum(s.n_layers * s.d_mlp ** 2 for s in shapes)
         flops = kept * elems * (2 + FLOAT64_ADD_FLOPS / plan["rows_per_gemm"])
-        acc_s = t.get(f"pass{p}_accumulate_s")
-        if acc_s and p > 0:  # pass 0 also feeds the activation statistics
+        # streaming minus forward: the accumulate steps plus the last flush of the buffer
+        # (with fewer kept tokens than rows_per_gemm that flush is all of the GEMM work)
+        acc_s = t.get(f"pass{p}_stream_s", 0.0) - t.get(f"pass{p}_forward_s", 0.0)
+        if acc_s > 0 and p > 0:  # pass 0 also feeds the activation statistics
             rates.append(flops / acc_s)
     return {"plan": plan, "kept": kept, "timings": t, "shapes": shapes,
             "accumulate_flops_s": sum(rates) / len(rates) if rates else None,
