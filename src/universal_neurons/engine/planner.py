@@ -99,11 +99,12 @@ class Plan:
                  + (f", batch {self.batch_size}" if self.batch_size else "")]
         lines += [f"  {k:<11} {format_bytes(v)}" for k, v in self.bytes.items()]
         layout = Layout(shapes)
-        shown = self.passes if len(self.passes) <= 12 else self.passes[:5] + self.passes[-5:]
-        for p in shown:
-            i = self.passes.index(p)
-            if len(self.passes) > 12 and i == len(self.passes) - 5:
-                lines.append(f"  ... {len(self.passes) - 10} more passes")
+        n = len(self.passes)
+        for i, p in enumerate(self.passes):
+            if n > 12 and 5 <= i < n - 5:  # long plans: the first and last five passes
+                if i == 5:
+                    lines.append(f"  ... {n - 10} more passes")
+                continue
             lines.append(f"  pass {i}: " + ", ".join(describe_block(layout, b) for b in p))
         return "\n".join(lines)
 
