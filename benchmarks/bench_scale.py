@@ -161,6 +161,7 @@ def main() -> None:
     gpu_proj = _gpu_projection(specs, args)
     if args.plan_only:
         return
+    _announce(specs, parse_count(args.tokens), peak, args)
 
     run = work / f"run-{args.shape}"
     cfg = RunConfig(models=tuple(specs), out=str(run), tokens=parse_count(args.tokens),
@@ -195,6 +196,54 @@ def main() -> None:
     if rows and rows[0][0] == "correlate" and rows[0][1]["rc"] == 0:
         _report_correlate(run, peak, rows[0][1], gpu_proj, A100_PEAK_TFLOPS[args.gpu_precision],
                           args.gpu_precision, format_duration)
+
+
+SUMMARY_FLOPS_PER_ELEMENT = 8000
+"""FLOP-equivalents per correlation and direction of folding it into the per-neuron
+summaries (top-k, histogram, power sums, baseline maxima): fitted on one GPT-2-small run on
+a 2-core AMD EPYC (about 1,300 s of 2,481 s of summarising at 66 GFLOP/s)."""
+OTHER_STAGES_S_AT_66_GFLOPS = 720
+"""Wall seconds of weights, properties, explain (2k tokens), families, entropy and attention
+(256 tokens) and report at GPT-2-small shape on that machine at 66 GFLOP/s."""
+
+
+def _announce(specs: list[str], tokens: int, peak: float, args) -> None:
+    """Print the expected duration: the correlate stage's streaming (from its plan), its
+    fixed costs (rotated baselines, summaries, one QR per layer) and the other stages."""
+    from universal_neurons.engine.layout import ModelShape
+    from universal_neurons.engine.planner import forward_bytes, plan_correlation
+    from universal_neurons.engine.projection import project
+    from universal_neurons.engine.sizes import default_budget, parse_bytes
+    from universal_neurons.models.dims import model_dims
+
+    dims = [model_dims(s) for s in specs]
+    shapes = [ModelShape(Path(s).name, d.n_layers, d.d_mlp) for s, d in zip(specs, dims)]
+    from universal_neurons.errors import UserError
+
+    budget = parse_bytes(args.max_memory) if args.max_memory else default_budget(args.device)
+    try:
+        plan = plan_correlation(shapes, "reference", budget,
+                                model_bytes=sum(d.n_params * 4 for d in dims),
+                                forward_bytes=forward_bytes(dims, 8 * 512), batch_size=8)
+    except UserError as e:
+        print(f"expected duration: unknown ({e})", flush=True)
+        return
+    n_ref, n_partners = shapes[0].n_neurons, sum(s.n_neurons for s in shapes[1:])
+    d = shapes[0].d_mlp
+    parts = {
+        "streaming": project(plan, shapes, dims, tokens, peak).seconds,
+        "baselines": 2 * 2 * n_ref * n_partners * d / peak,
+        "summaries": 2 * n_ref * n_partners * SUMMARY_FLOPS_PER_ELEMENT / peak,
+        "bases": sum(s.n_layers for s in shapes) * 2 * (4 / 3) * d ** 3
+        / (peak / max(1, os.cpu_count() or 1)) / max(1, os.cpu_count() or 1),
+    }
+    skipped = set(args.skip)
+    if not {"weights", "explain", "entropy"} <= skipped:
+        parts["other stages"] = OTHER_STAGES_S_AT_66_GFLOPS * 66e9 / peak
+    total = sum(parts.values())
+    print(f"expected duration: ~{total / 60:.0f} min (" + ", ".join(
+        f"{k} {v / 60:.0f} min" for k, v in parts.items()) + "; rough, scaled by the peak above)",
+        flush=True)
 
 
 def _gpu_projection(specs: list[str], args) -> float:
