@@ -75,8 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, default=None,
                    help="context of the default dataset (default min(512, model n_ctx))")
     p.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
-                   help="checkpoint every N tokens; rerunning the command resumes")
-    p.add_argument("--restart", action="store_true", help="discard an existing checkpoint")
+                   help="checkpoint every N tokens; rerunning the command resumes after "
+                        "checking the checkpoint's SHA-256, options and dataset")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an existing checkpoint (also one that fails its checks)")
     p.add_argument("--stats", action="store_true",
                    help="also compute every model's activation statistics (moments, sparsity, "
                    "histograms, top examples, per-token table; see `stats --help`) in the same "
