@@ -1,6 +1,6 @@
 """The whole study on two GPT-2-small-shaped random models (12 layers x 3,072 neurons) on a
 few hundred tokens: every stage writes its outputs, and the neuron table has a row per
-neuron. Slow (about 10-20 minutes on a 2-core CPU), so it runs only with
+neuron. Slow (595 s on a 2-core CPU), so it runs only with
 ``UN_SCALE_TESTS=1``; ``benchmarks/bench_scale.py`` is the full check with timings."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.environ.get("UN_SCALE_TESTS") != "1",
-    reason="GPT-2-small-shape study takes 10-20 min; set UN_SCALE_TESTS=1 to run it")]
+    reason="GPT-2-small-shape study takes ~10 min; set UN_SCALE_TESTS=1 to run it")]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
