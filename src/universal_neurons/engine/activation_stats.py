@@ -32,7 +32,7 @@ the sites ``("pre", "post")``. Per neuron it keeps, exactly and mergeably:
   budget.
 - **whole-vocabulary token means** (with ``vocab_size``): count and mean post-activation of
   every token id, per neuron, in bounded memory (:class:`~universal_neurons.engine.
-  token_table.VocabMeans`: float64 staging, float32 ``[V, N]`` store in RAM or spilled to a
+  vocab_means.VocabMeans`: float64 staging, float32 ``[V, N]`` store in RAM or spilled to a
   memory-mapped file). Written as ``vocab_token_count [V]`` and, per neuron, the
   ``vocab_top_k`` ids of highest mean among ids seen ``>= vocab_min_count`` times
   (``token_top_ids``/``token_top_mean [L, d_mlp, k]``); the frequent tokens' exact float64
@@ -56,11 +56,8 @@ import numpy as np
 import torch
 
 from universal_neurons.engine.batch import ActivationBatch
-from universal_neurons.engine.token_table import (
-    TokenTableAccumulator,
-    VocabMeans,
-    token_table_bytes,
-)
+from universal_neurons.engine.token_table import TokenTableAccumulator, token_table_bytes
+from universal_neurons.engine.vocab_means import VocabMeans
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +629,7 @@ def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,
     pass), as many as ``token_budget_bytes`` allows per model (0 disables it).
 
     ``whole_vocab`` (with a non-zero budget) also keeps every token id's count and mean
-    (:class:`~universal_neurons.engine.token_table.VocabMeans`): its ``[V, N]`` float32 store
+    (:class:`~universal_neurons.engine.vocab_means.VocabMeans`): its ``[V, N]`` float32 store
     stays in RAM up to ``token_budget_bytes`` and is a memory-mapped file in ``spill_dir``
     (default: the system's temporary folder) beyond; its float64 staging buffer takes a
     quarter of the budget on top.

@@ -185,7 +185,7 @@ def _vocab_oracle(tokens, acts, keep):
 
 
 def _vocab_run(tokens, acts, keep, seqs=slice(None), **kw):
-    from universal_neurons.engine.token_table import VocabMeans
+    from universal_neurons.engine.vocab_means import VocabMeans
 
     acc = VocabMeans("m", V_BIG, N_BIG, **kw)
     off = seqs.start or 0
@@ -233,7 +233,7 @@ def test_vocab_means_merge_and_checkpoint_equal_one_pass(big, tmp_path):
     a = _vocab_run(tokens, acts, keep, seqs=slice(0, 25), **kw)
     b = _vocab_run(tokens, acts, keep, seqs=slice(25, None), **kw)
     a.merge(b)
-    from universal_neurons.engine.token_table import VocabMeans
+    from universal_neurons.engine.vocab_means import VocabMeans
 
     c = VocabMeans("m", V_BIG, N_BIG, **kw)
     torch.save(a.state_dict(), tmp_path / "ck.pt")
