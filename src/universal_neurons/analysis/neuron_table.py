@@ -82,7 +82,7 @@ def stage_frames(run: str | Path, model: str) -> list:
 
         frames.append(WeightStats.load(d).frame())
     if (d / ACTIVATION_STATS_FILE).exists():
-        from universal_neurons.engine.activation_stats import ActivationStatsResult
+        from universal_neurons.engine.activation_stats_result import ActivationStatsResult
 
         frames.append(ActivationStatsResult.load(d / ACTIVATION_STATS_FILE).frame())
     return frames

@@ -43,20 +43,23 @@ Shapes: activations arrive as ``Float[n_kept, layers * d_mlp]`` (neuron ``l * d_
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from universal_neurons.engine.activation_stats_result import ActivationStatsResult
 from universal_neurons.engine.batch import ActivationBatch
-from universal_neurons.engine.token_table import TokenTableAccumulator, token_table_bytes
+from universal_neurons.engine.frequent_tokens import (
+    FrequentTokens,
+    empty_token_arrays,
+    frequent_token_ids,
+    plan_token_table,
+)
 from universal_neurons.engine.vocab_means import VocabMeans
 
 log = logging.getLogger(__name__)
@@ -104,98 +107,6 @@ def parse_sparsity_rule(rule: str) -> tuple[str, str, float]:
         raise ValueError(f"bad sparsity rule {rule!r}; expected SITE>THRESHOLD with SITE "
                          "pre or post, e.g. 'post>0' (default) or 'pre>-0.1' (paper code)")
     return m.group(1), m.group(2), float(m.group(3))
-
-
-# ----------------------------------------------------------------------------- token table
-def plan_token_table(n_neurons: int, budget_bytes: int, n_wanted: int, d_vocab: int) -> int:
-    """The most token ids (<= ``n_wanted``) whose table over ``n_neurons`` fits the budget.
-
-    Per group (``T`` ids + 1 pooled): the families' tables plus two int64 counts and the id;
-    fixed: a few ``[N]`` float64/int64 vectors (shift, totals, neuron ids; 6 allowed) and
-    an int64 id -> group lookup over the vocabulary.
-    """
-    per_group = token_table_bytes(1, n_neurons) + 24
-    fixed = 48 * n_neurons + 8 * d_vocab
-    return max(0, min(int(n_wanted), (int(budget_bytes) - fixed) // per_group - 1))
-
-
-def _empty_token_arrays(t: int, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    return dict(token_count=np.zeros(t, np.int64), token_mean=np.full((t, *shape), np.nan),
-                token_max=np.full((t, *shape), -np.inf, np.float32),
-                prev_token_count=np.zeros(t, np.int64),
-                prev_token_mean=np.full((t, *shape), np.nan))
-
-
-class _FrequentTokens:
-    """The families' token table over ``token_ids`` only (other ids pooled in group ``T``)."""
-
-    def __init__(self, model: str, token_ids: torch.Tensor, n_neurons: int, device: torch.device):
-        self.token_ids = token_ids.cpu()
-        t = token_ids.numel()
-        self.slot = torch.full((int(token_ids.max()) + 1,), t, dtype=torch.int64, device=device)
-        self.slot[token_ids.to(device)] = torch.arange(t, device=device)
-        self.table = TokenTableAccumulator(model, t + 1, n_neurons, site="post",
-                                           compute_dtype=torch.float64, table_device=str(device))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of every tensor this table holds (its state dict, the lookup and the ids)."""
-        def size(v: Any) -> int:
-            if torch.is_tensor(v):
-                return v.numel() * v.element_size()
-            if isinstance(v, dict):
-                return sum(size(x) for x in v.values())
-            return sum(size(x) for x in v) if isinstance(v, (list, tuple)) else 0
-
-        return size(self.slot) + size(self.token_ids) + size(self.table.state_dict())
-
-    def remap(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.to(self.slot.device)
-        known = (ids >= 0) & (ids < self.slot.numel())
-        out = torch.where(ids < 0, -1, self.token_ids.numel())
-        return torch.where(known, self.slot[ids.clamp(0, self.slot.numel() - 1)], out)
-
-    def update(self, batch: ActivationBatch) -> None:
-        self.table.update(replace(batch, token_ids=self.remap(batch.token_ids),
-                                  prev_token_ids=self.remap(batch.prev_token_ids)))
-
-    def finalize(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-        t = self.token_ids.numel()
-        if self.table.n_rows == 0:
-            return _empty_token_arrays(t, shape)
-        tab = self.table.finalize()
-
-        def per_token(x: torch.Tensor) -> np.ndarray:  # [T + 1, N] -> [T, L, d_mlp]
-            return x[:t].cpu().numpy().reshape(t, *shape)
-
-        assert tab.current.max is not None  # the table tracks maxima
-        return dict(token_count=tab.current.count[:t].cpu().numpy(),
-                    token_mean=per_token(tab.group_mean(tab.current)),
-                    token_max=per_token(tab.current.max),
-                    prev_token_count=tab.previous.count[:t].cpu().numpy(),
-                    prev_token_mean=per_token(tab.group_mean(tab.previous)))
-
-
-def frequent_token_ids(tokens: np.ndarray, n: int,
-                       keep: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
-                       chunk_rows: int = 4096) -> np.ndarray:
-    """The ``n`` most frequent ids of ``tokens [n_seq, n_ctx]`` at kept positions.
-
-    ``keep`` is a ``Bool[n_seq, n_ctx]`` mask or a function of a row chunk giving its mask
-    (e.g. ``lambda t: keep_mask(t, tokenizer)``). Streams the (possibly memory-mapped)
-    array in row chunks; ties go to the smaller id.
-    """
-    counts = np.zeros(0, dtype=np.int64)
-    for s in range(0, tokens.shape[0], chunk_rows):
-        t = np.asarray(tokens[s:s + chunk_rows])
-        if keep is not None:
-            t = t[keep(t) if callable(keep) else np.asarray(keep[s:s + chunk_rows])]
-        c = np.bincount(t.ravel().astype(np.int64), minlength=counts.size)
-        c[:counts.size] += counts
-        counts = c
-    order = np.lexsort((np.arange(counts.size), -counts))
-    order = order[counts[order] > 0]
-    return order[:n].astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -276,7 +187,7 @@ class ActivationStats:
         self.top_seq = torch.full((k, n), -1, **i64)
         self.top_pos = torch.full((k, n), -1, **i64)
         ids = torch.as_tensor(np.asarray([] if token_ids is None else token_ids, np.int64))
-        self.tokens = _FrequentTokens(model, ids, n, dev) if ids.numel() else None
+        self.tokens = FrequentTokens(model, ids, n, dev) if ids.numel() else None
         if vocab_top_k < 1 or vocab_min_count < 1:
             raise ValueError(f"vocab_top_k ({vocab_top_k}) and vocab_min_count "
                              f"({vocab_min_count}) must be >= 1")
@@ -476,7 +387,7 @@ class ActivationStats:
         for k in self._STATE:
             setattr(self, k, state[k].to(self.device).clone())
         ids = state["token_ids"]
-        self.tokens = _FrequentTokens(self.model, ids, self.n_neurons, self.device) if ids.numel() else None
+        self.tokens = FrequentTokens(self.model, ids, self.n_neurons, self.device) if ids.numel() else None
         if self.tokens is not None:
             self.tokens.table.load_state_dict(state["token_table"])
         if self.vocab is not None:
@@ -514,7 +425,7 @@ class ActivationStats:
             top_seq=per_neuron(self.top_seq.T.contiguous()),
             top_pos=per_neuron(self.top_pos.T.contiguous()),
             token_ids=self.token_ids.numpy(),
-            **(self.tokens.finalize(shape) if self.tokens else _empty_token_arrays(0, shape)),
+            **(self.tokens.finalize(shape) if self.tokens else empty_token_arrays(0, shape)),
             **self._vocab_arrays(shape))
 
     def _vocab_arrays(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -534,85 +445,6 @@ class ActivationStats:
         return dict(vocab_token_count=count.numpy(),
                     token_top_ids=ids.int().numpy().reshape(*shape, k),
                     token_top_mean=means.float().numpy().reshape(*shape, k))
-
-
-@dataclass
-class ActivationStatsResult:
-    """Finalized statistics; per-neuron arrays are ``[layers, d_mlp, ...]``.
-
-    ``hist [L, d_mlp, n_bins + 2]`` counts ``[underflow, bins..., overflow]``; interior bin
-    ``j`` of a neuron covers ``[hist_lo + j*hist_width, hist_lo + (j+1)*hist_width)`` for
-    ``j < (hist_hi - hist_lo) / hist_width`` (later bins are unused). ``top_*`` are
-    ``[L, d_mlp, k]`` sorted by decreasing post-activation (seq -1 where fewer tokens were
-    seen). For ``token_ids [T]``: ``token_count [T]`` and ``token_mean``/``token_max``
-    ``[T, L, d_mlp]`` over the positions holding the token (NaN / -inf if none);
-    ``prev_token_count``, ``prev_token_mean`` over the positions that follow it.
-    With the whole-vocabulary table: ``vocab_token_count [V]`` (every id) and
-    ``token_top_ids``/``token_top_mean [L, d_mlp, k]`` (float32), per neuron the ids of
-    highest mean activation among ids seen ``vocab_min_count`` times or more (-1 / NaN
-    past those); otherwise these are empty.
-    """
-
-    model: str
-    n_tokens: int
-    sparsity_rule: str
-    mean: np.ndarray
-    var: np.ndarray
-    skew: np.ndarray
-    kurt: np.ndarray
-    sparsity: np.ndarray
-    pre_min: np.ndarray
-    pre_max: np.ndarray
-    hist: np.ndarray
-    hist_lo: np.ndarray
-    hist_hi: np.ndarray
-    hist_width: np.ndarray
-    top_values: np.ndarray
-    top_seq: np.ndarray
-    top_pos: np.ndarray
-    token_ids: np.ndarray
-    token_count: np.ndarray
-    token_mean: np.ndarray
-    token_max: np.ndarray
-    prev_token_count: np.ndarray
-    prev_token_mean: np.ndarray
-    vocab_token_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    token_top_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.int32))
-    token_top_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
-
-    NEURON_COLUMNS = ("mean", "var", "skew", "kurt", "sparsity")
-
-    def frame(self):
-        """One row per neuron: ``layer, neuron, mean, var, skew, kurt, sparsity``."""
-        import pandas as pd
-
-        n_layers, d_mlp = self.mean.shape
-        layer, neuron = np.divmod(np.arange(n_layers * d_mlp), d_mlp)
-        cols = {c: getattr(self, c).reshape(-1) for c in self.NEURON_COLUMNS}
-        return pd.DataFrame({"layer": layer, "neuron": neuron, **cols})
-
-    def save(self, path: str | Path) -> None:
-        """Write every array to one safetensors file (atomically)."""
-        from safetensors.numpy import save_file
-
-        from universal_neurons.rundir import atomic_path
-
-        arrays = {k: np.ascontiguousarray(v) for k, v in self.__dict__.items()
-                  if isinstance(v, np.ndarray)}
-        meta = {"model": self.model, "n_tokens": str(self.n_tokens),
-                "sparsity_rule": self.sparsity_rule}
-        with atomic_path(path) as tmp:
-            save_file(arrays, str(tmp), metadata={"meta": json.dumps(meta)})
-
-    @classmethod
-    def load(cls, path: str | Path) -> ActivationStatsResult:
-        from safetensors import safe_open
-        from safetensors.numpy import load_file
-
-        with safe_open(str(path), "np") as f:
-            meta = json.loads(f.metadata()["meta"])
-        return cls(model=meta["model"], n_tokens=int(meta["n_tokens"]),
-                   sparsity_rule=meta["sparsity_rule"], **load_file(str(path)))
 
 
 def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,

@@ -14,11 +14,10 @@ from universal_neurons.engine.activation_stats import (
     ActivationStats,
     ActivationStatsConfig,
     ActivationStatsResult,
-    frequent_token_ids,
     parse_sparsity_rule,
-    plan_token_table,
 )
 from universal_neurons.engine.batch import ActivationBatch
+from universal_neurons.engine.frequent_tokens import frequent_token_ids, plan_token_table
 
 L, D = 2, 6
 N = L * D

@@ -12,7 +12,7 @@ from scipy import stats
 from universal_neurons.analysis.neuron_table import CONTRACT_COLUMNS, stats_dir
 from universal_neurons.cli import main
 from universal_neurons.constants import neuron_table
-from universal_neurons.engine.activation_stats import ActivationStatsResult
+from universal_neurons.engine.activation_stats_result import ActivationStatsResult
 
 
 @pytest.fixture(scope="module")

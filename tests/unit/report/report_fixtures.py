@@ -129,7 +129,7 @@ def wide_explanations_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_stats(path: Path, model: str, seed: int, n_vocab: int) -> None:
-    from universal_neurons.engine.activation_stats import ActivationStatsResult
+    from universal_neurons.engine.activation_stats_result import ActivationStatsResult
 
     rng = np.random.default_rng(seed)
     shape = (N_LAYERS, D_MLP)
