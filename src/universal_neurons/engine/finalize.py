@@ -25,6 +25,8 @@ DEAD_REL = 1e-6
 """A neuron is dead if its std is at most ``DEAD_REL * |mean|`` (+ ``DEAD_ABS``): only float32
 round-off separates it from a constant."""
 DEAD_ABS = 1e-10
+MAX_QR_WORKERS = 8
+"""Bases made at once at most (their float64 transients are planned for this many)."""
 CHUNK_ELEMENTS = 2**24
 """Largest ``d_a x n_b`` chunk summarised at once (temporaries: a few float32 copies)."""
 
@@ -113,7 +115,7 @@ class Baselines:
         """Make the bases of ``keys`` (model, layer) concurrently: each QR runs on one
         thread (so its bits do not depend on the thread count), one per core."""
         todo = [k for k in keys if k not in self._bases]
-        workers = workers or max(1, min(len(todo), torch.get_num_threads()))
+        workers = workers or max(1, min(len(todo), torch.get_num_threads(), MAX_QR_WORKERS))
         if len(todo) < 2 or workers < 2:
             for k in todo:
                 self.basis(*k)

@@ -361,7 +361,8 @@ def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int
 
 
 QR_WORKERS = min(8, os.cpu_count() or 1)
-"""Bases made at once (``finalize.Baselines.prepare``: one single-threaded QR per core)."""
+"""Bases made at once (``finalize.Baselines.prepare``: one single-threaded QR per core, at
+most ``finalize.MAX_QR_WORKERS`` = 8)."""
 
 
 def _bases_bytes(shapes: Sequence[ModelShape], largest_only: bool = False) -> int:
