@@ -14,7 +14,10 @@ Stream a token dataset once through several models trained from different seeds 
 compute, for every neuron, its Pearson correlation with every neuron of the other models
 (all layers) and with a randomly rotated basis of them (the baseline). Writes
   RUN/neurons/<model>.parquet   layer, neuron, max/mean/min_corr, max/mean/min_baseline,
-                                excess_corr, is_universal, <partner>_best/_corr/_baseline
+                                excess_corr, is_universal, baseline_std, p_value, q_value
+                                (--rotations), excess_ci_low/high, split_half_agreement
+                                (--blocks), <partner>_best/_corr/_baseline
+  RUN/universality/threshold_curve.parquet   universal share at thresholds 0.1..0.9
   RUN/correlations/<a>__<b>.safetensors   per-neuron max/min, top/bottom-k, histogram,
                                 moments of its correlations with b (both directions)
   RUN/manifest.json             config, seeds, token counts, memory plan, timings
@@ -45,6 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default="rotation", help="random basis of the baseline: Haar rotation "
                    "(default), the paper code's normalised Gaussian rows, or none")
     p.add_argument("--seed", type=int, default=0, help="seed of the baseline bases (default 0)")
+    p.add_argument("--rotations", type=int, default=1, metavar="K",
+                   help="baseline draws: K independent bases per layer give each neuron a "
+                   "K-draw null; adds baseline_std, p_value ((1 + #draws >= observed) / "
+                   "(K + 1)) and Benjamini-Hochberg q_value (default 1 = the paper's single "
+                   "baseline; each draw costs two more GEMMs per summarised chunk, "
+                   "docs/engine.md)")
+    p.add_argument("--blocks", type=int, default=1, metavar="B",
+                   help="split the tokens into B >= 2 contiguous blocks for a delete-one-block "
+                   "jackknife: adds excess_ci_low/high (95%%), excess_corr_block<j> and "
+                   "split_half_agreement (universal in every block); co-moment memory grows "
+                   "about (B + 1)-fold (default 1 = off)")
     p.add_argument("--site", choices=("post", "pre"), default="post",
                    help="neuron activation to correlate (default post = mlp.hook_post)")
     p.add_argument("--keep-tokens", action="store_true",
@@ -92,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     config = CorrelateConfig(
         models=tuple(args.models), out=args.out, dataset=args.dataset,
         all_pairs=args.all_pairs, threshold=args.threshold, baseline=args.baseline,
-        seed=args.seed, site=args.site, keep_tokens=args.keep_tokens, top_k=args.top_k,
+        seed=args.seed, rotations=args.rotations, blocks=args.blocks, site=args.site, keep_tokens=args.keep_tokens, top_k=args.top_k,
         bins=args.bins, precision=args.precision, precision_strict=args.precision_strict,
         precision_tolerance=args.precision_tolerance, device=args.device,
         batch_size=args.batch_size, rows_per_gemm=args.rows_per_gemm,

@@ -52,6 +52,8 @@ class PassOptions:
     baseline: str = "rotation"
     seed: int = 0
     """Seed of the baseline bases."""
+    rotations: int = 1
+    """Baseline draws (independent bases per layer); 1 = the single-draw baseline."""
     keep_tokens: bool = False
     top_k: int = 10
     bins: int = 100
@@ -108,7 +110,7 @@ def plan_pass(models: Sequence[Any], shapes: Sequence[ModelShape], mode: Mode, n
     batch = min(opts.batch_size, n_seq)
     return plan_correlation(
         shapes, mode, budget, k=opts.top_k, bins=opts.bins,
-        baseline=opts.baseline != "none", rows_per_gemm=rows_per_gemm,
+        baseline=opts.baseline != "none", rows_per_gemm=rows_per_gemm, draws=opts.rotations,
         model_bytes=model_bytes(models),
         forward_bytes=forward_bytes([m.adapter for m in models], batch * n_ctx, 1),
         scratch_bytes=max(scratch, default=0), batch_size=batch, extra_bytes=extra_state,
@@ -170,10 +172,12 @@ class _Run:
                           else list(range(ctx.rank, plan.n_passes, ctx.world_size)))
         shard = (ctx.rank, ctx.world_size) if self.token_shard else (0, 1)
         self.ranges = runner.batch_ranges(n_seq, plan.batch_size or opts.batch_size, *shard)
-        self.progress = Progress(new_summaries(shapes, mode, opts.top_k, opts.bins, dev))
+        self.progress = Progress(new_summaries(shapes, mode, opts.top_k, opts.bins, dev,
+                                               draws=opts.rotations))
         self.current: dict[str, Any] | None = None
         # bases are made once per run (a QR per layer) and kept for every pass
-        self.base = (Baselines(opts.baseline, opts.seed, Layout(shapes), dev)
+        self.base = (Baselines(opts.baseline, opts.seed, Layout(shapes), dev,
+                               draws=opts.rotations)
                      if opts.baseline != "none" else None)
         self.shapes = shapes
 

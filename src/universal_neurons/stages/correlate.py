@@ -59,6 +59,11 @@ class CorrelateConfig:
     baseline: Literal["rotation", "gaussian-rows", "none"] = "rotation"
     seed: int = 0
     """Seed of the baseline bases."""
+    rotations: int = 1
+    """Baseline draws: independent bases per layer, for ``baseline_std``, ``p_value`` and
+    ``q_value`` (1 = the paper's single baseline)."""
+    blocks: int = 1
+    """Token blocks for the delete-one-block jackknife of ``excess_corr`` (1 = off)."""
     site: Literal["post", "pre"] = "post"
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
@@ -100,7 +105,12 @@ class CorrelateConfig:
                             f"got {self.precision_tolerance}")
         if self.site not in ("post", "pre"):
             raise UserError(f"--site must be post or pre, got {self.site!r}")
-        for name in ("top_k", "bins", "batch_size", "rows_per_gemm"):
+        if self.blocks != 1 and self.blocks < 2:
+            raise UserError(f"--blocks must be 1 (off) or at least 2, got {self.blocks}")
+        if self.rotations > 1 and self.baseline == "none":
+            raise UserError(f"--rotations {self.rotations} needs a baseline; drop "
+                            "--baseline none or use --rotations 1")
+        for name in ("top_k", "bins", "batch_size", "rows_per_gemm", "rotations"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got "
                                 f"{getattr(self, name)}")
@@ -118,6 +128,7 @@ class CorrelateConfig:
     def pass_options(self, precision: Precision) -> PassOptions:
         """The options the engine's correlate pass needs, with the resolved ``precision``."""
         return PassOptions(site=self.site, baseline=self.baseline, seed=self.seed,
+                           rotations=self.rotations,
                            keep_tokens=self.keep_tokens, top_k=self.top_k, bins=self.bins,
                            precision=precision, batch_size=self.batch_size,
                            progress=self.progress)
