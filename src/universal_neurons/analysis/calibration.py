@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 CURVE_THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
@@ -81,3 +84,58 @@ def threshold_curve(excess: np.ndarray, excess_loo: np.ndarray | None = None,
         for key, v in zip(out, (float(t), share, lo, hi)):
             out[key].append(v)
     return out
+
+
+def block_columns(excess: np.ndarray, union_excess: dict[tuple[int, ...], np.ndarray],
+                  n_blocks: int, threshold: float) -> dict[str, np.ndarray]:
+    """Columns of the delete-one-block jackknife from the excess correlation of every union
+    of token blocks (``union_excess[(0, 2, 3)]``: blocks 0, 2 and 3): ``excess_ci_low/high``
+    (95%), ``excess_corr_block<j>`` and ``split_half_agreement`` (universal in every
+    block; NaN excess is never universal)."""
+    full = tuple(range(n_blocks))
+    loo = loo_excess(union_excess, n_blocks)
+    single = np.stack([union_excess[(j,)] for j in full], 1)
+    lo, hi = jackknife_ci(excess, loo)
+    cols = {"excess_ci_low": lo, "excess_ci_high": hi}
+    cols.update({f"excess_corr_block{j}": single[:, j] for j in full})
+    cols["split_half_agreement"] = (np.nan_to_num(single, nan=-np.inf) > threshold).all(1)
+    return cols
+
+
+def loo_excess(union_excess: dict[tuple[int, ...], np.ndarray], n_blocks: int) -> np.ndarray:
+    """``[n, B]``: the excess correlation without each block."""
+    full = tuple(range(n_blocks))
+    return np.stack([union_excess[tuple(b for b in full if b != j)] for j in full], 1)
+
+
+SIGNIFICANCE = 0.05
+"""q-value under which a neuron counts as significant in the run summary."""
+
+
+def share_summary(table, loo: np.ndarray | None, threshold: float) -> dict[str, Any]:
+    """The universal share of a model's table for the manifest: ``n_universal``, ``fraction``
+    and, with token blocks (``loo: [n, B]``), its jackknife interval ``fraction_ci_low/high``;
+    with baseline draws, ``n_significant`` (q-value below :data:`SIGNIFICANCE`)."""
+    out: dict[str, Any] = {"n_universal": int(table["is_universal"].sum()),
+                           "fraction": float(table["is_universal"].mean())}
+    if loo is not None:
+        out["fraction_ci_low"], out["fraction_ci_high"] = share_ci(loo, out["fraction"],
+                                                                   threshold)
+    if "baseline_std" in table and table["baseline_std"].notna().any():
+        out["n_significant"] = int((table["q_value"] < SIGNIFICANCE).sum())
+    return out
+
+
+def write_threshold_curve(path, excess: dict[str, tuple[np.ndarray, np.ndarray | None]]
+                          ) -> None:
+    """Write the threshold curve (``RUN/universality/threshold_curve.parquet`` at ``path``):
+    per model and threshold (0.1..0.9) the share of neurons with ``excess_corr`` above it
+    and, with token blocks, its jackknife interval; ``excess[model] = (excess_corr: [n],
+    leave-one-block-out: [n, B] or None)``."""
+    import pandas as pd
+
+    from universal_neurons.rundir import write_table
+
+    rows = [pd.DataFrame({"model": model, **threshold_curve(x, loo)})
+            for model, (x, loo) in excess.items()]
+    write_table(Path(path), pd.concat(rows, ignore_index=True), csv=False)

@@ -123,5 +123,11 @@ def _print_summary(result) -> None:
     if result.tables:
         for name, table in result.tables.items():
             n = int(table["is_universal"].sum())
-            print(f"{name}: {n} of {len(table)} neurons universal ({100 * n / len(table):.2f}%)")
+            u = result.universal.get(name, {})
+            ci = (f", 95% CI {100 * u['fraction_ci_low']:.2f}-{100 * u['fraction_ci_high']:.2f}%"
+                  if "fraction_ci_low" in u else "")
+            sig = (f"; {u['n_significant']} with q < 0.05 against the rotation null"
+                   if "n_significant" in u else "")
+            print(f"{name}: {n} of {len(table)} neurons universal "
+                  f"({100 * n / len(table):.2f}%{ci}){sig}")
         print(f"wrote {result.rundir}")

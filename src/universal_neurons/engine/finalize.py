@@ -19,8 +19,8 @@ Chunks are at most ``CHUNK_ELEMENTS``: temporaries stay at a few float32 chunk c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -214,7 +214,7 @@ class _Chunk(NamedTuple):
     cross: torch.Tensor
 
 
-def _chunks(moments: CoMoments, layout: Layout, max_chunk: int) -> Iterator[_Chunk]:
+def _chunks(moments: Any, layout: Layout, max_chunk: int) -> Iterator[_Chunk]:
     """Every chunk of ``moments``' cross blocks, at most ``max_chunk`` elements each."""
     for block, cross in zip(moments.blocks, moments.cross):
         a = block.row
@@ -233,7 +233,7 @@ def _chunks(moments: CoMoments, layout: Layout, max_chunk: int) -> Iterator[_Chu
                                  cross[r0:r0 + da, c0 + rows_b.start:c0 + rows_b.stop])
 
 
-def _pass_keys(moments: CoMoments, layout: Layout, draw: int) -> list[Key]:
+def _pass_keys(moments: Any, layout: Layout, draw: int) -> list[Key]:
     """The (model, layer, draw) bases the chunks of ``moments`` rotate."""
     keys: dict[Key, None] = {}
     for block in moments.blocks:
@@ -245,11 +245,14 @@ def _pass_keys(moments: CoMoments, layout: Layout, draw: int) -> list[Key]:
     return list(keys)
 
 
-def summarize_moments(moments: CoMoments, stats: ModelStats,
+def summarize_moments(moments: Any, stats: ModelStats,
                       summaries: dict[tuple[int, int], NeuronSummary],
-                      baselines: Baselines | None, max_chunk: int = CHUNK_ELEMENTS) -> None:
-    """Fold every cross block of ``moments`` into ``summaries[(a, b)]`` (neurons of ``a``
-    against ``b``) in both directions, then every further baseline draw.
+                      baselines: Baselines | None, max_chunk: int = CHUNK_ELEMENTS,
+                      draws: Sequence[int] | None = None) -> None:
+    """Fold every cross block of ``moments`` (a :class:`CoMoments`, or anything with its
+    ``blocks`` and ``cross``) into ``summaries[(a, b)]`` (neurons of ``a`` against ``b``) in
+    both directions, then every further baseline draw; ``draws``: only these (draw 0 also
+    folds the correlations).
 
     Works on chunks of one layer of ``a`` against as many whole layers of ``b`` as fit in
     ``max_chunk`` elements, so both rotations stay local to the chunk.
@@ -258,7 +261,9 @@ def summarize_moments(moments: CoMoments, stats: ModelStats,
     if baselines is not None:
         baselines.use(stats)
     inv = [stats.inv_std(m).float() for m in range(len(layout))]
-    for ch in _chunks(moments, layout, max_chunk):
+    todo = list(range(baselines.draws if baselines is not None else 1) if draws is None
+                else draws)
+    for ch in _chunks(moments, layout, max_chunk) if 0 in todo else ():
         s_ab, s_ba = summaries[(ch.a, ch.b)], summaries[(ch.b, ch.a)]
         c = ch.cross.float()  # [d_a, n_b]
         ia, ib = inv[ch.a][ch.rows_a], inv[ch.b][ch.rows_b]
@@ -269,7 +274,7 @@ def summarize_moments(moments: CoMoments, stats: ModelStats,
         if baselines is not None:
             _baseline_chunk(ch, c, ia, ib, s_ab, s_ba, baselines, 0)
         del c
-    for draw in range(1, baselines.draws if baselines is not None else 1):
+    for draw in (d for d in todo if d > 0):
         assert baselines is not None
         baselines.prepare(_pass_keys(moments, layout, draw))
         for ch in _chunks(moments, layout, max_chunk):

@@ -19,7 +19,18 @@ from typing import Any, Literal
 
 import torch
 
-from universal_neurons.constants import CHECKPOINT_DIR, correlations_file, neuron_table
+from universal_neurons.analysis.calibration import (
+    block_columns,
+    loo_excess,
+    share_summary,
+    write_threshold_curve,
+)
+from universal_neurons.constants import (
+    CHECKPOINT_DIR,
+    THRESHOLD_CURVE,
+    correlations_file,
+    neuron_table,
+)
 from universal_neurons.engine.correlate_pass import (
     Checkpointing,
     PassOptions,
@@ -105,8 +116,11 @@ class CorrelateConfig:
                             f"got {self.precision_tolerance}")
         if self.site not in ("post", "pre"):
             raise UserError(f"--site must be post or pre, got {self.site!r}")
-        if self.blocks != 1 and self.blocks < 2:
+        if self.blocks < 1:
             raise UserError(f"--blocks must be 1 (off) or at least 2, got {self.blocks}")
+        if self.blocks > 1 and self.checkpoint_every is not None:
+            raise UserError(f"--blocks {self.blocks} does not checkpoint: drop "
+                            "--checkpoint-every or use --blocks 1")
         if self.rotations > 1 and self.baseline == "none":
             raise UserError(f"--rotations {self.rotations} needs a baseline; drop "
                             "--baseline none or use --rotations 1")
@@ -128,7 +142,7 @@ class CorrelateConfig:
     def pass_options(self, precision: Precision) -> PassOptions:
         """The options the engine's correlate pass needs, with the resolved ``precision``."""
         return PassOptions(site=self.site, baseline=self.baseline, seed=self.seed,
-                           rotations=self.rotations,
+                           rotations=self.rotations, blocks=self.blocks,
                            keep_tokens=self.keep_tokens, top_k=self.top_k, bins=self.bins,
                            precision=precision, batch_size=self.batch_size,
                            progress=self.progress)
@@ -147,6 +161,9 @@ class CorrelateResult:
     n_tokens: int = 0
     n_kept: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    universal: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model: ``n_universal``, ``fraction`` and, as computed, ``fraction_ci_low/high``
+    and ``n_significant`` (also in the manifest)."""
 
 
 def run_correlate(config: CorrelateConfig, extra_accumulators: Sequence[Any] = (),
@@ -263,8 +280,14 @@ def _write_outputs(config: CorrelateConfig, result: CorrelateResult, shapes: lis
     run = RunDir(config.out)
     final = {key: s.finalize() for key, s in done.summaries.items()}
     files = _write_correlations(run, config, result, shapes, final)
-    universal = _write_tables(run, config, result, shapes, mode, final)
+    unions = {u: {key: s.finalize() for key, s in summ.items()}
+              for u, summ in done.unions.items()}
+    curves: dict[str, Any] = {}
+    universal = _write_tables(run, config, result, shapes, mode, final, unions, curves)
     files += [neuron_table(name) for name in universal]
+    result.universal = universal
+    write_threshold_curve(run / THRESHOLD_CURVE, curves)
+    files.append(THRESHOLD_CURVE)
     timings = result.timings
     timings["total_s"] = time.perf_counter() - t0
     run.record_stage(
@@ -306,25 +329,46 @@ def _write_correlations(run, config: CorrelateConfig, result: CorrelateResult,
 
 
 def _write_tables(run, config: CorrelateConfig, result: CorrelateResult,
-                  shapes: list[ModelShape], mode: Mode, final) -> dict[str, dict[str, Any]]:
+                  shapes: list[ModelShape], mode: Mode, final, unions=None,
+                  curves: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``neurons/<model>.parquet`` of the reference (every model with all pairs); the
-    universal counts of each, by model name."""
-    from universal_neurons.analysis.universality import universality_table, write_neuron_table
+    universal counts of each, by model name. ``unions``: finalised summaries of every
+    proper union of token blocks (``--blocks``), for the jackknife columns; ``curves``
+    receives each model's ``(excess_corr, leave-one-block-out excess or None)``."""
+    from universal_neurons.analysis.universality import write_neuron_table
 
     universal = {}
     for a, shape in enumerate(shapes):
-        partners = [b for b in range(len(shapes)) if (a, b) in final]
         if mode == "reference" and a != 0:
             continue
-        table = universality_table(
-            shape.n_layers, shape.d_mlp, {shapes[b].name: final[(a, b)] for b in partners},
-            {shapes[b].name: shapes[b].d_mlp for b in partners}, threshold=config.threshold,
-            baseline=config.baseline != "none")
+        table = _table(config, shapes, a, final)
+        loo = None
+        if unions:
+            excess = {u: _table(config, shapes, a, f)["excess_corr"].to_numpy()
+                      for u, f in unions.items()}
+            excess[tuple(range(config.blocks))] = table["excess_corr"].to_numpy()
+            loo = loo_excess(excess, config.blocks)
+            for col, v in block_columns(excess[tuple(range(config.blocks))], excess,
+                                        config.blocks, config.threshold).items():
+                table[col] = v
         write_neuron_table(run / neuron_table(shape.name), table)
         result.tables[shape.name] = table
-        universal[shape.name] = {"n_universal": int(table["is_universal"].sum()),
-                                 "fraction": float(table["is_universal"].mean())}
+        universal[shape.name] = share_summary(table, loo, config.threshold)
+        if curves is not None:
+            curves[shape.name] = (table["excess_corr"].to_numpy(), loo)
         log.info("%s: %d of %d neurons universal (%.2f%%)", shape.name,
                  universal[shape.name]["n_universal"], len(table),
                  100 * universal[shape.name]["fraction"])
     return universal
+
+
+def _table(config: CorrelateConfig, shapes: list[ModelShape], a: int, final):
+    """The universality table of model ``a`` from finalised summaries ``final[(a, b)]``."""
+    from universal_neurons.analysis.universality import universality_table
+
+    partners = [b for b in range(len(shapes)) if (a, b) in final]
+    shape = shapes[a]
+    return universality_table(
+        shape.n_layers, shape.d_mlp, {shapes[b].name: final[(a, b)] for b in partners},
+        {shapes[b].name: shapes[b].d_mlp for b in partners}, threshold=config.threshold,
+        baseline=config.baseline != "none")
