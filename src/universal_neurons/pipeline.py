@@ -68,6 +68,8 @@ class RunConfig:
     all_pairs: bool = False
     baseline: str = "rotation"
     seed: int = 0
+    rotations: int = 1
+    """Baseline draws of the correlate stage (``correlate --rotations``)."""
     device: str = "cpu"
     top_percent: float | None = None
     """Compare the top P% by excess correlation in the claims table (default: threshold)."""
@@ -194,7 +196,7 @@ def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]
     correlate = ["correlate", "--models", *cfg.models, "--out", out, *ds,
                  "--max-tokens", str(cfg.tokens), "--threshold", str(cfg.threshold),
                  "--baseline", cfg.baseline, "--seed", str(cfg.seed), "--device", cfg.device,
-                 "--stats"]
+                 "--stats", *(["--rotations", str(cfg.rotations)] if cfg.rotations != 1 else [])]
     if cfg.tokens >= 10_000_000:  # checkpoints cost a full state write; worth it on long runs
         correlate += ["--checkpoint-every", str(cfg.tokens // 10)]
     if cfg.all_pairs:
