@@ -31,6 +31,7 @@ def plot_threshold_curve(curve, path: Path, threshold: float | None = None) -> b
     if threshold is not None:
         ax.axvline(threshold, color="0.4", ls="--", lw=1)
     ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0, top=100)
     ax.set_xlabel("excess correlation threshold")
     ax.set_ylabel("universal neurons (%)")
     ax.set_title("universal share vs threshold" + (" (band: 95% block jackknife)"
