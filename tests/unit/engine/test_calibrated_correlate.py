@@ -19,8 +19,8 @@ from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
 
 def config(suite, out, **kw) -> CorrelateConfig:
     kw.setdefault("dataset", suite["dataset"])
-    return CorrelateConfig(models=tuple(suite["models"]), out=str(out), progress=False,
-                           rows_per_gemm=256, **kw)
+    kw.setdefault("rows_per_gemm", 256)
+    return CorrelateConfig(models=tuple(suite["models"]), out=str(out), progress=False, **kw)
 
 
 def _table(res) -> pd.DataFrame:
@@ -75,3 +75,26 @@ def test_rotations_add_p_and_q_values(tiny_suite, tmp_path):
 def test_bad_calibration_options_are_one_line_errors(kw, words, tmp_path):
     with pytest.raises(UserError, match=words):
         CorrelateConfig(models=("a", "b"), out=str(tmp_path), **kw)
+
+
+def test_rotations_resume_and_tile_to_the_same_numbers(tiny_suite, tmp_path, monkeypatch):
+    """Several passes (each remaking draws 1..K-1) and a kill in pass 1 give the one-pass
+    numbers: checkpoints carry every draw's rotated variances and maxima."""
+    from correlate_helpers import tiling_budget
+
+    from helpers import Killed, kill_after
+
+    kw = {"rows_per_gemm": 100, "batch_size": 4, "rotations": 3}
+    one = run_correlate(config(tiny_suite, tmp_path / "one", **kw))
+    kw.update(max_memory=tiling_budget(one.plan), checkpoint_every=128)
+    tiled = run_correlate(config(tiny_suite, tmp_path / "tiled", **kw))
+    assert tiled.plan.n_passes >= 2
+    for col in ("excess_corr", "mean_baseline", "baseline_std"):
+        np.testing.assert_allclose(_table(tiled)[col], _table(one)[col], atol=1e-6, rtol=0)
+    out = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        kill_after(mp, 7 + -(-48 // tiled.plan.batch_size))  # dies in pass 1
+        with pytest.raises(Killed):
+            run_correlate(config(tiny_suite, out, **kw))
+    resumed = run_correlate(config(tiny_suite, out, **kw))
+    pd.testing.assert_frame_equal(_table(resumed), _table(tiled))
