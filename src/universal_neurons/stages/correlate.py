@@ -244,6 +244,9 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         check_output_dir(config.out, correlate_output_bytes(
             [s.n_neurons for s in shapes], config.all_pairs, config.top_k, config.bins))
     dataset, n_seq = open_dataset(config, models)
+    if config.blocks > n_seq:
+        raise UserError(f"--blocks {config.blocks} needs as many sequences, the dataset gives "
+                        f"{n_seq}: use fewer blocks or more --max-tokens")
     mode: Mode = "all-pairs" if config.all_pairs else "reference"
     opts = config.pass_options(resolved.precision)
     plan = plan_pass(models, shapes, mode, dataset.n_ctx, n_seq, opts, extras=extras,

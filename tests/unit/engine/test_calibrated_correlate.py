@@ -98,3 +98,9 @@ def test_rotations_resume_and_tile_to_the_same_numbers(tiny_suite, tmp_path, mon
             run_correlate(config(tiny_suite, out, **kw))
     resumed = run_correlate(config(tiny_suite, out, **kw))
     pd.testing.assert_frame_equal(_table(resumed), _table(tiled))
+
+
+def test_more_blocks_than_sequences_is_refused(tiny_suite, tmp_path):
+    with pytest.raises(UserError, match="--blocks 49 needs as many sequences"):
+        run_correlate(config(tiny_suite, tmp_path / "b", blocks=49))  # 48 sequences
+    assert not (tmp_path / "b" / "neurons").exists()
