@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.analysis.entropy import EntropyConfig, run_entropy
+    from universal_neurons.stages.entropy import EntropyConfig, run_entropy
 
     config = EntropyConfig(
         model=args.model, out=args.out, neurons=tuple(args.neurons), values=tuple(args.values),

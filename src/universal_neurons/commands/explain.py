@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.analysis.explain import ExplainConfig, run_explain
+    from universal_neurons.stages.explain import ExplainConfig, run_explain
 
     config = ExplainConfig(
         model=args.model, out=args.out, dataset=args.dataset, neurons=args.neurons,

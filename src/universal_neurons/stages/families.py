@@ -56,7 +56,6 @@ def _models_in_run(run: Path) -> list[str]:
 
 def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
     """Families for every model of a run; returns ``{model: counts}``."""
-    from universal_neurons.analysis.explain import explanation_paths
     from universal_neurons.constants import (
         FAMILIES_DIR,
         FAMILY_COUNTS,
@@ -69,6 +68,7 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
     )
     from universal_neurons.errors import UserError
     from universal_neurons.rundir import RunDir, atomic_path, write_table
+    from universal_neurons.stages.explain import explanation_paths
 
     run = Path(config.run)
     if not run.is_dir():
