@@ -42,7 +42,10 @@ _OS_HINTS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The console script's parser. ``only``: add the options of that subcommand alone (the
+    others are listed with their one-line help), so ``universal-neurons X`` imports only
+    what X's options are defined in (its stage config)."""
     parser = argparse.ArgumentParser(
         prog="universal-neurons",
         description="Find and explain universal neurons: MLP neurons that fire on the same "
@@ -58,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        mod.add_arguments(p)
+        if only is None or only == mod.NAME:
+            mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser
 
@@ -97,8 +101,14 @@ def _preflight(args: argparse.Namespace) -> None:
             return
 
 
+def _command_name(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ("" if none): the first word not an option."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_name(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

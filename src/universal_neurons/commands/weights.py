@@ -28,27 +28,17 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "--models", dest="models", nargs="+", required=True, metavar="M",
-                   help="models or suites (aliases, HF ids, folders)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument("--top-k", type=int, default=10,
-                   help="tokens / neurons kept per list and neuron (default 10)")
-    p.add_argument("--device", default="cpu", help="where to compute (cpu or cuda; default cpu)")
-    p.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
-                   help="dtype of the cosine matrix products (default fp32: cosines within "
-                        "1e-6, vocab moments within 1e-5 relative (skew 1e-6 absolute) of "
-                        "float64; fp64: exact to rounding, ~3x slower)")
-    p.add_argument("--compositions", action="store_true",
-                   help="also embedding tokens, neuron and attention compositions")
+    from universal_neurons.options import add_config_options
+    from universal_neurons.stages.weights import WeightsConfig
+
+    add_config_options(p, WeightsConfig)
 
 
 def run(args: argparse.Namespace) -> int:
+    from universal_neurons.options import config_from_args
     from universal_neurons.stages.weights import WeightsConfig, run_weights
 
-    result = run_weights(WeightsConfig(models=tuple(args.models), out=args.out,
-                                       top_k=args.top_k, device=args.device,
-                                       precision=args.precision,
-                                       compositions=args.compositions))
+    result = run_weights(config_from_args(WeightsConfig, args))
     for name, (layers, d_mlp) in result.shapes.items():
         print(f"{name}: weight statistics of {layers} x {d_mlp} neurons")
     print(f"wrote {result.rundir}")

