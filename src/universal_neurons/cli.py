@@ -21,8 +21,8 @@ from universal_neurons.errors import UserError
 
 OUTPUT_DIRS: dict[str, tuple[str, ...]] = {
     "correlate": ("out",), "stats": ("out",), "weights": ("out",), "explain": ("out",),
-    "entropy": ("out",), "attention": ("out",), "properties": ("run",), "families": ("run",),
-    "report": ("out", "run"), "tokenize": ("out",),
+    "entropy": ("out",), "attention": ("out",), "properties": ("out", "_run_positional"),
+    "families": ("out", "_run_positional"), "report": ("out", "_run_positional"), "tokenize": ("out",),
 }
 """Subcommand -> the argument naming the folder it writes (the first one given), checked
 before it runs: writable, not a file, ``outputs.MIN_FREE_BYTES`` free (correlate also
@@ -96,7 +96,7 @@ def _preflight(args: argparse.Namespace) -> None:
 
     for attr in OUTPUT_DIRS.get(args.command, ()):
         if getattr(args, attr, None):
-            option = "RUN" if attr == "run" else f"--{attr}"
+            option = "RUN" if attr in ("run", "_run_positional") else f"--{attr}"
             check_output_dir(getattr(args, attr), MIN_FREE_BYTES, option=option)
             return
 

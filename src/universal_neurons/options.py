@@ -48,6 +48,19 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def threshold_arg(text: str) -> float:
+    """An excess-correlation threshold: a finite number in (0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad threshold {text!r}: expected a number in "
+                                         "(0, 1], e.g. 0.5") from None
+    if not 0 < value <= 1:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"threshold must be in (0, 1] (a correlation "
+                                         f"difference), got {text!r}; e.g. 0.5")
+    return value
+
+
 def opt(default: Any = dataclasses.MISSING, *flags: str, help: str | None = None,
         deprecated: Sequence[str] = (), **argparse_kwargs: Any) -> Any:
     """A config field with command-line details: ``flags`` (default ``--field-name``),
@@ -128,6 +141,17 @@ def _argparse_kwargs(name: str, tp: Any, default: Any) -> dict[str, Any]:
                     "or give opt(type=...)")
 
 
+_SWITCHES = ("store_true", "store_false", "store_const")
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    """The field's annotation, evaluated in its module (only option fields are evaluated, so
+    the others may name types imported for type checking alone)."""
+    if not isinstance(f.type, str):
+        return f.type
+    return eval(f.type, vars(sys.modules[cls.__module__]))  # noqa: S307 (our own source)
+
+
 class _Deprecated(argparse.Action):
     """An old flag spelling: stores into the same field, with a message on stderr."""
 
@@ -150,7 +174,6 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *,
     """Add one option per field of the dataclass ``cls`` (see the module doc). Fields in
     ``skip`` are left to the caller. ``run_positional``: ``out`` may also be given as the
     first positional argument (``universal-neurons report RUN``)."""
-    hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("cli", {})
@@ -163,11 +186,14 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *,
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else (f.default if f.default is not dataclasses.MISSING
                                          else f.default_factory())  # type: ignore[misc,operator]
-        kwargs = {**_argparse_kwargs(f.name, hints[f.name], default), **meta}
-        if "action" in meta and meta["action"] in ("store_true", "store_false"):
-            kwargs.pop("type", None)
-            kwargs.pop("nargs", None)
-        if kwargs.get("action") not in ("store_true", "store_false"):
+        kwargs = {**_argparse_kwargs(f.name, _field_type(cls, f), default), **meta}
+        switch = kwargs.get("action") in _SWITCHES
+        if switch:
+            for key in ("type", "nargs", "choices", "metavar"):
+                kwargs.pop(key, None)
+        if kwargs.get("action") == "store_const":
+            kwargs["default"] = default
+        elif not switch:
             kwargs["default"] = default
             if default not in (None, (), "") and "default" not in text:
                 shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
