@@ -70,6 +70,8 @@ class RunConfig:
     baseline: str = "rotation"
     seed: int = 0
     device: str = "cpu"
+    token_filter: str = "ours"
+    """Tokens the passes drop: ``ours`` or ``paper`` (see ``correlate --help``)."""
     top_percent: float | None = None
     """Compare the top P% by excess correlation in the claims table (default: threshold)."""
     max_memory: str | None = None
@@ -97,6 +99,8 @@ class RunConfig:
             from universal_neurons.engine.sizes import parse_bytes
 
             parse_bytes(self.max_memory)  # UserError naming the value
+        if self.token_filter not in ("ours", "paper"):
+            raise UserError(f"token_filter must be ours or paper, got {self.token_filter!r}")
         unknown = set(self.skip) - set(STAGE_NAMES)
         if unknown:
             raise UserError(f"unknown stage(s) to skip {sorted(unknown)}; stages are "
@@ -204,7 +208,8 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
     memory = {"max_memory": cfg.max_memory} if cfg.max_memory else {}
     correlate = dict(models=cfg.models, out=out, dataset=ds, max_tokens=cfg.tokens,
                      threshold=cfg.threshold, baseline=cfg.baseline, seed=cfg.seed,
-                     device=cfg.device, all_pairs=cfg.all_pairs, **memory)
+                     device=cfg.device, all_pairs=cfg.all_pairs,
+                     token_filter=cfg.token_filter, **memory)
     if cfg.tokens >= 10_000_000:  # checkpoints cost a full state write; worth it on long runs
         correlate["checkpoint_every"] = cfg.tokens // 10
     if cfg.precision:
@@ -216,7 +221,7 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
         ("properties", PropertiesConfig, dict(out=out, threshold=cfg.threshold,
                                               top_percent=cfg.top_percent)),
         ("explain", ExplainConfig, dict(**one, max_tokens=cfg.explain_tokens, neurons="all",
-                                        **memory)),
+                                        token_filter=cfg.token_filter, **memory)),
         ("families", FamiliesConfig, dict(out=out)),
         ("entropy", EntropyConfig, dict(**one, tokens=cfg.intervention_tokens,
                                         device=cfg.device)),
