@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from universal_neurons.report.plots_roles import _figure, _save
+from universal_neurons.report.plots_roles import _figure as _plain_figure
+from universal_neurons.report.plots_roles import _save
 
 QUANTITY_TITLES = {"mean_corr": "mean max correlation", "mean_baseline": "baseline (rotation)",
                    "excess_corr": "excess correlation"}
+
+
+def _figure(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Any, Any]:
+    """A figure with constrained layout (titles, labels and colour bars do not overlap)."""
+    return _plain_figure(nrows, ncols, layout="constrained", **kw)
 
 
 def plot_corr_distributions(dist: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -8,12 +8,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from universal_neurons.analysis.paper_activations import ROLES
-from universal_neurons.report.plots_roles import _figure, _save
+from universal_neurons.report.plots_roles import _figure as _plain_figure
+from universal_neurons.report.plots_roles import _save
+
+
+def _figure(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Any, Any]:
+    """A figure with constrained layout (titles, labels and colour bars do not overlap)."""
+    return _plain_figure(nrows, ncols, layout="constrained", **kw)
 
 
 def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.0, 3.0)):
