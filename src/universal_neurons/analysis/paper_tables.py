@@ -31,6 +31,7 @@ RAW_STATISTICS = ("mean", "var", "skew", "kurt", "sparsity", "w_in_norm", "input
                   "vocab_skew", "vocab_kurt")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ENTROPY_STATISTICS = ("w_out_norm", "vocab_var", "null_frac")
+"""Columns of ``entropy/candidates.parquet`` compared (the paper: weight norm, Fig. 6a)."""
 GELU_MIN = -0.17
 """The activation value the paper's entropy sweep starts at (about GELU's minimum)."""
 
@@ -152,16 +153,25 @@ def prediction_skew_late(table: pd.DataFrame, kurtosis: float = 10.0) -> pd.Data
 
 
 def entropy_weights(candidates: pd.DataFrame, entropy_neurons: Sequence[str],
-                    sweep: pd.DataFrame | None = None) -> pd.DataFrame:
+                    sweep: pd.DataFrame | None = None,
+                    neurons: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every candidate neuron of the entropy stage (the last layers) with ``is_entropy``,
-    the within-candidates percentile (0-100) of each of :data:`ENTROPY_STATISTICS`, and
-    for swept neurons the sweep at :data:`GELU_MIN`: ``entropy_at_min``, ``loss_at_min``
-    and their changes from the clean model (``d_entropy_at_min``, ``d_loss_at_min``)."""
+    the within-candidates percentile (0-100, share of candidates at or below) of each of
+    :data:`ENTROPY_STATISTICS`; with ``neurons`` (the model's neuron table) its
+    ``l2_penalty`` and that value's percentile among *all* the model's neurons; and for
+    swept neurons the sweep at :data:`GELU_MIN`: ``entropy_at_min``, ``loss_at_min`` and
+    their changes from the clean model (``d_entropy_at_min``, ``d_loss_at_min``)."""
     stats = [s for s in ENTROPY_STATISTICS if s in candidates.columns]
     out = candidates[["layer", "neuron", "neuron_name", *stats]].copy()
     out["is_entropy"] = out["neuron_name"].isin(list(entropy_neurons))
     for s in stats:
-        out[f"{s}_pct"] = out[s].rank(method="average", pct=True) * 100
+        out[f"{s}_pct"] = out[s].rank(method="max", pct=True) * 100
+    if neurons is not None and "l2_penalty" in neurons.columns:
+        all_l2 = np.sort(neurons["l2_penalty"].dropna().to_numpy(np.float64))
+        out = out.merge(neurons[["layer", "neuron", "l2_penalty"]], on=["layer", "neuron"],
+                        how="left")
+        out["l2_penalty_pct"] = (np.searchsorted(all_l2, out["l2_penalty"], side="right")
+                                 / len(all_l2) * 100)
     for c in ("entropy_at_min", "loss_at_min", "d_entropy_at_min", "d_loss_at_min"):
         out[c] = np.nan
     if sweep is not None and not sweep.empty:

@@ -114,21 +114,45 @@ def plot_prediction_skew(tables: dict[str, pd.DataFrame], per_layer: pd.DataFram
     return _save(fig, path)
 
 
-def plot_entropy_weights(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Histograms of w_out norm, vocab variance and null-space fraction over the candidate
-    neurons, the entropy neurons marked; last panel: the change of next-token entropy when
-    an entropy neuron is fixed at -0.17."""
-    stats = [s for s in ("w_out_norm", "vocab_var", "null_frac") if s in table.columns]
-    fig, grid = _figure(1, len(stats) + 1, figsize=(3.8 * (len(stats) + 1), 3.2))
+def plot_entropy_weights(table: pd.DataFrame, path: str | os.PathLike,
+                         l2_all: np.ndarray | None = None,
+                         compositions: dict[str, np.ndarray] | None = None,
+                         baseline: tuple[str, ...] = ()) -> Path:
+    """The entropy neurons (red lines) against all neurons' ``l2_penalty`` (``l2_all``;
+    paper Fig. 6a) and the candidates' w_out norm, vocab variance and null-space fraction;
+    the histograms of cos(W_U, w_out) over the vocabulary of entropy neurons and of the
+    sweep's random neurons (``compositions``, grey; Fig. 6b); the change of next-token
+    entropy when an entropy neuron is fixed at -0.17."""
+    panels: list[tuple[str, Any]] = []
+    if l2_all is not None:
+        panels.append(("l2_penalty", l2_all))
+    panels += [(s, table[s].dropna()) for s in ("w_out_norm", "vocab_var", "null_frac")
+               if s in table.columns]
+    n = len(panels) + 1 + (compositions is not None)
+    fig, grid = _figure(1, n, figsize=(3.6 * n, 3.2))
+    axes = list(grid[0])
     ent = table[table["is_entropy"]]
-    for ax, s in zip(grid[0], stats):
-        ax.hist(table[s].dropna(), bins=40, color="0.6", label="last-layer candidates")
-        for i, (_, r) in enumerate(ent.iterrows()):
-            ax.axvline(r[s], color="tab:red", lw=1.2, label="entropy neurons" if i == 0 else None)
+    for ax, (s, values) in zip(axes, panels):
+        ax.hist(values, bins=40, color="0.6",
+                label="all neurons" if s == "l2_penalty" else "last-layer candidates")
+        for i, v in enumerate(ent[s] if s in ent else []):
+            ax.axvline(v, color="tab:red", lw=1.2, label="entropy neurons" if i == 0 else None)
         ax.set_xlabel(s)
         ax.set_yscale("log")
-    grid[0][0].legend(fontsize=7)
-    ax = grid[0][-1]
+        ax.legend(fontsize=6)
+    if compositions is not None:
+        ax = axes[len(panels)]
+        for name, c in compositions.items():
+            counts, edges = np.histogram(c, bins=60)
+            mids = (edges[:-1] + edges[1:]) / 2
+            grey = name in baseline
+            ax.plot(mids, np.maximum(counts, 0.5), color="0.6" if grey else None,
+                    lw=0.5 if grey else 1.5, label=None if grey else name)
+        ax.set_yscale("log")
+        ax.set_xlabel("cos(W_U, w_out)")
+        ax.set_ylabel("vocab count")
+        ax.legend(fontsize=6, title="grey: random", title_fontsize=6)
+    ax = axes[-1]
     swept = ent.dropna(subset=["d_entropy_at_min"])
     ax.bar(swept["neuron_name"], swept["d_entropy_at_min"], color="tab:red")
     ax.axhline(0, color="k", lw=0.6)

@@ -39,6 +39,21 @@ def try_load(name: str, device: str) -> Any:
     return None
 
 
+def vocab_cos(model: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """``{neuron name: cos(W_U, w_out) [vocab]}`` for neurons named ``L<layer>.<neuron>``."""
+    from universal_neurons.analysis.prediction import _unit_weights
+    from universal_neurons.constants import parse_neuron_name
+
+    pw = model.adapter.processed_weights()
+    d_mlp = int(pw.W_out.shape[1])
+    w_out_hat, w_u_hat = _unit_weights(pw)
+    out = {}
+    for name in dict.fromkeys(names):
+        layer, neuron = parse_neuron_name(name)
+        out[name] = (w_out_hat[layer * d_mlp + neuron] @ w_u_hat).numpy()
+    return out
+
+
 def _names(layer: np.ndarray, neuron: np.ndarray) -> list[str]:
     return [neuron_name(int(a), int(b)) for a, b in zip(layer, neuron)]
 

@@ -35,6 +35,7 @@ from universal_neurons.constants import (
     PLOTS_DIR,
 )
 from universal_neurons.errors import UserError
+from universal_neurons.stages import paper_model as pm
 from universal_neurons.stages.paper_model import Skip
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,10 @@ def run_paper_results(config: PaperResultsConfig) -> dict[str, str]:
     tables = {p.stem: pd.read_parquet(p) for p in sorted((run / NEURONS_DIR).glob("*.parquet"))}
     ref = _reference(tables, config.model)
     status: dict[str, str] = {}
-    for result, producer in _table_producers(run, tables, ref, config).items():
+    model = pm.try_load(ref, config.device) if ref is not None else None
+    for result, producer in _table_producers(run, tables, ref, config, model).items():
         status[result] = _emit(run, result, producer, config.plots)
-    status.update(_model_results(run, tables, ref, config))
+    status.update(_model_results(run, tables, ref, model, config))
     RunDir(run).record_stage(STAGE, json.loads(json.dumps(asdict(config), default=str)),
                              model=ref, results=status,
                              seconds=round(time.perf_counter() - t0, 2))
@@ -142,7 +144,8 @@ def _need(path: Path, what: str) -> pd.DataFrame:
 
 
 def _table_producers(run: Path, tables: dict[str, pd.DataFrame], ref: str | None,
-                     config: PaperResultsConfig) -> dict[str, Producer]:
+                     config: PaperResultsConfig, model: Any) -> dict[str, Producer]:
+    """The results computed from tables (``model``, or None, adds weight panels)."""
     from universal_neurons.report import plots_paper as pp
 
     def ref_table(*cols: str) -> pd.DataFrame:
@@ -189,8 +192,14 @@ def _table_producers(run: Path, tables: dict[str, pd.DataFrame], ref: str | None
                    if sweep is not None else [])
         if not targets:
             raise Skip("the entropy stage swept no neuron (entropy/sweep.parquet)")
-        d = pt.entropy_weights(cand, targets, sweep)
-        return d, lambda p: pp.plot_entropy_weights(d, p)
+        table = tables.get(str(ref))
+        d = pt.entropy_weights(cand, targets, sweep, table)
+        baseline = tuple(dict.fromkeys(sweep.loc[sweep["group"] == "baseline", "neuron"])
+                         if sweep is not None else ())
+        comp = pm.vocab_cos(model, [*targets, *baseline]) if model is not None else None
+        l2 = (table["l2_penalty"].dropna().to_numpy() if table is not None
+              and "l2_penalty" in table.columns else None)
+        return d, lambda p: pp.plot_entropy_weights(d, p, l2, comp, baseline)
 
     def attention() -> Any:
         pts = _need(run / ATTENTION_DIR / ATTENTION_PATH_ABLATION_POINTS, "run attention")
@@ -204,14 +213,11 @@ def _table_producers(run: Path, tables: dict[str, pd.DataFrame], ref: str | None
             "prediction_skew_late": skew, "entropy_weights": entropy, "attention_panel": attention}
 
 
-def _model_results(run: Path, tables: dict[str, pd.DataFrame], ref: str | None,
+def _model_results(run: Path, tables: dict[str, pd.DataFrame], ref: str | None, model: Any,
                    config: PaperResultsConfig) -> dict[str, str]:
     """The results that need the model: class split (weights) and the streamed ones."""
-    from universal_neurons.stages import paper_model as pm
-
     names = ("prediction_class_split", "source_neurons", "unigram_roles",
              "prediction_conditional")
-    model = pm.try_load(ref, config.device) if ref is not None else None
     if model is None:
         reason = f"cannot load the model {ref!r} for its weights and activations"
         log.warning("paper results %s skipped: %s", ", ".join(names), reason)

@@ -107,8 +107,15 @@ def test_entropy_weights_percentiles_and_sweep_point():
                           "neuron": ["", "L2.5", "L2.5", "L2.7", "L2.9"],
                           "value": [np.nan, -0.17, 0.0, -0.17, -0.17],
                           "entropy": [3.0, 3.5, 3.1, 2.5, 9.0], "loss": [4.0, 4.2, 4.0, 4.1, 9.0]})
-    out = pt.entropy_weights(cand, ["L2.5", "L2.7"], sweep).set_index("neuron_name")
+    neurons = pd.DataFrame({"layer": np.repeat([1, 2], n), "neuron": np.tile(np.arange(n), 2),
+                            "l2_penalty": rng.uniform(size=2 * n)})
+    out = pt.entropy_weights(cand, ["L2.5", "L2.7"], sweep, neurons).set_index("neuron_name")
     assert out["is_entropy"].sum() == 2
+    for name, i in (("L2.5", 5), ("L2.0", 0)):
+        v = neurons.loc[n + i, "l2_penalty"]
+        assert out.loc[name, "l2_penalty"] == v
+        expect = stats.percentileofscore(neurons["l2_penalty"], v, kind="weak")
+        assert abs(out.loc[name, "l2_penalty_pct"] - expect) < 1e-9
     for s in ("w_out_norm", "null_frac"):
         for name in ("L2.5", "L2.7", "L2.0"):
             expect = stats.percentileofscore(cand[s], cand.set_index("neuron_name").loc[name, s],
