@@ -129,3 +129,14 @@ def test_missing_inputs_are_skipped_with_reasons(tmp_path):
 def test_paper_figures_have_report_sections():
     for result, section in PAPER_RESULTS.items():
         assert figure_section(FIG_PAPER.format(result=result)) == section
+
+
+def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from universal_neurons.cli import main
+
+    assert main(["paper-results", "--out", str(tmp_path / "none")]) == 2
+    assert "neurons/" in capsys.readouterr().err
+    (tmp_path / "run" / "neurons").mkdir(parents=True)
+    assert main(["paper-results", "--out", str(tmp_path / "run"), "--top-neurons", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "top_neurons" in err and len(err.strip().splitlines()) == 1
