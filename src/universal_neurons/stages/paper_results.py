@@ -124,15 +124,17 @@ def _emit(run: Path, result: str, producer: Producer, plots: bool) -> str:
     except Skip as e:
         log.warning("paper result %s skipped: %s", result, e)
         return str(e)
-    except (ValueError, KeyError, UserError, OSError) as e:
-        log.warning("paper result %s failed: %s", result, e, exc_info=log.isEnabledFor(10))
-        return f"failed: {e}"
+    except Exception as e:  # noqa: BLE001 - one result's failure never stops the others
+        log.warning("paper result %s failed: %s", result, e,
+                    exc_info=not isinstance(e, (UserError, ValueError, KeyError)))
+        return f"failed: {type(e).__name__}: {e}"
     write_table(run / PAPER_DIR / PAPER_TABLE.format(result=result), table, csv=False)
     if plots and plot is not None:
         try:
             plot(run / PLOTS_DIR / FIG_PAPER.format(result=result))
-        except (ValueError, KeyError, UserError, OSError) as e:
-            log.warning("figure of paper result %s not drawn: %s", result, e)
+        except Exception as e:  # noqa: BLE001 - the table stands without its figure
+            log.warning("figure of paper result %s not drawn: %s", result, e,
+                        exc_info=not isinstance(e, UserError))
     log.info("paper result %s: %d rows", result, len(table))
     return WRITTEN
 
@@ -222,7 +224,11 @@ def _model_results(run: Path, tables: dict[str, pd.DataFrame], ref: str | None, 
         reason = f"cannot load the model {ref!r} for its weights and activations"
         log.warning("paper results %s skipped: %s", ", ".join(names), reason)
         return dict.fromkeys(names, reason)
-    ctx = pm.ModelContext.build(model, run, tables.get(str(ref)), config)
+    try:
+        ctx = pm.ModelContext.build(model, run, tables.get(str(ref)), config)
+    except Exception as e:  # noqa: BLE001 - reported per result
+        log.warning("paper results %s failed: %s", ", ".join(names), e, exc_info=True)
+        return dict.fromkeys(names, f"failed: {type(e).__name__}: {e}")
     status = {"prediction_class_split": _emit(run, "prediction_class_split",
                                               ctx.class_split, config.plots)}
     if not config.activations:
@@ -230,8 +236,10 @@ def _model_results(run: Path, tables: dict[str, pd.DataFrame], ref: str | None, 
         return {**status, **dict.fromkeys(names[1:], reason)}
     try:
         ctx.stream()
-    except UserError as e:
-        return {**status, **dict.fromkeys(names[1:], f"failed: {e}")}
+    except Exception as e:  # noqa: BLE001 - reported per result
+        log.warning("paper results' streaming pass failed: %s", e,
+                    exc_info=not isinstance(e, UserError))
+        return {**status, **dict.fromkeys(names[1:], f"failed: {type(e).__name__}: {e}")}
     for result, producer in (("source_neurons", ctx.source_neurons),
                              ("unigram_roles", ctx.unigram_roles),
                              ("prediction_conditional", ctx.prediction_conditional)):

@@ -113,6 +113,9 @@ def test_missing_inputs_are_skipped_with_reasons(tmp_path):
     (run / "neurons").mkdir(parents=True)
     t = _neuron_table(np.random.default_rng(1), False)
     t.to_parquet(run / "neurons" / "m.parquet")
+    (run / "attention").mkdir()
+    for name in ("path_ablation_points", "path_ablation"):  # damaged: no measurement columns
+        pd.DataFrame({"pair": ["x"]}).to_parquet(run / "attention" / f"{name}.parquet")
     status = run_paper_results(PaperResultsConfig(out=str(run), model="no-such-model",
                                                   progress=False))
     assert status["prediction_skew_late"] == WRITTEN
@@ -121,6 +124,7 @@ def test_missing_inputs_are_skipped_with_reasons(tmp_path):
     assert "correlation" in skipped["corr_distributions"]
     assert "entropy" in skipped["entropy_weights"]
     assert "no-such-model" in skipped["source_neurons"]
+    assert skipped["attention_panel"].startswith("failed: KeyError")
     for result in skipped:
         assert not (run / "paper" / f"{result}.parquet").exists()
         assert not (run / "plots" / FIG_PAPER.format(result=result)).exists()
