@@ -16,6 +16,9 @@ import torch
 
 from universal_neurons.engine.batch import ActivationBatch
 
+ROWS = 1024
+"""Rows folded into the group moments at once."""
+
 
 class NeuronSamples:
     """Accumulator (``engine.accumulator.Accumulator``) of one model's ``site`` activations.
@@ -51,21 +54,32 @@ class NeuronSamples:
         self.token_ids.append(batch.token_ids.clone())
         self.next_ids.append(torch.from_numpy(nxt))
         if self.groups is not None:
-            g = torch.from_numpy(np.asarray(self.groups[seq, pos], dtype=np.int64))
-            ok = g >= 0
-            a = acts[ok.to(acts.device)].double().cpu()
-            g = g[ok]
-            self.count += torch.bincount(g, minlength=self.n_groups).double()
-            self.total.index_add_(0, g, a)
-            self.squares.index_add_(0, g, a * a)
+            self._add_moments(acts, np.asarray(self.groups[seq, pos], dtype=np.int64))
+
+    def _add_moments(self, acts: torch.Tensor, groups: np.ndarray) -> None:
+        """Fold ``acts: [n, N]`` into the per-group sums, on the activations' device, in
+        float64 and in chunks of ``ROWS`` rows (a bounded temporary)."""
+        dev = acts.device
+        if self.total.device != dev:
+            self.count, self.total, self.squares = (t.to(dev) for t in
+                                                    (self.count, self.total, self.squares))
+        g = torch.from_numpy(groups).to(dev)
+        for lo in range(0, len(groups), ROWS):
+            gi = g[lo: lo + ROWS]
+            ok = gi >= 0
+            a = acts[lo: lo + ROWS][ok].double()
+            gi = gi[ok]
+            self.count += torch.bincount(gi, minlength=self.n_groups).double()
+            self.total.index_add_(0, gi, a)
+            self.squares.index_add_(0, gi, a * a)
 
     def merge(self, other: NeuronSamples) -> None:
         self.acts += other.acts
         self.token_ids += other.token_ids
         self.next_ids += other.next_ids
-        self.count += other.count
-        self.total += other.total
-        self.squares += other.squares
+        self.count += other.count.to(self.count.device)
+        self.total += other.total.to(self.total.device)
+        self.squares += other.squares.to(self.squares.device)
 
     def finalize(self) -> dict[str, np.ndarray]:
         """``acts [rows, k]``, ``token_ids, next_ids [rows]``, ``count [g]``,
@@ -76,8 +90,8 @@ class NeuronSamples:
                      else np.zeros((sum(len(t) for t in self.token_ids), k), np.float32)),
             "token_ids": torch.cat(self.token_ids).numpy() if self.token_ids else np.zeros(0, int),
             "next_ids": torch.cat(self.next_ids).numpy() if self.next_ids else np.zeros(0, int),
-            "count": self.count.numpy(), "total": self.total.numpy(),
-            "squares": self.squares.numpy()}
+            "count": self.count.cpu().numpy(), "total": self.total.cpu().numpy(),
+            "squares": self.squares.cpu().numpy()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"acts": self.acts, "token_ids": self.token_ids, "next_ids": self.next_ids,

@@ -4,8 +4,10 @@ looked up in the token array, and per-group moments recomputed with numpy."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from universal_neurons.engine import neuron_samples as ns
 from universal_neurons.engine.batch import ActivationBatch
 from universal_neurons.engine.neuron_samples import NeuronSamples
 
@@ -22,7 +24,9 @@ def _batch(rng, tokens, seqs, keep, n_neurons):
         seq_index=torch.from_numpy(seq_idx.astype(np.int64))), acts, seq_idx, pos
 
 
-def test_samples_and_group_moments():
+@pytest.mark.parametrize("rows", [1024, 5])
+def test_samples_and_group_moments(rows, monkeypatch):
+    monkeypatch.setattr(ns, "ROWS", rows)  # 5: the moments are folded in several chunks
     rng = np.random.default_rng(0)
     n_seq, n_ctx, n_neurons = 6, 9, 7
     tokens = rng.integers(0, 50, (n_seq, n_ctx))
