@@ -33,6 +33,7 @@ from universal_neurons.constants import (
     PAPER_DIR,
     PAPER_TABLE,
     PLOTS_DIR,
+    safe_name,
 )
 from universal_neurons.errors import UserError
 from universal_neurons.stages import paper_model as pm
@@ -109,7 +110,7 @@ def run_paper_results(config: PaperResultsConfig) -> dict[str, str]:
 
 def _reference(tables: dict[str, pd.DataFrame], model: str | None) -> str | None:
     if model is not None:
-        return model
+        return safe_name(model)
     with_corr = [m for m, t in tables.items() if "mean_corr" in t.columns]
     candidates = with_corr or list(tables)
     return candidates[0] if candidates else None
@@ -188,6 +189,11 @@ def _table_producers(run: Path, tables: dict[str, pd.DataFrame], ref: str | None
 
     def entropy() -> Any:
         cand = _need(run / ENTROPY_DIR / ENTROPY_CANDIDATES, "run entropy")
+        if "model" in cand.columns:
+            ran = sorted(set(cand["model"].astype(str)))
+            cand = cand[cand["model"].astype(str).map(safe_name) == ref]
+            if cand.empty:
+                raise Skip(f"the entropy stage ran on {', '.join(ran)}, not on {ref}")
         sweep_path = run / ENTROPY_DIR / f"{ENTROPY_SWEEP}.parquet"
         sweep = pd.read_parquet(sweep_path) if sweep_path.is_file() else None
         targets = (list(dict.fromkeys(sweep.loc[sweep["group"] == "target", "neuron"]))
