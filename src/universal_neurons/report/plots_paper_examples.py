@@ -36,12 +36,13 @@ def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.0, 3.0)):
 def plot_class_split(cos: np.ndarray, masks: np.ndarray, titles: Sequence[str],
                      features: Sequence[str], path: str | os.PathLike) -> Path:
     """Per neuron (row of ``cos: [n, vocab]``), the histogram of its cosines with the
-    unembedding split by its best token class (``masks: Bool[n, vocab]``), stacked."""
+    unembedding split by its best token class (``masks: Bool[n, vocab]``), overlaid as in
+    the paper."""
     fig, axes = _grid(len(titles))
     for ax, c, m, title, feat in zip(axes, cos, masks, titles, features):
         edges = np.histogram_bin_edges(c, bins=60)
-        ax.hist([c[~m], c[m]], bins=edges, stacked=True, color=["0.65", "tab:red"],
-                label=[f"not {feat}", feat])
+        ax.hist(c[m], bins=edges, alpha=0.5, color="tab:red", label=feat)
+        ax.hist(c[~m], bins=edges, alpha=0.5, color="tab:blue", label=f"not {feat}")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("cos(W_U, w_out)")
