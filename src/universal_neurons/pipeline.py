@@ -45,7 +45,7 @@ PIPELINE_FILE = "pipeline.json"
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "correlate": ("dataset", "models"), "weights": ("models",),
     "explain": ("dataset", "models"), "entropy": ("dataset", "models"),
-    "attention": ("dataset", "models"),
+    "attention": ("dataset", "models"), "paper-results": ("dataset", "models"),
 }
 """Stage -> the run inputs it reads besides earlier stages' outputs."""
 
@@ -108,7 +108,7 @@ class RunConfig:
 
 
 STAGE_NAMES = ("correlate", "weights", "properties", "explain", "families", "entropy",
-               "attention", "report")
+               "attention", "paper-results", "report")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -200,6 +200,7 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
     from universal_neurons.stages.entropy import EntropyConfig
     from universal_neurons.stages.explain import ExplainConfig
     from universal_neurons.stages.families import FamiliesConfig
+    from universal_neurons.stages.paper_results import PaperResultsConfig
     from universal_neurons.stages.properties import PropertiesConfig
     from universal_neurons.stages.report import ReportStageConfig
     from universal_neurons.stages.weights import WeightsConfig
@@ -227,6 +228,9 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
                                         device=cfg.device)),
         ("attention", AttentionConfig, dict(**one, tokens=cfg.intervention_tokens,
                                             device=cfg.device)),
+        ("paper-results", PaperResultsConfig, dict(out=out, model=reference, dataset=ds,
+                                                   tokens=cfg.explain_tokens,
+                                                   device=cfg.device)),
         ("report", ReportStageConfig, dict(out=out)),
     ]
     return [(name, cls(**{**base, **extra_settings(name, cfg.extra.get(name, []))}))
@@ -242,7 +246,7 @@ def extra_settings(stage: str, argv: list[str]) -> dict[str, Any]:
 
     if not argv:
         return {}
-    mod = importlib.import_module(f"universal_neurons.commands.{stage}")
+    mod = importlib.import_module(f"universal_neurons.commands.{stage.replace('-', '_')}")
     parser = argparse.ArgumentParser(prog=f"[extra] {stage}", add_help=False,
                                      exit_on_error=False)
     mod.add_arguments(parser)
@@ -268,6 +272,7 @@ def run_stage(name: str, config: Any) -> Any:
         entropy,
         explain,
         families,
+        paper_results,
         properties,
         report,
         stats,
@@ -278,7 +283,8 @@ def run_stage(name: str, config: Any) -> Any:
         "correlate": stats.run_correlate_with_stats, "weights": weights.run_weights,
         "properties": properties.run_properties, "explain": explain.run_explain,
         "families": families.run_families, "entropy": entropy.run_entropy,
-        "attention": attention.run_attention, "report": report.run_report,
+        "attention": attention.run_attention,
+        "paper-results": paper_results.run_paper_results, "report": report.run_report,
     }
     return runners[name](config)
 

@@ -13,7 +13,7 @@ DESCRIPTION = """\
 Run every stage in order on one run directory:
 
   correlate (+ activation statistics in the same pass) -> weights -> properties ->
-  explain -> families -> entropy -> attention -> report
+  explain -> families -> entropy -> attention -> paper-results -> report
 
 With no arguments it studies the bundled suite tiny-gpt2 (tiny-gpt2-a against b..e) on the
 bundled test split and writes runs/default/report/index.html. A finished stage is skipped
@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the single newline token)")
     p.add_argument("--skip", nargs="+", default=None, metavar="STAGE",
                    help="stages not to run (correlate weights properties explain families "
-                   "entropy attention report)")
+                   "entropy attention paper-results report)")
     p.add_argument("--force", action="store_true", help="rerun every stage")
 
 
