@@ -4,7 +4,9 @@ Layout::
 
     report/index.html                      summary, figures, claims, families, entropy, attention
     report/browser-<model>.html            neuron browser of one model (all neurons)
-    report/neurons/<model>/L{l}.{n}.html   neuron pages (a bounded set, see select_pages)
+    report/neurons/<model>/L{l}.{n}.html   neuron pages (a bounded set, see selection.py)
+    report/compare/<model>/L{l}.{n}.html   a neuron beside its best partners (compare.py)
+    report/glossary.html                   definitions of the statistics (glossary.py)
     report/plots/...                       copies of RUN/plots
 
 The site is built in a temporary folder beside the target and swapped in at the end, so a
@@ -48,7 +50,7 @@ class ReportConfig:
 
     top_n: int = 100
     """Neuron pages for the top-N neurons of each model by excess correlation, always..."""
-    max_pages: int = 1000
+    max_pages: int = 500
     """...and for more, by excess correlation (each with its best partners), up to this many
     neuron pages in the whole report (all models together). Universal neurons and their
     best partners, those named with ``neurons`` and every neuron the report names always get

@@ -70,8 +70,8 @@ def _compact(d: NeuronDetail | None) -> NeuronDetail | None:
 MISSING = '<p class="missing">not computed</p>'
 
 
-def _cell(html: str | None) -> str:
-    return f'<div class="cell">{html if html is not None else MISSING}</div>'
+def _cell(html: str | None, cls: str = "cell") -> str:
+    return f'<div class="{cls}">{html if html is not None else MISSING}</div>'
 
 
 def _head(c: Column, first: bool, labels: Mapping[str, str],
@@ -137,7 +137,7 @@ def render_compare_page(columns: Sequence[Column], labels: Mapping[str, str],
     for title, cells in rows:
         if title:
             grid.append(f'<h2 class="row">{esc(title)}</h2>')
-        grid.extend(_cell(c) for c in cells)
+        grid.extend(_cell(c, "cell" if title else "cell head") for c in cells)
         if not title:
             stats = _stats(columns, labels)
             grid.append(f'<h2 class="row">Statistics</h2><div class="wide">{stats or MISSING}</div>')

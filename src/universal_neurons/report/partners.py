@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 _SEP = "-_/.@ "
 PARTNER_NAME = re.compile(r"(?:(?P<label>[A-Za-z0-9][\w./@-]*):)?L(?P<layer>\d+)\.(?P<neuron>\d+)")
 """A neuron name, optionally after a model label: ``L3.17``, ``b:L3.152``."""
+NAME_IN_TEXT = re.compile(r"(?:(?<![\w./@:-])(?P<label>[A-Za-z0-9][\w./@-]*):)?\bL(?P<layer>\d+)\.(?P<neuron>\d+)\b")
+"""The same inside running text (``L1.296->L2.H0``, ``best b:L3.152``)."""
+
+
+def names_in_text(text: str, model: str | None, labels: Mapping[str, str]):
+    """``(match, model, layer, neuron)`` of each neuron name in ``text``: a name after a
+    model label (``b:L3.152``) is that model's, a bare one ``model``'s."""
+    for m in NAME_IN_TEXT.finditer(text):
+        who = model_of_label(m["label"], labels) if m["label"] else None
+        yield m, who or model, int(m["layer"]), int(m["neuron"])
 
 
 def model_labels(models: Sequence[str]) -> dict[str, str]:

@@ -408,11 +408,14 @@
   [univBox, family, layer, pageSize].forEach(function (el) { el.addEventListener("change", reset); });
   $("prev").addEventListener("click", function () { state.page -= 1; update(); });
   $("next").addEventListener("click", function () { state.page += 1; update(); });
-  // #universal, #family=NAME and #q=TERMS in the address preset the controls
-  var hash = decodeURIComponent(location.hash.slice(1));
-  if (hash === "universal" && !univBox.disabled) { univBox.checked = true; }
-  if (hash.lastIndexOf("family=", 0) === 0 && !family.disabled) { family.value = hash.slice(7); }
-  if (hash.lastIndexOf("q=", 0) === 0) { search.value = hash.slice(2); }
+  function fromHash() {  // #universal, #family=NAME and #q=TERMS in the address set the controls
+    var hash = decodeURIComponent(location.hash.slice(1));
+    if (hash === "universal" && !univBox.disabled) { univBox.checked = true; }
+    if (hash.lastIndexOf("family=", 0) === 0 && !family.disabled) { family.value = hash.slice(7); }
+    if (hash.lastIndexOf("q=", 0) === 0) { search.value = hash.slice(2); }
+  }
+  fromHash();
+  window.addEventListener("hashchange", function () { fromHash(); reset(); });
 
   header();
   measure();
