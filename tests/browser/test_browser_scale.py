@@ -239,9 +239,11 @@ return last.top >= v.top && last.bottom <= v.bottom + 1;""")
     _timed(driver, _click_js("#universal-only"))
     assert _count(driver) == len(df)
 
-    # a column shown from the chooser; partner names sort by layer, then index (A to Z first)
+    # a column shown from the chooser
     driver.execute_script("""[...document.querySelectorAll('#column-chooser label')]
-        .find(l => l.textContent.trim() === 'b best').querySelector('input').click()""")
+        .find(l => l.textContent.trim() === 'w_in_norm').querySelector('input').click()""")
+    assert driver.execute_script(ROWS_JS, "w_in_norm")[0] != ""
+    # partner names (shown by default) sort by layer, then index (A to Z first)
     _timed(driver, _click_js(_header("seed-b_best")))
     key = df["seed-b_best"].str.extract(r"L(\d+)\.(\d+)").astype(int)
     first = df["seed-b_best"][(key[0] * 10_000 + key[1]).idxmin()]

@@ -84,7 +84,7 @@ def test_compare_view_shows_both_neurons_examples(driver, site):
     _, row = _universal_a(run)
     best = row[f"{B}_best"]
     driver.get((index.parent / "neurons" / A / f"L{row.layer}.{row.neuron}.html").as_uri())
-    driver.find_element("css selector", "a.compare").click()
+    driver.find_element("css selector", "a.to-compare").click()
     assert driver.current_url.endswith(f"/compare/{A}/L{row.layer}.{row.neuron}.html")
     heads = driver.execute_script("return [...document.querySelectorAll('.compare .head h3')]"
                                   ".map(h => h.textContent)")
@@ -135,8 +135,6 @@ def test_browser_exact_and_partner_search_and_links(driver, site):
     assert driver.execute_script(ROWS_JS, "name") == []
     # the row of a universal neuron: its name, its compare view, its partner's page
     search(f"L{row.layer}.{row.neuron}")
-    driver.execute_script("""[...document.querySelectorAll('#column-chooser label')]
-        .find(l => l.textContent.trim() === arguments[0]).querySelector('input').click()""", f"{B} best")
     partner = driver.execute_script(LINK_JS, "#neuron-table tbody a:not(.cmp)")
     assert [t for t, _ in partner] == [f"L{row.layer}.{row.neuron}", f"{B}:{best}"]
     assert partner[1][1].endswith(f"/neurons/{safe_name(B)}/{best}.html")

@@ -2,9 +2,10 @@
 
 The table's data is embedded column by column as JSON (``<script type="application/json"
 id="neuron-data">``, escaped by :func:`html.json_script`; see :func:`browser_data`) and
-rendered by ``assets/browser.js`` with ``textContent`` only. The script keeps only the rows
-in view (plus a few) in the DOM and sorts and filters permutations of typed arrays, so a
-table of 100,000 neurons stays interactive. Floats are rounded to 4 significant digits (as
+rendered by ``assets/browser.js`` (decoded by ``assets/packed-columns.js``) with
+``textContent`` only. The script keeps only the rows in view (plus a few) in the DOM and
+sorts and filters permutations of typed arrays, so a table of 100,000 neurons stays
+interactive. Floats are rounded to 4 significant digits (as
 displayed) to keep pages small; text columns and family lists are dictionary-encoded.
 """
 
@@ -91,7 +92,7 @@ def browser_columns(df, model: str, models: Sequence[str],
             continue  # nested values belong on the neuron pages, not in the table
         out.append({"key": c, "label": c, "type": kind})
     for col in out:
-        col["visible"] = col["key"] in VISIBLE_BY_DEFAULT or col["key"].endswith("_corr")
+        col["visible"] = col["key"] in VISIBLE_BY_DEFAULT or col["key"].endswith(("_corr", "_best"))
         col["title"] = title(col["key"])
         for p in partners:
             for suffix in ("best", "corr"):
@@ -270,4 +271,4 @@ other words match any text column.</p>
 """
     return page(f"Neuron browser: {model}", body,
                 nav=[("index.html", "report"), (GLOSSARY_FILE, "glossary")],
-                scripts=["browser.js"], data=json_script(data, "neuron-data", finite=True))
+                scripts=["packed-columns.js", "browser.js"], data=json_script(data, "neuron-data", finite=True))

@@ -82,7 +82,7 @@ def navigation_html(nav: Navigation, model: str, key: Key, families: Sequence[st
     if nxt is not None:
         parts.append(link(f"{neuron_name(*nxt)}.html", f"{neuron_name(*nxt)} →", cls="next"))
     if compare_href is not None:
-        parts.append(link(compare_href, "compare with its best partners", cls="compare"))
+        parts.append(link(compare_href, "compare with its best partners", cls="to-compare"))
     out = f'<p class="pager-links">{" · ".join(parts)}</p>' if parts else ""
     rows = []
     for f in families:
