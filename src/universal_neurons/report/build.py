@@ -151,12 +151,10 @@ def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None
     pages_html = PageWriter(run, frames, source, pages, labels, build_navigation(frames, pages))
     jobs = [(m, key) for m in run.models for key in pages[m]]
     for m, (layer, neuron) in (progress(jobs) if progress else jobs):
-        _write(out / neuron_file(m, layer, neuron),
-               pages_html.neuron(m, layer, neuron, compare=(layer, neuron) in compared[m]))
-    for m in run.models:
-        for layer, neuron in pages[m]:
-            if (layer, neuron) in compared[m]:
-                _write(out / compare_file(m, layer, neuron), pages_html.compare(m, layer, neuron))
+        has_compare = (layer, neuron) in compared[m]
+        _write(out / neuron_file(m, layer, neuron), pages_html.neuron(m, layer, neuron, compare=has_compare))
+        if has_compare:
+            _write(out / compare_file(m, layer, neuron), pages_html.compare(m, layer, neuron))
 
     _write(out / STYLESHEET, asset(STYLESHEET))
     _write(out / GLOSSARY_FILE, glossary_page())

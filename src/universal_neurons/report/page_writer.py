@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -14,6 +15,8 @@ from universal_neurons.report.neuron_page import render_neuron_page
 from universal_neurons.report.rundata import RunData
 
 Key = tuple[int, int]
+CACHED_DETAILS = 2048
+"""Neuron details kept in memory while pages are written (a few kilobytes each)."""
 
 
 class PageWriter:
@@ -29,7 +32,7 @@ class PageWriter:
         self.d_mlp = {m: int(df["neuron"].max()) + 1 for m, df in frames.items()
                       if df is not None and len(df)}
         self._where: dict[str, dict[Key, int]] = {}
-        self._details: dict[tuple[str, int, int], NeuronDetail] = {}
+        self._details: OrderedDict[tuple[str, int, int], NeuronDetail] = OrderedDict()
 
     def row(self, model: str, key: Key) -> dict:
         """The neuron's row of its table as a dict (empty when the table lacks it)."""
@@ -43,12 +46,19 @@ class PageWriter:
         return {} if i is None else df.iloc[[i]].to_dict("records")[0]  # type: ignore[attr-defined]
 
     def detail(self, model: str, layer: int, neuron: int) -> NeuronDetail:
-        """Histogram, examples, tokens and partners of one neuron (read once, then cached)."""
+        """Histogram, examples, tokens and partners of one neuron (the last
+        :data:`CACHED_DETAILS` are kept: a neuron page and the compare pages that show it
+        read it once when written close together)."""
         k = (model, layer, neuron)
-        if k not in self._details:
-            self._details[k] = self.source.detail(model, layer, neuron, self.row(model, (layer, neuron)),
-                                                  self.partners.get(model, ()), self.d_mlp)
-        return self._details[k]
+        if k in self._details:
+            self._details.move_to_end(k)
+            return self._details[k]
+        d = self.source.detail(model, layer, neuron, self.row(model, (layer, neuron)),
+                               self.partners.get(model, ()), self.d_mlp)
+        self._details[k] = d
+        if len(self._details) > CACHED_DETAILS:
+            self._details.popitem(last=False)
+        return d
 
     def neuron(self, model: str, layer: int, neuron: int, *, compare: bool) -> str:
         """The neuron page; ``compare``: link it to its compare page."""
