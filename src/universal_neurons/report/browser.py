@@ -92,7 +92,7 @@ def browser_columns(df, model: str, models: Sequence[str],
             continue  # nested values belong on the neuron pages, not in the table
         out.append({"key": c, "label": c, "type": kind})
     for col in out:
-        col["visible"] = col["key"] in VISIBLE_BY_DEFAULT or col["key"].endswith(("_corr", "_best"))
+        col["visible"] = col["key"] in VISIBLE_BY_DEFAULT or col["key"].endswith("_best")
         col["title"] = title(col["key"])
         for p in partners:
             for suffix in ("best", "corr"):

@@ -144,10 +144,11 @@
   var NEURON_TERM = /^l(\d+)(?:\.(\d+)?)?$/, PARTNER_TERM = /^(.+):l(\d+)\.(\d+)$/;
   var view = order;
   function textTest(t) {  // per text column: codes and which entries contain t
-    var nameLike = /^[a-z0-9._:\/@-]+$/.test(t);  // else no neuron name ("b:L3.17") can contain it
+    var nameLike = /^[l0-9.]+$/.test(t) || t.indexOf(":") >= 0;  // else only a label can hold it
     return cols.filter(function (c) {
       var m = meta[idx[c.key]];
-      return (c.type === "str" || c.type === "list") && m && (nameLike || !m.span);
+      return (c.type === "str" || c.type === "list") && m &&
+        (nameLike || !m.span || (m.prefix && m.prefix.toLowerCase().indexOf(t) >= 0));
     }).map(function (c) {
       var lower = lowerTexts(idx[c.key]);
       return { codes: column(idx[c.key]),
