@@ -199,5 +199,6 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
            ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention"),
            ("#figures", "other figures")]
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
+    nav.append(("glossary.html", "glossary"))
     body = "".join(sections) + f'<p class="note">{LEGEND}</p>'
     return page("Universal neurons report", body, nav=nav, css_href=STYLESHEET)
