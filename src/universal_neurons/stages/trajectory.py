@@ -227,18 +227,20 @@ def _check_points(points: Sequence[Checkpoint], names: Sequence[str]) -> None:
         if len(p.specs) != len(names):
             raise ValueError(f"checkpoint {p.label!r} has {len(p.specs)} specs for "
                              f"{len(names)} members {list(names)}")
-    known = [(p.label, p.step if p.step is not None else p.tokens) for p in points]
-    pos = [v for _, v in known if v is not None]
-    if len(pos) == len(points) and any(b <= a for a, b in zip(pos, pos[1:])):
+    pos = [p.step if p.step is not None else p.tokens for p in points]
+    if None not in pos and any(b <= a for a, b in zip(pos, pos[1:])):  # type: ignore[operator]
         raise UserError(f"checkpoints must be in training order, got {labels}; list them "
                         "from the earliest to the last")
 
 
 def _record(config: TrajectoryConfig, point: Checkpoint, names: Sequence[str]) -> dict:
     """What a checkpoint's results depend on (compared before reading them back)."""
+    from universal_neurons.fingerprints import dataset_fingerprint, models_fingerprint
+
     corr = config.correlate_config(".", point.specs).semantic()
     return {"label": point.label, "specs": list(point.specs), "members": list(names),
-            "tokenizer": config.tokenizer, "correlate": corr}
+            "weights": models_fingerprint(point.specs), "tokenizer": config.tokenizer,
+            "dataset": dataset_fingerprint(config.dataset), "correlate": corr}
 
 
 def _checkpoint_table(config: TrajectoryConfig, point: Checkpoint, names: Sequence[str]

@@ -141,6 +141,7 @@ def test_rerun_reads_checkpoints_back_and_recomputes_when_options_change(done, m
                                                                           tmp_path):
     import shutil
 
+    from universal_neurons import fingerprints
     from universal_neurons.stages import correlate, trajectory
 
     work, cfg, done_out, first = done
@@ -156,6 +157,9 @@ def test_rerun_reads_checkpoints_back_and_recomputes_when_options_change(done, m
     pd.testing.assert_frame_equal(again.neurons, first.neurons)
     with pytest.raises(AssertionError, match="recomputed"):
         trajectory.run_trajectory(trajectory_config(work, cfg, out, plots=False, seed=1))
+    monkeypatch.setattr(fingerprints, "models_fingerprint", lambda specs: "retrained")
+    with pytest.raises(AssertionError, match="recomputed"):  # same folders, other weights
+        trajectory.run_trajectory(trajectory_config(work, cfg, out, plots=False))
 
 
 def test_cli_prints_the_summary(done, capsys):
