@@ -73,8 +73,10 @@ def plot_prediction(summary: Any, path: str | os.PathLike, model: str = "") -> P
     right.plot(x, summary["precision_last"], "o-", label="precision")
     right.plot(x, summary["recall_last"], "s--", label="recall")
     right.set_ylabel("universal here -> universal at the last")
+    low = np.nanmin(np.r_[summary["spearman_last"], summary["pearson_last"], 0.0].astype(float))
+    left.set_ylim(low - 0.05, 1.05)  # correlations may be negative early
+    right.set_ylim(-0.05, 1.05)
     for ax in (left, right):
-        ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize=8)
         _axes_x(ax, summary, x, label, log)
     fig.suptitle(f"Early checkpoints predicting the last{f': {model}' if model else ''}")
