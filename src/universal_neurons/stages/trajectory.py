@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from universal_neurons.constants import (
 )
 from universal_neurons.engine.precision import PrecisionChoice
 from universal_neurons.errors import UserError
+from universal_neurons.options import count, dataset_opt, opt, run_opt, threshold_arg, tokens_opt
 from universal_neurons.stages.correlate import CorrelateConfig
 
 log = logging.getLogger(__name__)
@@ -60,38 +61,51 @@ class Checkpoint:
 class TrajectoryConfig:
     """Options of the trajectory stage (the CLI flags, one for one)."""
 
-    models: tuple[str, ...]
-    """Models or a suite (expanded); the first is member a, whose neurons are followed."""
-    checkpoints: tuple[str, ...]
-    """In training order (the last is the reference of the prediction columns): hub
-    revisions (``step1000``: each model is loaded as ``model@step1000``) or, for models given
-    as local folders, folders relative to each (``snapshots/tokens-250000``)."""
-    out: str
+    models: tuple[str, ...] = opt(MISSING, "--models", "--model", metavar="M")
+    """Models or a suite (first = member a, whose neurons are followed), e.g.
+    pythia-160m-seeds or W/members/tiny-gpt2-a W/members/tiny-gpt2-b."""
+    checkpoints: tuple[str, ...] = opt(MISSING, metavar="C")
+    """In training order (the last is the reference): hub revisions (step1000 ...: each
+    model is loaded as MODEL@step1000) or, for models given as folders, folders relative to
+    each (snapshots/tokens-250000 ...)."""
+    out: str = run_opt()
     """Run directory."""
-    tokenizer: str | None = None
-    """Tokenizer folder for checkpoint folders saved without one (the zoo's snapshots)."""
-    dataset: str | None = None
-    """Token dataset folder; None = the bundled test split tokenized for the models."""
-    threshold: float = 0.5
-    """``is_universal`` when ``excess_corr`` exceeds this."""
+    tokenizer: str | None = opt(None, metavar="DIR")
+    """Tokenizer folder for checkpoint folders saved without one (the zoo's snapshots:
+    W/tokenizer)."""
+    dataset: str | None = dataset_opt()
+    """Token dataset folder (default: the bundled test split, tokenized)."""
+    threshold: float = opt(0.5, type=threshold_arg)
+    """Universal if excess_corr exceeds this."""
     baseline: Literal["rotation", "gaussian-rows", "none"] = "rotation"
+    """Random basis of the baseline (the same at every checkpoint)."""
     seed: int = 0
     """Seed of the baseline bases (the same at every checkpoint)."""
     site: Literal["post", "pre"] = "post"
+    """Neuron activation to correlate (post = mlp.hook_post)."""
     keep_tokens: bool = False
+    """Keep BOS/pad and newline tokens (dropped by default)."""
+    token_filter: Literal["ours", "paper"] = "ours"
+    """Tokens dropped unless --keep-tokens (see `correlate --help`)."""
     precision: PrecisionChoice = "auto"
+    """GEMM inputs (see `correlate --help`; auto = fp32 here)."""
     device: str = "cpu"
+    """Where to compute (cpu or cuda)."""
     batch_size: int = 8
+    """Sequences per forward pass."""
     rows_per_gemm: int = 4096
-    max_memory: str | None = None
-    max_tokens: int | None = None
-    """Use only the first ``max_tokens`` tokens of the dataset (whole sequences)."""
+    """Kept tokens buffered per GEMM."""
+    max_memory: str | None = opt(None, metavar="SIZE")
+    """Memory budget of each pass, e.g. 16G."""
+    max_tokens: int | None = tokens_opt(None)
+    """Use only the first N tokens of the dataset at every checkpoint, e.g. 1M."""
     n_ctx: int | None = None
-    checkpoint_every: int | None = None
-    """Save an engine checkpoint every this many tokens within a checkpoint's pass."""
+    """Context of the default dataset (default min(512, model n_ctx))."""
+    checkpoint_every: int | None = opt(None, type=count, metavar="N")
+    """Save the engine's state every N tokens within a checkpoint's pass."""
     restart: bool = False
-    """Recompute every checkpoint, even one whose results exist."""
-    plots: bool = True
+    """Recompute every checkpoint, even those already done."""
+    plots: bool = opt(True, "--no-plots", help="write the tables only (no PNG plots)")
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -109,7 +123,8 @@ class TrajectoryConfig:
         return CorrelateConfig(
             models=tuple(specs), out=str(out), dataset=self.dataset, threshold=self.threshold,
             baseline=self.baseline, seed=self.seed, site=self.site,
-            keep_tokens=self.keep_tokens, precision=self.precision,
+            keep_tokens=self.keep_tokens, token_filter=self.token_filter,
+            precision=self.precision,
             device=self.device, batch_size=self.batch_size, rows_per_gemm=self.rows_per_gemm,
             max_memory=self.max_memory, max_tokens=self.max_tokens, n_ctx=self.n_ctx,
             checkpoint_every=self.checkpoint_every, restart=self.restart,

@@ -168,7 +168,7 @@ def test_cli_prints_the_summary(done, capsys):
     work, cfg, out, _ = done
     argv = ["trajectory", "--models", *members(work, cfg), "--checkpoints",
             *[f"snapshots/tokens-{t}" for t in SNAPSHOTS], "--tokenizer", str(work / "tokenizer"),
-            "--max-tokens", str(MAX_TOKENS), "--threshold", str(THRESHOLD), "--out", str(out),
+            "--tokens", str(MAX_TOKENS), "--threshold", str(THRESHOLD), "--out", str(out),
             "--no-plots", "--quiet"]
     assert main(argv) == 0
     text = capsys.readouterr().out
