@@ -29,11 +29,12 @@ from universal_neurons.report.neuron_page import neuron_href
 from universal_neurons.report.rundata import RunData, paper_reference
 from universal_neurons.report.svg import hbar_svg
 from universal_neurons.report.tokens import LEGEND
+from universal_neurons.report.trajectory_section import trajectory_section
 
 # Figures are shown in the section ``constants.FIGURE_SECTIONS`` gives their file; the rest
 # under "Other figures". Stage tables: see ``front``.
 MAX_PROBLEMS = 20
-SECTIONS = ("properties", "families", "prediction", "entropy", "attention")
+SECTIONS = ("properties", "families", "prediction", "entropy", "attention", "trajectory")
 """Report sections that show figures (the values of ``constants.FIGURE_SECTIONS``)."""
 
 
@@ -186,6 +187,7 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
         section("entropy", "Entropy neurons", _join(front("entropy"), _figures(groups["entropy"]))),
         section("attention", "Attention (de)activation neurons",
                 _join(front("attention"), _figures(groups["attention"]))),
+        trajectory_section(run.path, groups["trajectory"], run.problems),
         section("figures", "Other figures", _figures(groups["other"]),
                 missing="no other figures in plots/"),
     ]
@@ -199,5 +201,6 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
            ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention"),
            ("#figures", "other figures")]
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
+    nav.append(("glossary.html", "glossary"))
     body = "".join(sections) + f'<p class="note">{LEGEND}</p>'
     return page("Universal neurons report", body, nav=nav, css_href=STYLESHEET)
