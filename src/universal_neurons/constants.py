@@ -16,6 +16,8 @@ A run directory (``RUN/``) holds::
     entropy/                            ENTROPY_DIR: candidates, candidate pairs, sweeps
     attention/                          ATTENTION_DIR: heuristic, path ablation, value norms
     plots/*.png                         PLOTS_DIR: the figures of FIGURE_SECTIONS
+    paper/index.json (+ index.md)       PAPER_DIR: every result of the paper, its files and value
+    paper/<result>.parquet|json         PAPER_RESULT_TABLE / _JSON (figure plots/paper_<result>.png)
     report/index.html                   REPORT_DIR, REPORT_INDEX
 """
 
@@ -81,6 +83,21 @@ ATTENTION_PATH_ABLATION = "path_ablation.parquet"
 ATTENTION_PATH_ABLATION_POINTS = "path_ablation_points.parquet"
 ATTENTION_BOS_VALUE_NORMS = "bos_value_norms.parquet"
 REPORT_INDEX = "index.html"
+
+# ---- the paper index (stages.paper) and the paper's results, one per result id (RUN/paper/) --
+PAPER_DIR = "paper"
+PAPER_INDEX_JSON = "index.json"
+"""``paper/``: one entry per result of the paper (``analysis.paper_index``)."""
+PAPER_INDEX_MD = "index.md"
+"""``paper/``: the same as a Markdown table."""
+PAPER_RESULT_TABLE = "{result}.parquet"
+"""``paper/``: the table of one paper result (a result id of ``analysis.paper_index``)."""
+PAPER_RESULT_JSON = "{result}.json"
+"""``paper/``: a scalar paper result; ``{"value": number or text, "text": "..."}``."""
+FIG_PAPER_RESULT = "paper_{result}.png"
+"""``plots/``: the figure of one paper result."""
+REPORT_PAPER_PAGE = "paper.html"
+"""``report/``: the paper index rendered as a page of the report."""
 
 # ---- figures (in plots/) and the report section that shows each -------------------------------
 FIG_PROPERTIES_PERCENTILES = "properties_percentiles.png"
@@ -153,3 +170,10 @@ def parse_neuron_name(name: str) -> tuple[int, int]:
         return int(layer), int(neuron)
     except ValueError:
         raise ValueError(f"bad neuron name {name!r}; expected L<layer>.<neuron>, e.g. L3.17") from None
+
+
+def paper_result_files(result: str) -> tuple[str, str, str]:
+    """``(table, scalar JSON, figure)`` paths of one paper result, relative to the run."""
+    return (f"{PAPER_DIR}/{PAPER_RESULT_TABLE.format(result=result)}",
+            f"{PAPER_DIR}/{PAPER_RESULT_JSON.format(result=result)}",
+            f"{PLOTS_DIR}/{FIG_PAPER_RESULT.format(result=result)}")

@@ -103,7 +103,7 @@ class RunConfig:
 
 
 STAGE_NAMES = ("correlate", "weights", "properties", "explain", "families", "entropy",
-               "attention", "report")
+               "attention", "paper", "report")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -215,6 +215,7 @@ def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]
                      str(cfg.intervention_tokens), "--device", cfg.device]),
         ("attention", ["attention", "--model", reference, "--out", out, *ds, "--tokens",
                        str(cfg.intervention_tokens), "--device", cfg.device]),
+        ("paper", ["paper", "--out", out]),  # before report, whose front page links it
         ("report", ["report", out]),
     ]
     return [(name, args + cfg.extra.get(name, [])) for name, args in stages

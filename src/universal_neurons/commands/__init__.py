@@ -22,4 +22,5 @@ COMMANDS: list[str] = [
     "universal_neurons.commands.report",
     "universal_neurons.commands.entropy",
     "universal_neurons.commands.attention",
+    "universal_neurons.commands.paper",
 ]

@@ -28,6 +28,10 @@ Writes the columns families, family_scores, family_features into RUN/neurons/<mo
 RUN/families/<model>_counts.csv, RUN/families/<model>_prediction_tokens.parquet (the tokens
 prediction/suppression/partition neurons promote or suppress), RUN/plots/families_<model>.png
 and RUN/plots/prediction_curves.png (per-layer percentiles of vocab kurtosis and skew).
+When fewer than 10 neurons of a model are universal, the counts also give the families of
+the top 5% by excess correlation (position family: those with kurtosis < 2), in the
+columns n_selected, frac_selected and selection (the label, e.g. "top 5% by excess
+correlation: 103 neurons (only 4 pass 0.5)").
 
 examples:
   universal-neurons families runs/tiny
@@ -55,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="partition cut: vocab variance over the model's median (default 5)")
     p.add_argument("--top-tokens", type=int, default=20,
                    help="tokens listed per prediction/suppression/partition neuron (20)")
+    p.add_argument("--fallback-percent", type=float, default=5.0, metavar="P",
+                   help="when fewer than 10 neurons are universal, also count the families of "
+                        "the top P%% by excess_corr (columns n_selected, frac_selected, "
+                        "selection of the counts; default 5; 0: do not)")
     p.add_argument("--no-weights", action="store_true",
                    help="do not load models (no vocab moments beyond the tables, no token sets)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     counts = run_families(FamiliesConfig(
         run=args.run, models=tuple(args.models), thresholds=thresholds,
         weights=not args.no_weights, top_tokens=args.top_tokens, plots=not args.no_plots,
-        device=args.device))
+        device=args.device, fallback_percent=args.fallback_percent or None))
     for model, c in counts.items():
         found = ", ".join(f"{f} {n}" for f, n in zip(c["family"], c["n_neurons"]) if n)
         print(f"{model}: {found or 'no families'}")

@@ -16,6 +16,8 @@ Checks the paper's claims that universal neurons have lower activation frequency
 (sparsity), higher pre-activation skew and kurtosis, a more negative input bias and a
 larger L2 penalty. Writes
   RUN/properties/claims.csv, claims.json     each claim per model: held / not held / too few
+                                             (with fewer than 10 universal neurons, also for
+                                             the top 5% by excess_corr: see `selection`)
   RUN/properties/comparison.csv              every statistic, universal vs other
   RUN/properties/percentiles.parquet         within-layer percentiles per neuron
   RUN/plots/properties_percentiles.png, universal_by_layer.png,
@@ -37,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--min-universal", type=int, default=10,
                    help="fewest universal neurons for a claim to be tested (default 10)")
+    p.add_argument("--fallback-percent", type=float, default=5.0, metavar="P",
+                   help="when fewer than --min-universal neurons are universal, also test the "
+                        "claims on the top P%% by excess_corr, labelled in a selection column "
+                        "(default 5; 0: do not)")
     p.add_argument("--raw", action="store_true",
                    help="test raw values instead of within-layer percentiles")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     config = PropertiesConfig(run=args.run, top_percent=args.top_percent,
                               threshold=args.threshold, alpha=args.alpha,
                               min_universal=args.min_universal,
+                              fallback_percent=args.fallback_percent or None,
                               on="raw" if args.raw else "percentile", plots=not args.no_plots)
     res = run_properties(config)
     print(claims_text(res.claims))
