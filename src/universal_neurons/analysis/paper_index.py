@@ -95,15 +95,15 @@ def _results() -> tuple[PaperResult, ...]:
         return _fixed(lambda i: _plot(name, i))
 
     return (
-        PaperResult("universal_share", "§4.1, Table 1",
+        PaperResult("universal_share", "§4.1",
                     "share of neurons with excess correlation > 0.5: GPT2-small-a 4.16%, "
                     "GPT2-medium-a 1.23%, Pythia-160m 1.26%", "correlate",
                     _fixed(NEURONS), _fixed(), pv.universal_share, 4.16),
-        new("corr_distributions", "§4.1, Fig. 2",
+        new("corr_distributions", "§4.1",
             "distributions of the mean max correlation, its random-rotation baseline and the "
             "excess correlation; universal neurons are the right tail of the excess",
             "properties"),
-        PaperResult("universal_by_layer", "§4.1, Fig. 2",
+        PaperResult("universal_by_layer", "§4.1",
                     "share of universal neurons in each layer", "properties",
                     _fixed(NEURONS), plot(FIG_UNIVERSAL_BY_LAYER), pv.universal_by_layer),
         new("depth_specialisation", "§4.1, appendix",
@@ -122,7 +122,7 @@ def _results() -> tuple[PaperResult, ...]:
                     _fixed(), pv.property_claims, 5),
         new("raw_by_layer", "appendix",
             "the raw neuron statistics per layer, universal vs not", "properties"),
-        PaperResult("families", "§4.3, Fig. 4",
+        PaperResult("families", "§4.3",
                     "universal neurons fall into a few families: unigram, alphabet, previous "
                     "token, position, syntax, semantic/topic, prediction, suppression, "
                     "entropy, attention (de)activation", "families",
@@ -130,17 +130,17 @@ def _results() -> tuple[PaperResult, ...]:
         new("unigram_roles", "§4.3",
             "unigram neurons split by the token's role: whole word, word start, word middle",
             "families"),
-        PaperResult("alphabet", "§4.3, Fig. 4",
+        PaperResult("alphabet", "§4.3",
                     "18 of 26 letters have a neuron whose VR for the letter's token is > 0.37",
                     "explain", _fixed(VR), _fixed(), pv.alphabet, 18),
-        PaperResult("position", "§4.3, Fig. 4",
+        PaperResult("position", "§4.3",
                     "universal neurons with activation kurtosis < 2 ranked by the mutual "
                     "information between position and firing", "families",
                     _fixed(COUNTS, VR), _fixed(), pv.position),
-        PaperResult("previous_token", "§4.3, Fig. 4",
+        PaperResult("previous_token", "§4.3",
                     "neurons explained by the previous token (high VR)", "families",
                     _fixed(COUNTS), _fixed(VR), pv.family_count("previous_token", ("prev/",))),
-        PaperResult("syntax", "§4.3, Fig. 4",
+        PaperResult("syntax", "§4.3",
                     "neurons explained by part of speech or dependency labels", "families",
                     _fixed(COUNTS), _fixed(VR),
                     pv.family_count("syntax", ("sequence/pos:", "sequence/dep:"))),
@@ -155,16 +155,16 @@ def _results() -> tuple[PaperResult, ...]:
         new("prediction_skew_late", "§5.1, Fig. 5c",
             "in the last layers the skew turns negative: more suppression than prediction "
             "neurons", "families"),
-        new("prediction_class_split", "§5.1, Fig. 6",
+        new("prediction_class_split", "§5.1",
             "which vocabulary feature splits a neuron's W_U w_out (class-split histograms)",
             "families"),
         new("prediction_conditional", "§5.1",
             "prediction (suppression) neurons fire more when the next token is (is not) in "
             "their set", "families"),
-        new("entropy_weights", "§5.2, Fig. 7",
+        new("entropy_weights", "§5.2, Fig. 6",
             "entropy neurons: large weight norm with w_out mostly in the null space of W_U; "
             "the -0.17 (GELU minimum) point", "entropy"),
-        PaperResult("entropy_sweep", "§5.2, Fig. 7",
+        PaperResult("entropy_sweep", "§5.2, Fig. 6",
                     "fixing an entropy neuron's activation raises the next-token entropy "
                     "through the final LayerNorm scale, far more than baseline neurons",
                     "entropy", _fixed((pv.SWEEP_FILE,)), plot("entropy_{neuron}.png"),
@@ -172,13 +172,13 @@ def _results() -> tuple[PaperResult, ...]:
         PaperResult("entropy_pair", "§5.2",
                     "an anti-entropy neuron: cos(w_out) = -0.886 with the entropy neuron",
                     "entropy", _fixed((pv.PAIRS_FILE,)), _fixed(), pv.entropy_pair, -0.886),
-        PaperResult("attention_heuristic", "§5.3, Fig. 8",
+        PaperResult("attention_heuristic", "§5.3, Fig. 7",
                     "W_out of some neurons aligns with heads' BOS-attention direction: a "
                     "heavy tail of the heuristic score against a random baseline",
                     "attention", _fixed((pv.HEURISTIC_SUMMARY_FILE,)),
                     _fixed((pv.HEURISTIC_TOP_FILE,), (_plot(FIG_ATTENTION_HEURISTIC, RunInfo()),)),
                     pv.attention_heuristic),
-        PaperResult("attention_path_ablation", "§5.3, Fig. 8",
+        PaperResult("attention_path_ablation", "§5.3, Fig. 7",
                     "ablating the neuron's path to the head: its activation goes with less "
                     "BOS attention and a larger head output norm (% change, positions "
                     "64-255)", "attention", _fixed((pv.PATH_ABLATION_FILE,)),

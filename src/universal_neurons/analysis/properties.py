@@ -188,8 +188,12 @@ def _claim_row(model: str, claim: Claim, stats: dict | None, rule: str, n_univer
 
 def claims_text(claims) -> str:
     """Plain-text lines for the CLI: one per model and claim."""
-    lines = []
+    lines, shown = [], None
     for r in claims.to_dict("records"):
+        if r.get("selection") != shown:  # the neurons compared, when the table says
+            shown = r.get("selection")
+            if isinstance(shown, str):
+                lines.append(f"-- universal = {shown}")
         nums = ""
         if r["status"] != "missing":
             nums = (f" (medians: within-layer percentile {r['pct_median_universal']:.0f} vs "

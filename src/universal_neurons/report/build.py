@@ -3,6 +3,7 @@
 Layout::
 
     report/index.html                      summary, figures, claims, families, entropy, attention
+    report/paper.html                      the paper index (RUN/paper/index.json), when there
     report/browser-<model>.html            neuron browser of one model (all neurons)
     report/neurons/<model>/L{l}.{n}.html   neuron pages (a bounded set, see select_pages)
     report/plots/...                       copies of RUN/plots
@@ -21,7 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from universal_neurons.constants import PLOTS_DIR, REPORT_DIR, REPORT_INDEX, parse_neuron_name
+from universal_neurons.constants import (
+    PLOTS_DIR,
+    REPORT_DIR,
+    REPORT_INDEX,
+    REPORT_PAPER_PAGE,
+    parse_neuron_name,
+)
 from universal_neurons.errors import UserError
 from universal_neurons.report.browser import (
     browser_data,
@@ -34,6 +41,7 @@ from universal_neurons.report.front import featured_neurons, front_tables
 from universal_neurons.report.html import STYLESHEET, asset
 from universal_neurons.report.index_page import TOP_LISTED, render_index, summarize
 from universal_neurons.report.neuron_page import neuron_file, render_neuron_page
+from universal_neurons.report.paper_page import read_paper_index, render_paper_page
 from universal_neurons.report.rundata import RunData
 
 log = logging.getLogger(__name__)
@@ -179,6 +187,9 @@ def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None
         _write(out / neuron_file(m, layer, neuron), html)
 
     _write(out / STYLESHEET, asset(STYLESHEET))
+    paper_index = read_paper_index(run.path)
+    if paper_index is not None:
+        _write(out / REPORT_PAPER_PAGE, render_paper_page(paper_index))
     _write(out / REPORT_INDEX, render_index(run, summaries, plots, page_sets, run.problems,
                                             tables=tables, token_text=source.text))
 
