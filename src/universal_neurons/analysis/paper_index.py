@@ -124,8 +124,8 @@ def _results() -> tuple[PaperResult, ...]:
             "the raw neuron statistics per layer, universal vs not", "properties"),
         PaperResult("families", "§4.3",
                     "universal neurons fall into a few families: unigram, alphabet, previous "
-                    "token, position, syntax, semantic/topic, prediction, suppression, "
-                    "entropy, attention (de)activation", "families",
+                    "token, position, syntax, semantic/topic (and, by their weights, "
+                    "prediction, suppression and partition neurons, §5.1)", "families",
                     _fixed(COUNTS), plot(FIG_FAMILIES), pv.families),
         new("unigram_roles", "§4.3",
             "unigram neurons split by the token's role: whole word, word start, word middle",
