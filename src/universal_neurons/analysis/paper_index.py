@@ -248,7 +248,7 @@ def _entry(r: PaperResult, files: RunFiles, info: RunInfo) -> dict[str, Any]:
     except NotComputed as e:
         entry["reason"] = str(e)
         return entry
-    except (KeyError, ValueError, IndexError, TypeError) as e:
+    except (KeyError, ValueError, IndexError, TypeError, OSError) as e:
         entry["reason"] = f"unreadable ({type(e).__name__}: {e})"
         return entry
     entry.update(status="computed", value=got.value, text=got.text, selection=got.selection,
