@@ -17,7 +17,7 @@ A run directory (``RUN/``) holds::
     attention/                          ATTENTION_DIR: heuristic, path ablation, value norms
     plots/*.png                         PLOTS_DIR: the figures of FIGURE_SECTIONS
     paper/index.json (+ index.md)       PAPER_DIR: every result of the paper, its files and value
-    paper/<result>.parquet|json         PAPER_RESULT_TABLE / _JSON (figure plots/paper_<result>.png)
+    paper/<result>.parquet (or .json)   PAPER_TABLE / PAPER_SCALAR (figure plots/paper_<result>.png)
     report/index.html                   REPORT_DIR, REPORT_INDEX
 """
 
@@ -42,6 +42,8 @@ PROPERTIES_DIR = "properties"
 PREDICTION_DIR = "prediction"
 ENTROPY_DIR = "entropy"
 ATTENTION_DIR = "attention"
+PAPER_DIR = "paper"
+"""``paper/<result>.parquet`` (or ``.json``): one table per result of the paper."""
 DATASET_DIR = "dataset"
 """A token dataset kept inside the run (the report looks here for token text)."""
 TOKENIZER_DIR = "tokenizer"
@@ -84,20 +86,8 @@ ATTENTION_PATH_ABLATION_POINTS = "path_ablation_points.parquet"
 ATTENTION_BOS_VALUE_NORMS = "bos_value_norms.parquet"
 REPORT_INDEX = "index.html"
 
-# ---- the paper index (stages.paper) and the paper's results, one per result id (RUN/paper/) --
-PAPER_DIR = "paper"
-PAPER_INDEX_JSON = "index.json"
-"""``paper/``: one entry per result of the paper (``analysis.paper_index``)."""
-PAPER_INDEX_MD = "index.md"
-"""``paper/``: the same as a Markdown table."""
-PAPER_RESULT_TABLE = "{result}.parquet"
-"""``paper/``: the table of one paper result (a result id of ``analysis.paper_index``)."""
-PAPER_RESULT_JSON = "{result}.json"
-"""``paper/``: a scalar paper result; ``{"value": number or text, "text": "..."}``."""
-FIG_PAPER_RESULT = "paper_{result}.png"
-"""``plots/``: the figure of one paper result."""
-REPORT_PAPER_PAGE = "paper.html"
-"""``report/``: the paper index rendered as a page of the report."""
+PAPER_TABLE = "{result}.parquet"
+"""``paper/``: the table of one result of the paper (``paper_results`` stage)."""
 
 # ---- figures (in plots/) and the report section that shows each -------------------------------
 FIG_PROPERTIES_PERCENTILES = "properties_percentiles.png"
@@ -109,6 +99,8 @@ FIG_ENTROPY = "entropy_{neuron}.png"
 FIG_ATTENTION_HEURISTIC = "attention_heuristic.png"
 FIG_ATTENTION_PATH_ABLATION = "attention_path_ablation.png"
 FIG_ATTENTION_BOS_VALUE_NORMS = "attention_bos_value_norms.png"
+FIG_PAPER = "paper_{result}.png"
+"""The figure of one result of the paper (``paper/<result>.parquet``)."""
 
 FIGURE_SECTIONS: dict[str, str] = {
     FIG_PROPERTIES_PERCENTILES: "properties",
@@ -172,8 +164,19 @@ def parse_neuron_name(name: str) -> tuple[int, int]:
         raise ValueError(f"bad neuron name {name!r}; expected L<layer>.<neuron>, e.g. L3.17") from None
 
 
+# ---- the paper index (stages.paper) ----------------------------------------------------------
+PAPER_INDEX_JSON = "index.json"
+"""``paper/``: one entry per result of the paper (``analysis.paper_index``)."""
+PAPER_INDEX_MD = "index.md"
+"""``paper/``: the same as a Markdown table."""
+PAPER_SCALAR = "{result}.json"
+"""``paper/``: a scalar result of the paper: ``{"value": number or text, "text": "..."}``."""
+REPORT_PAPER_PAGE = "paper.html"
+"""``report/``: the paper index as a page of the report."""
+
+
 def paper_result_files(result: str) -> tuple[str, str, str]:
-    """``(table, scalar JSON, figure)`` paths of one paper result, relative to the run."""
-    return (f"{PAPER_DIR}/{PAPER_RESULT_TABLE.format(result=result)}",
-            f"{PAPER_DIR}/{PAPER_RESULT_JSON.format(result=result)}",
-            f"{PLOTS_DIR}/{FIG_PAPER_RESULT.format(result=result)}")
+    """``(table, scalar JSON, figure)`` paths of one result of the paper, relative to the run."""
+    return (f"{PAPER_DIR}/{PAPER_TABLE.format(result=result)}",
+            f"{PAPER_DIR}/{PAPER_SCALAR.format(result=result)}",
+            f"{PLOTS_DIR}/{FIG_PAPER.format(result=result)}")

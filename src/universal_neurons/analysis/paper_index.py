@@ -71,10 +71,16 @@ def _fixed(*groups: tuple[str, ...] | Callable[[RunInfo], str]) -> Files:
     return files
 
 
-def _new(result: str) -> tuple[Files, Files]:
-    """Required (table or scalar JSON) and optional (figure) files of a paper result."""
-    table, scalar, figure = paper_result_files(result)
-    return _fixed((table, scalar)), _fixed((figure,))
+def _new(id_: str, where: str, paper: str) -> PaperResult:
+    """A result the ``paper-results`` stage writes: ``paper/<id>.parquet`` or ``.json``
+    required, its figure optional."""
+    table, scalar, figure = paper_result_files(id_)
+    return PaperResult(id_, where, paper, "paper-results", _fixed((table, scalar)),
+                       _fixed((figure,)), pv.paper_result(id_))
+
+
+def _plots(name: str) -> Files:
+    return _fixed(lambda i: _plot(name, i))
 
 
 NEURONS, COUNTS, VR = pv.neurons_file, pv.counts_file, pv.vr_file
@@ -83,117 +89,102 @@ PERCENTILES = f"{PROPERTIES_DIR}/{PROPERTIES_PERCENTILES}"
 PAPER_RESULTS = ("corr_distributions", "depth_specialisation", "raw_by_layer", "unigram_roles",
                  "source_neurons", "prediction_skew_late", "prediction_class_split",
                  "prediction_conditional", "entropy_weights")
-"""Results read from ``RUN/paper/<id>.*`` (no other stage writes them)."""
+"""Results read from ``RUN/paper/<id>.*`` (written by ``paper-results``)."""
 
-
-def _results() -> tuple[PaperResult, ...]:
-    def new(id_: str, where: str, paper: str, stage: str) -> PaperResult:
-        req, opt = _new(id_)
-        return PaperResult(id_, where, paper, stage, req, opt, pv.paper_result(id_))
-
-    def plot(name: str) -> Files:
-        return _fixed(lambda i: _plot(name, i))
-
-    return (
-        PaperResult("universal_share", "§4.1",
-                    "share of neurons with excess correlation > 0.5: GPT2-small-a 4.16%, "
-                    "GPT2-medium-a 1.23%, Pythia-160m 1.26%", "correlate",
-                    _fixed(NEURONS), _fixed(), pv.universal_share, 4.16),
-        new("corr_distributions", "§4.1",
-            "distributions of the mean max correlation, its random-rotation baseline and the "
-            "excess correlation; universal neurons are the right tail of the excess",
-            "properties"),
-        PaperResult("universal_by_layer", "§4.1",
-                    "share of universal neurons in each layer", "properties",
-                    _fixed(NEURONS), plot(FIG_UNIVERSAL_BY_LAYER), pv.universal_by_layer),
-        new("depth_specialisation", "§4.1, appendix",
-            "the best-correlated partner of a neuron in another seed is mostly in the same "
-            "(relative) layer", "properties"),
-        PaperResult("property_percentiles", "§4.2, Fig. 3",
-                    "universal neurons sit at high within-layer percentiles of activation "
-                    "skew and kurtosis and of the weight norm, low ones of activation "
-                    "frequency and input bias", "properties",
-                    _fixed((PERCENTILES,), (pv.COMPARISON_FILE,)),
-                    plot(FIG_PROPERTIES_PERCENTILES), pv.property_percentiles),
-        PaperResult("property_claims", "§4.2",
-                    "all five hold: lower activation frequency, higher pre-activation skew "
-                    "and kurtosis, more negative input bias, larger L2 weight penalty",
-                    "properties", _fixed((pv.CLAIMS_FILE,)),
-                    _fixed(), pv.property_claims, 5),
-        new("raw_by_layer", "appendix",
-            "the raw neuron statistics per layer, universal vs not", "properties"),
-        PaperResult("families", "§4.3",
-                    "universal neurons fall into a few families: unigram, alphabet, previous "
-                    "token, position, syntax, semantic/topic (and, by their weights, "
-                    "prediction, suppression and partition neurons, §5.1)", "families",
-                    _fixed(COUNTS), plot(FIG_FAMILIES), pv.families),
-        new("unigram_roles", "§4.3",
-            "unigram neurons split by the token's role: whole word, word start, word middle",
-            "families"),
-        PaperResult("alphabet", "§4.3",
-                    "18 of 26 letters have a neuron whose VR for the letter's token is > 0.37",
-                    "explain", _fixed(VR), _fixed(), pv.alphabet, 18),
-        PaperResult("position", "§4.3",
-                    "universal neurons with activation kurtosis < 2 ranked by the mutual "
-                    "information between position and firing", "families",
-                    _fixed(COUNTS, VR), _fixed(), pv.position),
-        PaperResult("previous_token", "§4.3",
-                    "neurons explained by the previous token (high VR)", "families",
-                    _fixed(COUNTS), _fixed(VR), pv.family_count("previous_token", ("prev/",))),
-        PaperResult("syntax", "§4.3",
-                    "neurons explained by part of speech or dependency labels", "families",
-                    _fixed(COUNTS), _fixed(VR),
-                    pv.family_count("syntax", ("sequence/pos:", "sequence/dep:"))),
-        new("source_neurons", "§4.3",
-            "neurons that fire on one data source (the Pile subsets; here the corpus's "
-            "sources)", "families"),
-        PaperResult("prediction_curves", "§5.1, Fig. 5",
-                    "vocabulary kurtosis and skew of W_U w_out by layer: prediction neurons "
-                    "(high kurtosis, positive skew) grow in later layers, suppression neurons "
-                    "(negative skew) dominate the last ones", "families",
-                    plot(FIG_PREDICTION_CURVES), _fixed(COUNTS), pv.prediction_curves),
-        new("prediction_skew_late", "§5.1, Fig. 5c",
-            "in the last layers the skew turns negative: more suppression than prediction "
-            "neurons", "families"),
-        new("prediction_class_split", "§5.1",
-            "which vocabulary feature splits a neuron's W_U w_out (class-split histograms)",
-            "families"),
-        new("prediction_conditional", "§5.1",
-            "prediction (suppression) neurons fire more when the next token is (is not) in "
-            "their set", "families"),
-        new("entropy_weights", "§5.2, Fig. 6",
-            "entropy neurons: large weight norm with w_out mostly in the null space of W_U; "
-            "the -0.17 (GELU minimum) point", "entropy"),
-        PaperResult("entropy_sweep", "§5.2, Fig. 6",
-                    "fixing an entropy neuron's activation raises the next-token entropy "
-                    "through the final LayerNorm scale, far more than baseline neurons",
-                    "entropy", _fixed((pv.SWEEP_FILE,)), plot("entropy_{neuron}.png"),
-                    pv.entropy_sweep),
-        PaperResult("entropy_pair", "§5.2",
-                    "an anti-entropy neuron: cos(w_out) = -0.886 with the entropy neuron",
-                    "entropy", _fixed((pv.PAIRS_FILE,)), _fixed(), pv.entropy_pair, -0.886),
-        PaperResult("attention_heuristic", "§5.3, Fig. 7",
-                    "W_out of some neurons aligns with heads' BOS-attention direction: a "
-                    "heavy tail of the heuristic score against a random baseline",
-                    "attention", _fixed((pv.HEURISTIC_SUMMARY_FILE,)),
-                    _fixed((pv.HEURISTIC_TOP_FILE,), (_plot(FIG_ATTENTION_HEURISTIC, RunInfo()),)),
-                    pv.attention_heuristic),
-        PaperResult("attention_path_ablation", "§5.3, Fig. 7",
-                    "ablating the neuron's path to the head: its activation goes with less "
-                    "BOS attention and a larger head output norm (% change, positions "
-                    "64-255)", "attention", _fixed((pv.PATH_ABLATION_FILE,)),
-                    _fixed((_plot(FIG_ATTENTION_PATH_ABLATION, RunInfo()),),
-                           paper_result_files("attention_panel")[::2]),
-                    pv.attention_path_ablation),
-        PaperResult("bos_value_ratio", "§5.3",
-                    "the BOS token's output W_O v_BOS is 19.4x smaller than other tokens'",
-                    "attention", _fixed((pv.BOS_NORMS_FILE,)),
-                    _fixed((_plot(FIG_ATTENTION_BOS_VALUE_NORMS, RunInfo()),)),
-                    pv.bos_value_ratio, 19.4),
-    )
-
-
-RESULTS: tuple[PaperResult, ...] = _results()
+RESULTS: tuple[PaperResult, ...] = (
+    PaperResult("universal_share", "§4.1",
+                "share of neurons with excess correlation > 0.5: GPT2-small-a 4.16%, "
+                "GPT2-medium-a 1.23%, Pythia-160m 1.26%", "correlate",
+                _fixed(NEURONS), _fixed(), pv.universal_share, 4.16),
+    _new("corr_distributions", "§4.1",
+         "distributions of the mean max correlation, its random-rotation baseline and the "
+         "excess correlation; universal neurons are the right tail of the excess"),
+    PaperResult("universal_by_layer", "§4.1",
+                "share of universal neurons in each layer", "properties",
+                _fixed(NEURONS), _plots(FIG_UNIVERSAL_BY_LAYER), pv.universal_by_layer),
+    _new("depth_specialisation", "§4.1, appendix",
+         "the best-correlated partner of a neuron in another seed is mostly in the same "
+         "(relative) layer"),
+    PaperResult("property_percentiles", "§4.2, Fig. 3",
+                "universal neurons sit at high within-layer percentiles of activation "
+                "skew and kurtosis and of the weight norm, low ones of activation "
+                "frequency and input bias", "properties",
+                _fixed((PERCENTILES,), (pv.COMPARISON_FILE,)),
+                _plots(FIG_PROPERTIES_PERCENTILES), pv.property_percentiles),
+    PaperResult("property_claims", "§4.2",
+                "all five hold: lower activation frequency, higher pre-activation skew "
+                "and kurtosis, more negative input bias, larger L2 weight penalty",
+                "properties", _fixed((pv.CLAIMS_FILE,)),
+                _fixed(), pv.property_claims, 5),
+    _new("raw_by_layer", "appendix",
+         "the raw neuron statistics per layer, universal vs not"),
+    PaperResult("families", "§4.3",
+                "universal neurons fall into a few families: unigram, alphabet, previous "
+                "token, position, syntax, semantic/topic (and, by their weights, "
+                "prediction, suppression and partition neurons, §5.1)", "families",
+                _fixed(COUNTS), _plots(FIG_FAMILIES), pv.families),
+    _new("unigram_roles", "§4.3",
+         "unigram neurons split by the token's role: whole word, word start, word middle"),
+    PaperResult("alphabet", "§4.3",
+                "18 of 26 letters have a neuron whose VR for the letter's token is > 0.37",
+                "explain", _fixed(VR), _fixed(), pv.alphabet, 18),
+    PaperResult("position", "§4.3",
+                "universal neurons with activation kurtosis < 2 ranked by the mutual "
+                "information between position and firing", "families",
+                _fixed(COUNTS, VR), _fixed(), pv.position),
+    PaperResult("previous_token", "§4.3",
+                "neurons explained by the previous token (high VR)", "families",
+                _fixed(COUNTS), _fixed(VR), pv.family_count("previous_token", ("prev/",))),
+    PaperResult("syntax", "§4.3",
+                "neurons explained by part of speech or dependency labels", "families",
+                _fixed(COUNTS), _fixed(VR),
+                pv.family_count("syntax", ("sequence/pos:", "sequence/dep:"))),
+    _new("source_neurons", "§4.3",
+         "neurons that fire on one data source (the Pile subsets; here the corpus's "
+         "sources)"),
+    PaperResult("prediction_curves", "§5.1, Fig. 5",
+                "vocabulary kurtosis and skew of W_U w_out by layer: prediction neurons "
+                "(high kurtosis, positive skew) grow in later layers, suppression neurons "
+                "(negative skew) dominate the last ones", "families",
+                _plots(FIG_PREDICTION_CURVES), _fixed(COUNTS), pv.prediction_curves),
+    _new("prediction_skew_late", "§5.1, Fig. 5c",
+         "in the last layers the skew turns negative: more suppression than prediction "
+         "neurons"),
+    _new("prediction_class_split", "§5.1",
+         "which vocabulary feature splits a neuron's W_U w_out (class-split histograms)"),
+    _new("prediction_conditional", "§5.1",
+         "prediction (suppression) neurons fire more when the next token is (is not) in "
+         "their set"),
+    _new("entropy_weights", "§5.2, Fig. 6",
+         "entropy neurons: large weight norm with w_out mostly in the null space of W_U; "
+         "the -0.17 (GELU minimum) point"),
+    PaperResult("entropy_sweep", "§5.2, Fig. 6",
+                "fixing an entropy neuron's activation raises the next-token entropy "
+                "through the final LayerNorm scale, far more than baseline neurons",
+                "entropy", _fixed((pv.SWEEP_FILE,)), _plots("entropy_{neuron}.png"),
+                pv.entropy_sweep),
+    PaperResult("entropy_pair", "§5.2",
+                "an anti-entropy neuron: cos(w_out) = -0.886 with the entropy neuron",
+                "entropy", _fixed((pv.PAIRS_FILE,)), _fixed(), pv.entropy_pair, -0.886),
+    PaperResult("attention_heuristic", "§5.3, Fig. 7",
+                "W_out of some neurons aligns with heads' BOS-attention direction: a "
+                "heavy tail of the heuristic score against a random baseline",
+                "attention", _fixed((pv.HEURISTIC_SUMMARY_FILE,)),
+                _fixed((pv.HEURISTIC_TOP_FILE,), (_plot(FIG_ATTENTION_HEURISTIC, RunInfo()),)),
+                pv.attention_heuristic),
+    PaperResult("attention_path_ablation", "§5.3, Fig. 7",
+                "ablating the neuron's path to the head: its activation goes with less "
+                "BOS attention and a larger head output norm (% change, positions "
+                "64-255)", "attention", _fixed((pv.PATH_ABLATION_FILE,)),
+                _fixed((_plot(FIG_ATTENTION_PATH_ABLATION, RunInfo()),),
+                       paper_result_files("attention_panel")[::2]),
+                pv.attention_path_ablation),
+    PaperResult("bos_value_ratio", "§5.3",
+                "the BOS token's output W_O v_BOS is 19.4x smaller than other tokens'",
+                "attention", _fixed((pv.BOS_NORMS_FILE,)),
+                _fixed((_plot(FIG_ATTENTION_BOS_VALUE_NORMS, RunInfo()),)),
+                pv.bos_value_ratio, 19.4),
+)
 REQUIRED_IDS = tuple(r.id for r in RESULTS)
 
 COMMANDS = {
@@ -204,6 +195,7 @@ COMMANDS = {
     "families": "universal-neurons families {run}",
     "entropy": "universal-neurons entropy --model {model} --out {run}",
     "attention": "universal-neurons attention --model {model} --out {run}",
+    "paper-results": "universal-neurons paper-results --out {run}",
 }
 
 
@@ -240,8 +232,11 @@ def _entry(r: PaperResult, files: RunFiles, info: RunInfo) -> dict[str, Any]:
     entry["files"] = list(dict.fromkeys(found))
     if missing:
         why = f"{', '.join(missing)} missing"
-        entry["reason"] = (f"stage {r.stage} skipped ({why})" if r.stage in info.skipped
-                           else why)
+        told = info.produced.get(r.id)
+        if told and told != "written":
+            why += f" ({r.stage}: {told})"
+        skipped = {r.stage, r.stage.replace("-", "_")} & set(info.skipped)
+        entry["reason"] = f"stage {r.stage} skipped ({why})" if skipped else why
         return entry
     try:
         got = r.read(files, info)

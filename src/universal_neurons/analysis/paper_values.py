@@ -8,7 +8,7 @@ only read tables; ``analysis.paper_index`` says which reader belongs to which re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,6 +65,9 @@ class RunInfo:
     """The excess-correlation threshold of ``is_universal`` (None: not recorded)."""
     skipped: tuple[str, ...] = ()
     """Stages the ``run`` command was told to skip."""
+    produced: Mapping[str, str] = field(default_factory=dict)
+    """Result -> "written" or why not, as the stage writing ``paper/<result>.*`` recorded
+    it in the manifest (``stages.paper_results.results``)."""
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,9 @@ def paper_result(result: str):
                 value = value if isinstance(value, (int, float, str)) else None
                 return Reading(value, str(obj.get("text", value if value is not None else "")),
                                obj.get(SELECTION), notes)
-        n = len(files.table(table))
-        return Reading(None, f"{n} rows in {table}", notes=notes)
+        df = files.table(table)
+        selection = None
+        if SELECTION in df.columns and df[SELECTION].notna().any():
+            selection = "; ".join(dict.fromkeys(df[SELECTION].dropna().astype(str)))
+        return Reading(None, f"{len(df)} rows in {table}", selection, notes)
     return read

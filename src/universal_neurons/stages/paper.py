@@ -114,8 +114,10 @@ def run_info(run: Path, name: str, manifest: dict[str, Any]) -> RunInfo:
         except (ValueError, AttributeError, UnicodeDecodeError):
             log.warning("%s unreadable; skipped stages unknown", record)
     models = tuple(m for m in (given or members) if isinstance(m, str))
+    produced = _dict(_dict(stages.get("paper_results")).get("results"))
     return RunInfo(run=name, reference=reference, models=models,
-                   threshold=recorded_threshold(manifest), skipped=tuple(skipped))
+                   threshold=recorded_threshold(manifest), skipped=tuple(skipped),
+                   produced={k: str(v) for k, v in produced.items()})
 
 
 def _dict(obj: Any) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def make_run(run: Path, rng: np.random.Generator, fallback: bool = True) -> dict
     # two results of the paper stage's producers: a scalar and a table (no figure)
     _put(run, "paper/corr_distributions.json", {"value": 0.42, "text": "median excess 0.42"})
     _put(run, "plots/paper_corr_distributions.png", b"png")
-    _put(run, "paper/depth_specialisation.parquet", pd.DataFrame({"layer": [0, 1, 2]}))
+    _put(run, "paper/depth_specialisation.parquet", pd.DataFrame({
+        "layer": [0, 1, 2], "selection": [None, "highest vocab_kurt (none above 10)", None]}))
     return {"uni": uni, "layer": layer, "comp": comp, "counts": counts, "vr": vr,
             "sweep": sweep, "pairs": pairs, "norms": norms}
 
@@ -147,6 +148,9 @@ def test_values_match_the_synthetic_tables(tmp_path):
     assert cd["files"] == ["paper/corr_distributions.json", "plots/paper_corr_distributions.png"]
     ds = ix["depth_specialisation"]
     assert ds["status"] == "computed" and ds["notes"] == ["plots/paper_depth_specialisation.png missing"]
+    assert ds["selection"] == "highest vocab_kurt (none above 10)"
+    assert ds["text"] == "3 rows in paper/depth_specialisation.parquet"
+    assert ds["command"] == f"universal-neurons paper-results --out {tmp_path}"
     assert ix["universal_share"]["command"] == "universal-neurons correlate --models suite --out " \
         f"{tmp_path} --stats"
 
@@ -157,12 +161,18 @@ def test_missing_results_say_why(tmp_path):
                 "attention/bos_value_norms.parquet"):
         (tmp_path / rel).unlink()
     (tmp_path / "pipeline.json").write_text(json.dumps({"config": {"skip": ["entropy"]}}))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())  # as paper-results records
+    manifest["stages"]["paper_results"] = {"results": {"unigram_roles": "written",
+                                                       "source_neurons": "not a bundled dataset"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     ix = _index(tmp_path)
     assert ix["property_claims"]["status"] == "not computed"
     assert ix["property_claims"]["reason"] == "needs >= 10 universal neurons (only 3 pass 0.5)"
     assert ix["entropy_sweep"]["reason"] == "stage entropy skipped (entropy/sweep.parquet missing)"
     assert ix["bos_value_ratio"]["reason"] == "attention/bos_value_norms.parquet missing"
     assert ix["unigram_roles"]["reason"] == "paper/unigram_roles.parquet missing"
+    assert ix["source_neurons"]["reason"] == ("paper/source_neurons.parquet missing "
+                                              "(paper-results: not a bundled dataset)")
     for e in ix.values():
         assert (e["status"] == "computed") == (e["reason"] is None), e
         assert e["status"] == "computed" or (e["value"] is None and e["reason"])
