@@ -15,9 +15,9 @@ A run directory (``RUN/``) holds::
     properties/                         PROPERTIES_DIR: claims, comparison, percentiles
     entropy/                            ENTROPY_DIR: candidates, candidate pairs, sweeps
     attention/                          ATTENTION_DIR: heuristic, path ablation, value norms
+    paper/<result>.parquet (or .json)   PAPER_DIR: the paper's results (PAPER_RESULTS)
     plots/*.png                         PLOTS_DIR: the figures of FIGURE_SECTIONS
-    paper/index.json (+ index.md)       PAPER_DIR: every result of the paper, its files and value
-    paper/<result>.parquet (or .json)   PAPER_TABLE / PAPER_SCALAR (figure plots/paper_<result>.png)
+    paper/index.json (+ index.md)       PAPER_DIR: the paper index (PAPER_INDEX_JSON, _MD)
     report/index.html                   REPORT_DIR, REPORT_INDEX
 """
 
@@ -85,9 +85,23 @@ ATTENTION_PATH_ABLATION = "path_ablation.parquet"
 ATTENTION_PATH_ABLATION_POINTS = "path_ablation_points.parquet"
 ATTENTION_BOS_VALUE_NORMS = "bos_value_norms.parquet"
 REPORT_INDEX = "index.html"
-
 PAPER_TABLE = "{result}.parquet"
 """``paper/``: the table of one result of the paper (``paper_results`` stage)."""
+
+PAPER_RESULTS: dict[str, str] = {
+    "corr_distributions": "properties",
+    "depth_specialisation": "properties",
+    "raw_by_layer": "properties",
+    "unigram_roles": "families",
+    "source_neurons": "families",
+    "prediction_skew_late": "prediction",
+    "prediction_class_split": "prediction",
+    "prediction_conditional": "prediction",
+    "entropy_weights": "entropy",
+    "attention_panel": "attention",
+}
+"""Results written by the ``paper-results`` stage -> the report section of their figure:
+``paper/<result>.parquet`` and ``plots/paper_<result>.png``."""
 
 # ---- figures (in plots/) and the report section that shows each -------------------------------
 FIG_PROPERTIES_PERCENTILES = "properties_percentiles.png"
@@ -100,7 +114,7 @@ FIG_ATTENTION_HEURISTIC = "attention_heuristic.png"
 FIG_ATTENTION_PATH_ABLATION = "attention_path_ablation.png"
 FIG_ATTENTION_BOS_VALUE_NORMS = "attention_bos_value_norms.png"
 FIG_PAPER = "paper_{result}.png"
-"""The figure of one result of the paper (``paper/<result>.parquet``)."""
+"""The figure of one result of ``PAPER_RESULTS``."""
 
 FIGURE_SECTIONS: dict[str, str] = {
     FIG_PROPERTIES_PERCENTILES: "properties",

@@ -28,6 +28,7 @@ from universal_neurons.constants import (
     FIG_PREDICTION_CURVES,
     FIG_PROPERTIES_PERCENTILES,
     FIG_UNIVERSAL_BY_LAYER,
+    PAPER_RESULTS,
     PLOTS_DIR,
     PROPERTIES_DIR,
     PROPERTIES_PERCENTILES,
@@ -86,10 +87,9 @@ def _plots(name: str) -> Files:
 NEURONS, COUNTS, VR = pv.neurons_file, pv.counts_file, pv.vr_file
 PERCENTILES = f"{PROPERTIES_DIR}/{PROPERTIES_PERCENTILES}"
 
-PAPER_RESULTS = ("corr_distributions", "depth_specialisation", "raw_by_layer", "unigram_roles",
-                 "source_neurons", "prediction_skew_late", "prediction_class_split",
-                 "prediction_conditional", "entropy_weights")
-"""Results read from ``RUN/paper/<id>.*`` (written by ``paper-results``)."""
+PAPER_RESULT_IDS = tuple(r for r in PAPER_RESULTS if r != pv.ATTENTION_PANEL)
+"""Ids read from ``RUN/paper/<id>.*`` (``constants.PAPER_RESULTS``, written by
+``paper-results``); its ``attention_panel`` is listed under ``attention_path_ablation``."""
 
 RESULTS: tuple[PaperResult, ...] = (
     PaperResult("universal_share", "§4.1",
@@ -177,7 +177,7 @@ RESULTS: tuple[PaperResult, ...] = (
                 "BOS attention and a larger head output norm (% change, positions "
                 "64-255)", "attention", _fixed((pv.PATH_ABLATION_FILE,)),
                 _fixed((_plot(FIG_ATTENTION_PATH_ABLATION, RunInfo()),),
-                       paper_result_files("attention_panel")[::2]),
+                       paper_result_files(pv.ATTENTION_PANEL)[::2]),
                 pv.attention_path_ablation),
     PaperResult("bos_value_ratio", "§5.3",
                 "the BOS token's output W_O v_BOS is 19.4x smaller than other tokens'",

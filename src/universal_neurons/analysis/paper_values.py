@@ -38,6 +38,8 @@ from universal_neurons.constants import (
 )
 
 CLAIM_STATISTICS = ("sparsity", "skew", "kurt", "input_bias", "l2_penalty")
+ATTENTION_PANEL = "attention_panel"
+"""The ``paper-results`` table of the paper's attention panel (ΔBOS attention vs Δnorm)."""
 ALPHABET_VR = 0.37
 """The paper's cut for an alphabet neuron (variance reduction of its letter's token)."""
 
@@ -312,7 +314,7 @@ def attention_path_ablation(files: RunFiles, info: RunInfo) -> Reading:
             f"{r['corr_act_delta_bos_attn']:+.2f}, corr(activation, change of output norm) "
             f"{r['corr_act_delta_out_norm']:+.2f} over {int(r['n_tokens'])} tokens "
             f"({r.get('norm_measure', '?')}, positions {r.get('positions', '?')})")
-    panel = paper_result_files("attention_panel")
+    panel = paper_result_files(ATTENTION_PANEL)
     notes = () if files.exists(panel[0]) else (f"{panel[0]} missing (the paper's panel)",)
     return Reading(round(float(r["corr_act_delta_out_norm"]), 6), text, notes=notes)
 

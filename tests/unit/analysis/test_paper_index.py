@@ -12,7 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from universal_neurons.analysis.paper_index import PAPER_RESULTS, REQUIRED_IDS, build_index
+from universal_neurons.analysis.paper_index import (
+    PAPER_RESULT_IDS,
+    REQUIRED_IDS,
+    RESULTS,
+    build_index,
+)
 from universal_neurons.stages.paper import DirFiles, PaperConfig, run_info, run_paper
 
 IDS = ("universal_share", "corr_distributions", "universal_by_layer", "depth_specialisation",
@@ -107,7 +112,8 @@ def _index(run: Path) -> dict[str, dict]:
 
 def test_required_ids():
     assert REQUIRED_IDS == IDS
-    assert set(PAPER_RESULTS) < set(IDS)
+    produced = {r.id for r in RESULTS if r.stage == "paper-results"}
+    assert produced == set(PAPER_RESULT_IDS) and len(produced) == 9
 
 
 def test_values_match_the_synthetic_tables(tmp_path):
