@@ -316,6 +316,13 @@ def attention_path_ablation(files: RunFiles, info: RunInfo) -> Reading:
             f"({r.get('norm_measure', '?')}, positions {r.get('positions', '?')})")
     panel = paper_result_files(ATTENTION_PANEL)
     notes = () if files.exists(panel[0]) else (f"{panel[0]} missing (the paper's panel)",)
+    if not notes:
+        from universal_neurons.analysis.paper_summaries import attention_panel
+
+        try:
+            text += "; " + attention_panel(files.table(panel[0]))
+        except (KeyError, ValueError):
+            pass
     return Reading(round(float(r["corr_act_delta_out_norm"]), 6), text, notes=notes)
 
 
@@ -344,9 +351,15 @@ def paper_result(result: str):
                 value = value if isinstance(value, (int, float, str)) else None
                 return Reading(value, str(obj.get("text", value if value is not None else "")),
                                obj.get(SELECTION), notes)
+        from universal_neurons.analysis.paper_summaries import summarize
+
         df = files.table(table)
         selection = None
         if SELECTION in df.columns and df[SELECTION].notna().any():
             selection = "; ".join(dict.fromkeys(df[SELECTION].dropna().astype(str)))
-        return Reading(None, f"{len(df)} rows in {table}", selection, notes)
+        try:
+            value, text = summarize(result, df)
+        except (KeyError, AttributeError, ValueError, TypeError):
+            value, text = None, f"{len(df)} rows in {table}"
+        return Reading(value, text, selection, notes)
     return read
