@@ -190,9 +190,9 @@ REQUIRED_IDS = tuple(r.id for r in RESULTS)
 COMMANDS = {
     "correlate": "universal-neurons correlate --models {models} --out {run} --stats",
     "weights": "universal-neurons weights --model {models} --out {run}",
-    "properties": "universal-neurons properties {run}",
+    "properties": "universal-neurons properties --out {run}",
     "explain": "universal-neurons explain --model {model} --out {run} --neurons all",
-    "families": "universal-neurons families {run}",
+    "families": "universal-neurons families --out {run}",
     "entropy": "universal-neurons entropy --model {model} --out {run}",
     "attention": "universal-neurons attention --model {model} --out {run}",
     "paper-results": "universal-neurons paper-results --out {run}",

@@ -24,16 +24,21 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory to index")
+    from universal_neurons.options import add_config_options
+    from universal_neurons.stages.paper import PaperConfig
+
+    add_config_options(p, PaperConfig, run_positional=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from universal_neurons.options import config_from_args
     from universal_neurons.stages.paper import PaperConfig, run_paper
 
-    res = run_paper(PaperConfig(run=args.out))
+    config = config_from_args(PaperConfig, args)
+    res = run_paper(config)
     for e in res.entries:
         shown = e["text"] if e["status"] == "computed" else f"not computed: {e['reason']}"
         print(f"{e['id']:>24}: {shown}")
     print(f"{res.computed} of {len(res.entries)} results computed; wrote "
-          f"{', '.join(res.files)} under {args.out}")
+          f"{', '.join(res.files)} under {config.out}")
     return 0

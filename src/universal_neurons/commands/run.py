@@ -71,7 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from universal_neurons.cli import main as cli_main
     from universal_neurons.pipeline import RunConfig, load_config_file, run_pipeline
 
     values = load_config_file(args.config) if args.config else {}
@@ -83,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
             values[name] = tuple(v) if isinstance(v, list) else v
     cfg = RunConfig(**values)
     t0 = time.perf_counter()
-    debug = ["--debug"] if getattr(args, "debug", False) else []
-    record = run_pipeline(cfg, lambda argv: cli_main(debug + argv), quiet=args.quiet,
-                          force=args.force)
+    record = run_pipeline(cfg, quiet=args.quiet, force=args.force)
     last = record["last_run"]
     ran = ", ".join(f"{k} {v:.0f}s" for k, v in last["ran"].items()) or "nothing"
     unchanged = f"; unchanged: {', '.join(last['unchanged'])}" if last["unchanged"] else ""

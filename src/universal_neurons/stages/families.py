@@ -29,6 +29,7 @@ from universal_neurons.analysis.selection import (
     MIN_UNIVERSAL,
     recorded_threshold,
 )
+from universal_neurons.options import opt, run_opt
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,26 @@ STAGE = "families"
 class FamiliesConfig:
     """Options of the families stage."""
 
-    run: str
-    models: tuple[str, ...] = ()
+    out: str = run_opt()
+    """Run directory."""
+    models: tuple[str, ...] = opt((), metavar="M")
     """Models to label (default: every model with explanations or a neuron table in RUN)."""
     thresholds: FamilyThresholds = FamilyThresholds()
-    weights: bool = True
+    """The families' thresholds (options of their own, see ``families --help``)."""
+    weights: bool = opt(True, "--no-weights", help="do not load models (no vocab moments "
+                        "beyond the tables, no token sets)")
     """Load models for vocab moments missing from the tables and for token sets."""
     top_tokens: int = 20
-    plots: bool = True
+    """Tokens listed per prediction/suppression/partition neuron."""
+    plots: bool = opt(True, "--no-plots", help="skip the plots")
+    """Write the plots."""
     device: str = "cpu"
-    fallback_percent: float | None = FALLBACK_PERCENT
-    """When fewer than ``min_universal`` neurons are universal, also count the families of
-    the top P% by ``excess_corr`` (``analysis.selection``; None: do not)."""
+    """Where to compute (cpu or cuda)."""
+    fallback_percent: float | None = opt(FALLBACK_PERCENT, metavar="P")
+    """When fewer than min_universal neurons are universal, also count the families of the
+    top P% by excess_corr (columns n_selected, frac_selected, selection; 0: do not)."""
     min_universal: int = MIN_UNIVERSAL
+    """Fewest universal neurons for the universal-family counts to stand alone."""
 
 
 def _models_in_run(run: Path) -> list[str]:
@@ -66,7 +74,6 @@ def _models_in_run(run: Path) -> list[str]:
 
 def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
     """Families for every model of a run; returns ``{model: counts}``."""
-    from universal_neurons.analysis.explain import explanation_paths
     from universal_neurons.constants import (
         FAMILIES_DIR,
         FAMILY_COUNTS,
@@ -79,8 +86,9 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
     )
     from universal_neurons.errors import UserError
     from universal_neurons.rundir import RunDir, atomic_path, write_table
+    from universal_neurons.stages.explain import explanation_paths
 
-    run = Path(config.run)
+    run = Path(config.out)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist; run `universal-neurons explain` "
                         "or `correlate` with --out there first")

@@ -1,6 +1,6 @@
 """The paper stage: index every result of the paper on a run (``universal-neurons paper``).
 
-``run_paper(PaperConfig(run=...))`` reads what the other stages wrote, builds one entry per
+``run_paper(PaperConfig(out=...))`` reads what the other stages wrote, builds one entry per
 result of the paper (``analysis.paper_index``: the paper's value, the command, the files,
 this run's value, or why it is not computed) and writes ``RUN/paper/index.json`` and
 ``RUN/paper/index.md``. It computes nothing itself and never fails for a missing result.
@@ -28,6 +28,7 @@ from universal_neurons.constants import (
     PIPELINE_FILE,
 )
 from universal_neurons.errors import UserError
+from universal_neurons.options import run_opt
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ STAGE = "paper"
 class PaperConfig:
     """Options of the paper stage."""
 
-    run: str
-    """Run directory."""
+    out: str = run_opt()
+    """Run directory to index."""
 
 
 @dataclass
@@ -135,21 +136,21 @@ def _table_with_correlations(run: Path) -> str | None:
 
 
 def run_paper(config: PaperConfig) -> PaperIndexResult:
-    """Index the paper's results on ``config.run``; write ``RUN/paper/index.json`` and
+    """Index the paper's results on ``config.out``; write ``RUN/paper/index.json`` and
     ``index.md``; record the stage in the manifest."""
     from universal_neurons.analysis.paper_index import REQUIRED_IDS
     from universal_neurons.rundir import RunDir, atomic_path, check_output_dir, write_json
 
-    run = Path(config.run)
+    run = Path(config.out)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist; run `universal-neurons run --out "
                         f"{run}` (or its stages) first")
     check_output_dir(run / PAPER_DIR)
     rd = RunDir(run)
-    info = run_info(run, config.run, rd.manifest())
+    info = run_info(run, config.out, rd.manifest())
     entries = build_index(DirFiles(run), info)
     out = run / PAPER_DIR
-    write_json(out / PAPER_INDEX_JSON, {"run": config.run, "reference": info.reference,
+    write_json(out / PAPER_INDEX_JSON, {"run": config.out, "reference": info.reference,
                                        "threshold": info.threshold, "ids": list(REQUIRED_IDS),
                                        "results": entries})
     with atomic_path(out / PAPER_INDEX_MD) as tmp:

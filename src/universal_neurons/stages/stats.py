@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from universal_neurons.errors import UserError
+from universal_neurons.options import dataset_opt, models_opt, opt, run_opt, tokens_opt
 
 if TYPE_CHECKING:
     from universal_neurons.stages.correlate import CorrelateConfig, CorrelateResult
@@ -29,30 +30,31 @@ STAGE = "stats"
 class StatsConfig:
     """Options of the stats stage (the CLI flags, one for one)."""
 
-    models: tuple[str, ...]
+    models: tuple[str, ...] = models_opt()
     """Models or suites (aliases, HF ids, folders); one pass for all."""
-    out: str
+    out: str = run_opt()
     """Run directory."""
-    dataset: str | None = None
+    dataset: str | None = dataset_opt()
     """Token dataset folder; None = the bundled test split tokenized for the models."""
-    max_tokens: int | None = None
-    """Use only the first ``max_tokens`` tokens of the dataset (whole sequences)."""
+    max_tokens: int | None = tokens_opt(None)
+    """Use only the first N tokens of the dataset (whole sequences), e.g. 1M."""
     n_ctx: int | None = None
     """Context of the default dataset (default ``min(512, model n_ctx)``)."""
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
     the single `\\n` token: docs/engine.md)."""
-    sparsity_rule: str = "post>0"
+    sparsity_rule: str = opt("post>0", metavar="RULE")
     """When a neuron counts as active: ``post>0`` or e.g. ``pre>-0.1``."""
     bins: int = 64
     """Histogram bins per neuron."""
     top_k: int = 16
     """Top activating examples kept per neuron."""
-    frequent_tokens: int = 1000
+    frequent_tokens: int = opt(1000, metavar="N")
     """Track per-token activations of up to this many most frequent tokens."""
-    token_table_mb: float = 256.0
+    token_table_mb: float = opt(256.0, metavar="MB")
     """Memory budget of the per-token table per model, in MiB."""
     device: str = "cpu"
+    """Where to compute (cpu or cuda)."""
     batch_size: int = 8
     """Sequences per forward pass."""
     progress: bool = True

@@ -193,7 +193,7 @@ def test_an_empty_run_lists_every_result(tmp_path):
 
 def test_stage_writes_json_and_markdown(tmp_path):
     make_run(tmp_path, np.random.default_rng(2))
-    res = run_paper(PaperConfig(run=str(tmp_path)))
+    res = run_paper(PaperConfig(out=str(tmp_path)))
     js = json.loads((tmp_path / "paper" / "index.json").read_text())
     assert [e["id"] for e in js["results"]] == list(IDS) and js["reference"] == "m-a"
     md = (tmp_path / "paper" / "index.md").read_text()

@@ -54,7 +54,7 @@ def test_properties_fall_back_to_top_five_percent(tmp_path):
     table = synthetic_table(4, n_universal=5)  # 600 neurons, 5 universal
     run = make_run(tmp_path, {"m": table})
     _manifest(run)
-    res = run_properties(PropertiesConfig(run=str(run), plots=False))
+    res = run_properties(PropertiesConfig(out=str(run), plots=False))
     claims = res.claims
     main = claims[claims.selection == "excess correlation > 0.5: 5 neurons"]
     top = claims[claims.selection == LABEL_5]
@@ -81,10 +81,10 @@ def test_properties_fall_back_to_top_five_percent(tmp_path):
 
 def test_properties_no_fallback_with_enough_universal_or_top_percent(tmp_path):
     run = make_run(tmp_path, {"m": synthetic_table(2, n_universal=30)})
-    claims = run_properties(PropertiesConfig(run=str(run), plots=False)).claims
+    claims = run_properties(PropertiesConfig(out=str(run), plots=False)).claims
     assert len(claims) == 5 and set(claims.selection) == {"is_universal: 30 neurons"}
     run = make_run(tmp_path / "b", {"m": synthetic_table(4, n_universal=5)})
-    claims = run_properties(PropertiesConfig(run=str(run), top_percent=5, plots=False)).claims
+    claims = run_properties(PropertiesConfig(out=str(run), top_percent=5, plots=False)).claims
     assert len(claims) == 5 and claims.selection.iloc[0].startswith("top 5%")
 
 
@@ -112,7 +112,7 @@ def _family_run(tmp_path, n_universal: int):
 
 def test_families_fall_back_to_top_five_percent(tmp_path):
     run, table = _family_run(tmp_path, n_universal=4)
-    counts = run_families(FamiliesConfig(str(run), weights=False, plots=False))["m"]
+    counts = run_families(FamiliesConfig(out=str(run), weights=False, plots=False))["m"]
     label = "top 5% by excess correlation: 20 neurons (only 4 pass 0.5)"
     assert set(counts.selection) == {label}
     top = np.zeros(len(table), dtype=bool)
@@ -129,5 +129,5 @@ def test_families_fall_back_to_top_five_percent(tmp_path):
 
 def test_families_no_fallback_with_enough_universal(tmp_path):
     run, _ = _family_run(tmp_path, n_universal=12)
-    counts = run_families(FamiliesConfig(str(run), weights=False, plots=False))["m"]
+    counts = run_families(FamiliesConfig(out=str(run), weights=False, plots=False))["m"]
     assert "selection" not in counts.columns and "n_selected" not in counts.columns

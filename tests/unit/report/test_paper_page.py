@@ -18,7 +18,7 @@ def test_paper_page_and_selection_labels(tmp_path):
         run / "properties" / "claims.parquet").exists() else pd.DataFrame(
         {"model": ["x"], "statistic": ["kurt"], "status": ["held"]})
     claims.assign(selection=LABEL).to_parquet(run / "properties" / "claims.parquet")
-    run_paper(PaperConfig(run=str(run)))
+    run_paper(PaperConfig(out=str(run)))
     index = build_report(run, config=ReportConfig(top_n=0, max_pages=0))
     front = index.read_text()
     assert 'href="paper.html"' in front
