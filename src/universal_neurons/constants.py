@@ -126,6 +126,7 @@ FIGURE_SECTIONS: dict[str, str] = {
     FIG_ATTENTION_HEURISTIC: "attention",
     FIG_ATTENTION_PATH_ABLATION: "attention",
     FIG_ATTENTION_BOS_VALUE_NORMS: "attention",
+    **{FIG_PAPER.format(result=r): section for r, section in PAPER_RESULTS.items()},
 }
 """Figure file (``{field}`` = any text) -> the report section that shows it; figures not
 listed go under "Other figures"."""

@@ -31,6 +31,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "families": ("families/*_counts.csv",),
     "entropy": ("entropy/sweep.parquet",),
     "attention": ("attention/heuristic_summary.json",),
+    "paper-results": ("paper/corr_distributions.parquet",),
     "paper": (f"{PAPER_DIR}/{PAPER_INDEX_JSON}", f"{PAPER_DIR}/{PAPER_INDEX_MD}"),
     "report": (f"{REPORT_DIR}/index.html",),
 }

@@ -45,7 +45,7 @@ PIPELINE_FILE = "pipeline.json"
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "correlate": ("dataset", "models"), "weights": ("models",),
     "explain": ("dataset", "models"), "entropy": ("dataset", "models"),
-    "attention": ("dataset", "models"),
+    "attention": ("dataset", "models"), "paper-results": ("dataset", "models"),
 }
 """Stage -> the run inputs it reads besides earlier stages' outputs."""
 
@@ -70,6 +70,8 @@ class RunConfig:
     baseline: str = "rotation"
     seed: int = 0
     device: str = "cpu"
+    token_filter: str = "ours"
+    """Tokens the passes drop: ``ours`` or ``paper`` (see ``correlate --help``)."""
     top_percent: float | None = None
     """Compare the top P% by excess correlation in the claims table (default: threshold)."""
     max_memory: str | None = None
@@ -97,6 +99,8 @@ class RunConfig:
             from universal_neurons.engine.sizes import parse_bytes
 
             parse_bytes(self.max_memory)  # UserError naming the value
+        if self.token_filter not in ("ours", "paper"):
+            raise UserError(f"token_filter must be ours or paper, got {self.token_filter!r}")
         unknown = set(self.skip) - set(STAGE_NAMES)
         if unknown:
             raise UserError(f"unknown stage(s) to skip {sorted(unknown)}; stages are "
@@ -104,7 +108,7 @@ class RunConfig:
 
 
 STAGE_NAMES = ("correlate", "weights", "properties", "explain", "families", "entropy",
-               "attention", "paper", "report")
+               "attention", "paper-results", "paper", "report")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -197,6 +201,7 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
     from universal_neurons.stages.explain import ExplainConfig
     from universal_neurons.stages.families import FamiliesConfig
     from universal_neurons.stages.paper import PaperConfig
+    from universal_neurons.stages.paper_results import PaperResultsConfig
     from universal_neurons.stages.properties import PropertiesConfig
     from universal_neurons.stages.report import ReportStageConfig
     from universal_neurons.stages.weights import WeightsConfig
@@ -205,7 +210,8 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
     memory = {"max_memory": cfg.max_memory} if cfg.max_memory else {}
     correlate = dict(models=cfg.models, out=out, dataset=ds, max_tokens=cfg.tokens,
                      threshold=cfg.threshold, baseline=cfg.baseline, seed=cfg.seed,
-                     device=cfg.device, all_pairs=cfg.all_pairs, **memory)
+                     device=cfg.device, all_pairs=cfg.all_pairs,
+                     token_filter=cfg.token_filter, **memory)
     if cfg.tokens >= 10_000_000:  # checkpoints cost a full state write; worth it on long runs
         correlate["checkpoint_every"] = cfg.tokens // 10
     if cfg.precision:
@@ -217,12 +223,15 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
         ("properties", PropertiesConfig, dict(out=out, threshold=cfg.threshold,
                                               top_percent=cfg.top_percent)),
         ("explain", ExplainConfig, dict(**one, max_tokens=cfg.explain_tokens, neurons="all",
-                                        **memory)),
+                                        token_filter=cfg.token_filter, **memory)),
         ("families", FamiliesConfig, dict(out=out)),
         ("entropy", EntropyConfig, dict(**one, tokens=cfg.intervention_tokens,
                                         device=cfg.device)),
         ("attention", AttentionConfig, dict(**one, tokens=cfg.intervention_tokens,
                                             device=cfg.device)),
+        ("paper-results", PaperResultsConfig, dict(out=out, model=reference, dataset=ds,
+                                                   tokens=cfg.explain_tokens,
+                                                   device=cfg.device)),
         ("paper", PaperConfig, dict(out=out)),  # before report, whose front page links it
         ("report", ReportStageConfig, dict(out=out)),
     ]
@@ -239,7 +248,7 @@ def extra_settings(stage: str, argv: list[str]) -> dict[str, Any]:
 
     if not argv:
         return {}
-    mod = importlib.import_module(f"universal_neurons.commands.{stage}")
+    mod = importlib.import_module(f"universal_neurons.commands.{stage.replace('-', '_')}")
     parser = argparse.ArgumentParser(prog=f"[extra] {stage}", add_help=False,
                                      exit_on_error=False)
     mod.add_arguments(parser)
@@ -266,6 +275,7 @@ def run_stage(name: str, config: Any) -> Any:
         explain,
         families,
         paper,
+        paper_results,
         properties,
         report,
         stats,
@@ -276,7 +286,8 @@ def run_stage(name: str, config: Any) -> Any:
         "correlate": stats.run_correlate_with_stats, "weights": weights.run_weights,
         "properties": properties.run_properties, "explain": explain.run_explain,
         "families": families.run_families, "entropy": entropy.run_entropy,
-        "attention": attention.run_attention, "paper": paper.run_paper,
+        "attention": attention.run_attention,
+        "paper-results": paper_results.run_paper_results, "paper": paper.run_paper,
         "report": report.run_report,
     }
     return runners[name](config)

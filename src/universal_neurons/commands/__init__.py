@@ -26,6 +26,7 @@ _ORDER: list[str] = [
     "universal_neurons.commands.entropy",
     "universal_neurons.commands.attention",
     "universal_neurons.commands.paper",
+    "universal_neurons.commands.paper_results",
 ]
 """The order of the commands in ``--help``."""
 

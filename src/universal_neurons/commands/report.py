@@ -13,11 +13,15 @@ Build a self-contained static site from a run directory (opens from disk, no ser
   RUN/report/index.html                     summary (% universal vs the paper), figures,
                                             claims, families, entropy, attention
   RUN/report/browser-<model>.html           searchable, sortable table of every neuron
-  RUN/report/neurons/<model>/L<l>.<n>.html  pages for any --neuron given, universal
-                                            neurons, neurons named on the front page and
-                                            the top --top-n by excess correlation (never
-                                            cut), then more by excess correlation up to
-                                            --max-pages
+  RUN/report/neurons/<model>/L<l>.<n>.html  pages, for every model: any --neuron given,
+                                            universal neurons and their best partners,
+                                            every neuron the report names, the top --top-n
+                                            by excess correlation (never cut), then more by
+                                            excess correlation, each with its best
+                                            partners, up to --max-pages in all
+  RUN/report/compare/<model>/L<l>.<n>.html  a neuron beside its best partner in each
+                                            sibling model
+  RUN/report/glossary.html                  the definition of every statistic shown
 
 Stages that did not run show as "not computed". See docs/report.md.
 
@@ -37,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-n", type=int, default=d.top_n,
                    help=f"neuron pages for the top N neurons by excess correlation (default {d.top_n})")
     p.add_argument("--max-pages", type=int, default=d.max_pages,
-                   help="pages per model filled by excess correlation up to this many; "
-                        "given, universal, front-page and top-N neurons always get one "
-                        f"(default {d.max_pages})")
+                   help="neuron pages in the whole report (all models), filled by excess "
+                        "correlation up to this many; given, universal, named and top-N "
+                        f"neurons always get one (default {d.max_pages})")
     p.add_argument("--neuron", action="append", default=[], metavar="[MODEL:]L<l>.<n>",
                    help="also give this neuron a page (repeatable)")
     p.add_argument("--examples", type=int, default=d.max_examples,

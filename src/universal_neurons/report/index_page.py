@@ -205,5 +205,6 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
     if read_paper_index(run.path) is not None:
         nav.append((REPORT_PAPER_PAGE, "the paper's results"))
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
+    nav.append(("glossary.html", "glossary"))
     body = "".join(sections) + f'<p class="note">{LEGEND}</p>'
     return page("Universal neurons report", body, nav=nav, css_href=STYLESHEET)

@@ -68,6 +68,10 @@ class CorrelateConfig:
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
     the single `\\n` token: docs/engine.md)."""
+    token_filter: Literal["ours", "paper"] = "ours"
+    """Tokens dropped unless --keep-tokens: ours drops BOS/EOS/pad and every whitespace token
+    containing a newline; paper drops only the pad/BOS token and the single newline token
+    (data/tokens.py, docs/paper.md)."""
     top_k: int = 10
     """Top/bottom partners kept per neuron."""
     bins: int = 100
@@ -131,7 +135,8 @@ class CorrelateConfig:
     def pass_options(self, precision: Precision) -> PassOptions:
         """The options the engine's correlate pass needs, with the resolved ``precision``."""
         return PassOptions(site=self.site, baseline=self.baseline, seed=self.seed,
-                           keep_tokens=self.keep_tokens, top_k=self.top_k, bins=self.bins,
+                           keep_tokens=self.keep_tokens,
+                           token_filter=self.token_filter, top_k=self.top_k, bins=self.bins,
                            precision=precision, batch_size=self.batch_size,
                            progress=self.progress)
 

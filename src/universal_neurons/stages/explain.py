@@ -101,6 +101,10 @@ class ExplainConfig:
     """Activation explained: post = mlp.hook_post, pre = mlp.hook_pre."""
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default, as in correlate)."""
+    token_filter: Literal["ours", "paper"] = "ours"
+    """Tokens dropped unless --keep-tokens: ours drops BOS/EOS/pad and every whitespace token
+    containing a newline; paper drops only the pad/BOS token and the single newline token
+    (data/tokens.py, docs/paper.md)."""
     top_k: int = 10
     """Explanations kept per neuron."""
     spacy: bool = opt(True, "--no-spacy", help="skip spaCy POS/dependency/entity features")
@@ -247,7 +251,8 @@ def _one_pass(config: ExplainConfig, model: Any, dataset: Any, n_seq: int, n_voc
 
     acc = make_token_table(model, neurons, labels, site=config.site, precision=config.precision)
     st = stream(dataset, [model], [acc], batch_ranges(n_seq, config.batch_size),
-                tokenizer=model.tokenizer, keep_all=config.keep_tokens, device=config.device,
+                tokenizer=model.tokenizer, keep_all=config.keep_tokens,
+                keep_rule=config.token_filter, device=config.device,
                 progress=config.progress, desc=desc)
     return acc.finalize(), st
 

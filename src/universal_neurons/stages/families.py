@@ -144,7 +144,7 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
         log.info("%s: %s", name, ", ".join(f"{f} {n}" for f, n in
                                           zip(counts["family"], counts["n_neurons"]) if n))
     if config.plots and moment_frames:
-        from universal_neurons.analysis.prediction import plot_prediction_curves
+        from universal_neurons.report.plots_families import plot_prediction_curves
 
         plot_prediction_curves(moment_frames, run / PLOTS_DIR / FIG_PREDICTION_CURVES)
     rd.record_stage(STAGE, _jsonable(config), models=models,

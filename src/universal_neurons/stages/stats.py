@@ -15,7 +15,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from universal_neurons.errors import UserError
 from universal_neurons.options import dataset_opt, models_opt, opt, run_opt, tokens_opt
@@ -43,6 +43,10 @@ class StatsConfig:
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
     the single `\\n` token: docs/engine.md)."""
+    token_filter: Literal["ours", "paper"] = "ours"
+    """Tokens dropped unless --keep-tokens: ours drops BOS/EOS/pad and every whitespace token
+    containing a newline; paper drops only the pad/BOS token and the single newline token
+    (data/tokens.py, docs/paper.md)."""
     sparsity_rule: str = opt("post>0", metavar="RULE")
     """When a neuron counts as active: ``post>0`` or e.g. ``pre>-0.1``."""
     bins: int = 64
@@ -97,16 +101,18 @@ def run_stats(config: StatsConfig) -> StatsResult:
     accs = activation_stats_for(models, ds, n_seq, acc_config,
                                 token_budget_bytes=int(config.token_table_mb * 2**20),
                                 n_frequent_tokens=config.frequent_tokens,
-                                keep_all=config.keep_tokens, device=config.device)
+                                keep_all=config.keep_tokens, keep_rule=config.token_filter,
+                                device=config.device)
     s = stream(ds, models, accs, batch_ranges(n_seq, config.batch_size),
                tokenizer=models[0].tokenizer, keep_all=config.keep_tokens,
+               keep_rule=config.token_filter,
                device=config.device, progress=config.progress, desc=STAGE)
     run_dir = RunDir(config.out)
     files = write_activation_stats(run_dir.path, accs)
     run_dir.record_stage(
         STAGE, {**dataclasses.asdict(acc_config), "models": list(config.models),
                 "dataset": str(ds.path), "keep_tokens": config.keep_tokens,
-                "frequent_tokens": config.frequent_tokens,
+                "token_filter": config.token_filter, "frequent_tokens": config.frequent_tokens,
                 "token_table_mb": config.token_table_mb},
         models=[m.name for m in models], outputs=files,
         tokens={"sequences": n_seq, "tokens": s.tokens, "kept_tokens": s.kept_tokens},
@@ -127,7 +133,7 @@ def run_correlate_with_stats(config: CorrelateConfig) -> CorrelateResult:
     models = load_models(config, config.device)
     dataset, n_seq = open_dataset(config, models)
     accs = activation_stats_for(models, dataset, n_seq, keep_all=config.keep_tokens,
-                                device=config.device)
+                                keep_rule=config.token_filter, device=config.device)
     result = run_correlate(config, extra_accumulators=accs, models=models)
     if result.tables:  # rank 0
         write_activation_stats(result.rundir, accs)
