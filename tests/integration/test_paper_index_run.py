@@ -39,8 +39,10 @@ def test_every_required_id_has_files_or_a_reason(short_run):
     for rid in ("entropy_sweep", "entropy_pair"):
         assert entries[rid]["reason"].startswith("stage entropy skipped"), entries[rid]
     for rid in ("universal_share", "universal_by_layer", "property_percentiles", "families",
-                "alphabet", "attention_heuristic", "attention_path_ablation", "bos_value_ratio"):
+                "alphabet", "attention_heuristic", "attention_path_ablation", "bos_value_ratio",
+                "corr_distributions", "depth_specialisation", "raw_by_layer"):
         assert entries[rid]["status"] == "computed", entries[rid]
+    assert 0 <= entries["depth_specialisation"]["value"] <= 100  # read by paper_summaries
     claims = entries["property_claims"]  # computed, or for the labelled top 5% when too few
     assert claims["status"] == "computed", claims
     n_universal = int(entries["universal_share"]["text"].split("(")[1].split()[0])
