@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 BLOCK_ELEMENTS = 2**18
 """Elements per block of rows on CPU (1 MiB of float32: the block and its temporaries stay
 in the core's cache through all the passes). CUDA takes the whole chunk as one block."""
+MAX_WORKERS = 64
+"""Worker threads at most (each runs its blocks with single-threaded ops)."""
 COL_HIST_ROWS = 512
 """Rows of column bin indices gathered before one ``bincount`` into the ``[c, bins]``
 column histogram (whose zeroing would otherwise cost as much as counting one block)."""
@@ -118,7 +120,7 @@ def fold_chunk(rho: torch.Tensor, row_sum: NeuronSummary | None, rows: slice,
         rb = min(r, max(g_col, BLOCK_ELEMENTS // c // g_col * g_col))
     geo = _Geometry(r, c, ref.bins, k_row, k_col, g_row, g_col, rb)
     starts = list(range(0, r, rb))
-    workers = min(len(starts), torch.get_num_threads()) if rho.device.type == "cpu" else 1
+    workers = min(len(starts), torch.get_num_threads(), MAX_WORKERS) if rho.device.type == "cpu" else 1
     if workers < 2:
         parts = [_fold_blocks(rho, starts, geo)]
     else:
