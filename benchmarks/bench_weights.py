@@ -15,6 +15,8 @@ overstates) and the ratio. Also the float32 GEMM's share: ``2 N V d`` flops at t
 measured ``numpy.matmul`` rate of a ``[1024, 768] x [768, 4096]`` product.
 
     .venv/bin/python benchmarks/bench_weights.py --layers 2
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_weights.py --threads 1  # CPU time
+                                                        # that load from others cannot inflate
 """
 
 from __future__ import annotations
@@ -83,9 +85,13 @@ def main() -> None:
     ap.add_argument("--d-mlp", type=int, default=3072)
     ap.add_argument("--vocab", type=int, default=50_257)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (numpy's BLAS: set OPENBLAS_NUM_THREADS)")
     ap.add_argument("--before", default=None, help="git revision of the 'before' weights.py")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     L, d, m, V = args.layers, args.d_model, args.d_mlp, args.vocab
     pw = SimpleNamespace(W_in=torch.randn(L, d, m, generator=gen) * 0.02,

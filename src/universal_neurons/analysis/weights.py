@@ -259,7 +259,7 @@ def _top_bottom(a_hat: Tensor, b_hat: Tensor, k: int, chunk_elements: int,
     k = min(k, V)
     tile = min(V, VOCAB_TILE)
     step = min(N, _rows(tile, chunk_elements))
-    buf = torch.empty(step * tile, dtype=a_hat.dtype, device=a_hat.device)
+    buf = torch.empty(2, step * tile, dtype=a_hat.dtype, device=a_hat.device)
     out: dict[str, list[Tensor]] = {}
     for s in range(0, N, step):
         rows = a_hat[s:s + step]
@@ -279,14 +279,14 @@ def _tiles(rows: Tensor, b_hat: Tensor, k: int, tile: int, buf: Tensor,
     mu_c = None if mu is None else mu.to(rows.dtype)[:, None]
     for v0 in range(0, V, tile):
         w = min(tile, V - v0)
-        cos = buf[:r * w].view(r, w)
+        cos, d2 = buf[0, :r * w].view(r, w), buf[1, :r * w].view(r, w)
         _mm_into(rows, b_hat[:, v0:v0 + w], cos)
         for name, t in _topk_both(cos, min(k, w)).items():
             cand.setdefault(name, []).append(t + v0 if name.endswith("_ids") else t)
         if mu_c is not None:
             # torch's cascade sums: error <= 2e-7 of the sum of |terms| in float32
             d = cos.sub_(mu_c)  # cos is not needed any more
-            d2 = d * d
+            torch.mul(d, d, out=d2)
             sums[0] += d2.sum(1).double()
             sums[1] += torch.mul(d2, d, out=d).sum(1).double()
             sums[2] += d2.square_().sum(1).double()
