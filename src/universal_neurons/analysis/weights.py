@@ -24,9 +24,10 @@ TL's gated MLP has no gate bias (its ``b_in`` is added after the product), so
 ``input_bias`` is 0 for gated models.
 
 Norms, ``in_out_sim``, ``l2_penalty`` and ``vocab_mean`` (= ``w_out_hat . mean_v(W_U_hat[:, v])``)
-are float64. The cosine matrix products run in ``matmul_dtype``, float32 by default, in row
-chunks; the vocabulary moments are then central sums about the exact mean in float32 (torch's
-cascade sums, error <= 2e-7 of the sum of |terms|). Measured against float64 (tests and a
+are float64. The cosine matrix products run in ``matmul_dtype``, float32 by default, in tiles
+of rows x ``VOCAB_TILE`` columns written into one reused buffer; per tile, the top/bottom-k
+candidates and the central sums about the exact mean in float32 (torch's cascade sums, error
+<= 2e-7 of the sum of |terms|), added over the tiles in float64. Measured against float64 (tests and a
 GPT-2-small-shaped model, docs/scale.md): cosines within 1.3e-7 absolute, ``vocab_var`` and
 ``vocab_kurt`` within 1e-5 relative (measured 2e-7 / 5e-7), ``vocab_skew`` within 1e-6
 absolute (measured 2.5e-7); near-ties in the top-k lists may swap order.
