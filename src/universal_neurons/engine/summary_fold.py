@@ -219,11 +219,9 @@ def _block_extremes(hi: torch.Tensor, lo: torch.Tensor, k: int, g: int) -> Extre
 
 
 def _column_extremes(rho: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor]],
-                     geo: _Geometry, any_nan: bool, tile: int = 128) -> Extremes:
+                     geo: _Geometry, any_nan: bool) -> Extremes:
     """Column-wise top/bottom-``k`` of ``rho: [r, c]`` as ``[c, k]``, from the extremes of
-    the groups of ``g`` consecutive rows (or directly when ``g == 1``). On CPU the
-    candidates are gathered tile by tile of ``tile`` columns (each tile read once into
-    cache, instead of one cache miss per candidate)."""
+    the groups of ``g`` consecutive rows (or directly when ``g == 1``)."""
     k, g = geo.k_col, geo.g_col
     if g == 1:
         x = rho.t()
@@ -236,13 +234,8 @@ def _column_extremes(rho: torch.Tensor, groups: list[tuple[torch.Tensor, torch.T
         ext = torch.cat([p[j] for p in groups]).t()  # [c, G]
         _, gi = ext.topk(k, 1, largest=largest, sorted=False)  # [c, k] group ids
         rws = (gi[:, :, None] * g + torch.arange(g, device=rho.device)).view(-1, k * g)
-        if rho.device.type == "cpu":
-            v = torch.empty(rws.shape, dtype=rho.dtype)
-            for j0 in range(0, geo.c, tile):
-                w = rho[:, j0:j0 + tile].contiguous()  # [r, tile]
-                v[j0:j0 + tile] = w.gather(0, rws[j0:j0 + tile].t()).t()
-        else:
-            v = rho.gather(0, rws.t()).t()  # [c, k g]
+        cols = torch.arange(geo.c, device=rho.device)[:, None]
+        v = rho.view(-1).take(rws * geo.c + cols)  # [c, k g]
         if any_nan:
             v = _nan_to(v, -math.inf if largest else math.inf)
         v, pos = v.topk(k, 1, largest=largest, sorted=True)
