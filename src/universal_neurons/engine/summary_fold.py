@@ -1,11 +1,13 @@
 """One correlation chunk folded into per-neuron summaries along rows and columns at once.
 
 :func:`fold_chunk` is what :meth:`NeuronSummary.add` and :meth:`NeuronSummary.add_pair`
-run. On CPU it works on blocks of rows small enough to stay in cache, spread over worker
-threads (each op single-threaded: no per-op synchronisation), and it shares every pass
-between the two directions: one pass of bin indices serves the histograms of rows and of
-columns, one ``x^2, x^3, x^4`` serves both power sums, and the columns are never copied
-into a transposed layout.
+run. On CPU it works on blocks of rows small enough to stay in cache, and shares every
+pass between the two directions: one pass of bin indices serves the histograms of rows and
+of columns, one ``x^2, x^3, x^4`` serves both power sums, and the columns are never copied
+into a transposed layout. It runs single-threaded on CPU: on cache-sized blocks, per-op
+OpenMP synchronisation cost more than a second thread gained (4x slower with 2 threads
+than with 1 on a shared 2-core machine), and worker threads do not help because torch ops
+hold the GIL (measured: docs/scale.md).
 
 Top-k is two-stage: the maxima (minima) of groups of ``g`` values, then ``topk`` over the
 values of the ``k`` best groups only. The ``k`` largest values lie in the ``k`` groups of
@@ -21,7 +23,6 @@ value within float32 rounding of a bin edge may land on either side); a missing 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 BLOCK_ELEMENTS = 2**18
 """Elements per block of rows on CPU (1 MiB of float32: the block and its temporaries stay
 in the core's cache through all the passes). CUDA takes the whole chunk as one block."""
-MAX_WORKERS = 64
-"""Worker threads at most (each runs its blocks with single-threaded ops)."""
 COL_HIST_ROWS = 512
 """Rows of column bin indices gathered before one ``bincount`` into the ``[c, bins]``
 column histogram (whose zeroing would otherwise cost as much as counting one block)."""
@@ -92,7 +91,7 @@ class _Geometry:
 
 @dataclass
 class _Partial:
-    """Results of a set of row blocks; the row parts are per block, keyed by first row."""
+    """Results of the row blocks; the row parts are per block, keyed by first row."""
     rows: dict[int, tuple[Extremes, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     col_groups: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     col_power: torch.Tensor | None = None  # [4, c] float64
@@ -120,33 +119,32 @@ def fold_chunk(rho: torch.Tensor, row_sum: NeuronSummary | None, rows: slice,
         rb = min(r, max(g_col, BLOCK_ELEMENTS // c // g_col * g_col))
     geo = _Geometry(r, c, ref.bins, k_row, k_col, g_row, g_col, rb)
     starts = list(range(0, r, rb))
-    workers = min(len(starts), torch.get_num_threads(), MAX_WORKERS) if rho.device.type == "cpu" else 1
-    if workers < 2:
-        parts = [_fold_blocks(rho, starts, geo)]
-    else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one thread per op; the workers are the parallelism
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(lambda w: _fold_blocks(rho, starts[w::workers], geo),
-                                      range(workers)))
-        finally:
-            torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    if rho.device.type == "cpu":
+        torch.set_num_threads(1)  # see the module docstring
+    try:
+        _fold(rho, row_sum, rows, col_sum, cols, geo, starts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fold(rho: torch.Tensor, row_sum: NeuronSummary | None, rows: slice,
+          col_sum: NeuronSummary | None, cols: slice, geo: _Geometry, starts: list[int]) -> None:
+    r, c = rho.shape
+    part = _fold_blocks(rho, starts, geo)
     if row_sum is not None:
-        blocks = [p.rows[i0] for i0 in starts for p in parts if i0 in p.rows]
+        blocks = [part.rows[i0] for i0 in starts]
         ext = Extremes(*(torch.cat([b[0][j] for b in blocks]) for j in range(4)))
         hist = torch.cat([b[1] for b in blocks])  # [r, bins + 1]
         power = torch.cat([b[2] for b in blocks], 1)
-        row_sum.fold_parts(rows, cols.start, ext, hist[:, :-1], power,
-                           c - hist[:, -1])
+        row_sum.fold_parts(rows, cols.start, ext, hist[:, :-1], power, c - hist[:, -1])
     if col_sum is not None:
-        # summed in a fixed order: the same bits for the same thread count
-        power = torch.stack([p.col_power for p in parts if p.col_power is not None]).sum(0)
-        hist = torch.stack([p.col_hist for p in parts if p.col_hist is not None]).sum(0)
-        hist = hist.view(c, geo.bins + 1)
-        groups = [p.col_groups[i0] for i0 in starts for p in parts if i0 in p.col_groups]
-        ext = _column_extremes(rho, groups, geo, any(p.any_nan for p in parts))
-        col_sum.fold_parts(cols, rows.start, ext, hist[:, :-1], power, r - hist[:, -1])
+        assert part.col_power is not None and part.col_hist is not None
+        hist = part.col_hist.view(c, geo.bins + 1)
+        groups = [part.col_groups[i0] for i0 in starts if i0 in part.col_groups]
+        ext = _column_extremes(rho, groups, geo, part.any_nan)
+        col_sum.fold_parts(cols, rows.start, ext, hist[:, :-1], part.col_power,
+                           r - hist[:, -1])
 
 
 def _fold_blocks(rho: torch.Tensor, starts: list[int], geo: _Geometry) -> _Partial:
