@@ -27,6 +27,7 @@ _ORDER: list[str] = [
     "universal_neurons.commands.attention",
     "universal_neurons.commands.paper",
     "universal_neurons.commands.paper_results",
+    "universal_neurons.commands.trajectory",
 ]
 """The order of the commands in ``--help``."""
 

@@ -30,11 +30,12 @@ from universal_neurons.report.paper_page import read_paper_index, selection_note
 from universal_neurons.report.rundata import RunData, paper_reference
 from universal_neurons.report.svg import hbar_svg
 from universal_neurons.report.tokens import LEGEND
+from universal_neurons.report.trajectory_section import trajectory_section
 
 # Figures are shown in the section ``constants.FIGURE_SECTIONS`` gives their file; the rest
 # under "Other figures". Stage tables: see ``front``.
 MAX_PROBLEMS = 20
-SECTIONS = ("properties", "families", "prediction", "entropy", "attention")
+SECTIONS = ("properties", "families", "prediction", "entropy", "attention", "trajectory")
 """Report sections that show figures (the values of ``constants.FIGURE_SECTIONS``)."""
 
 
@@ -190,6 +191,7 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
         section("entropy", "Entropy neurons", _join(front("entropy"), _figures(groups["entropy"]))),
         section("attention", "Attention (de)activation neurons",
                 _join(front("attention"), _figures(groups["attention"]))),
+        trajectory_section(run.path, groups["trajectory"], run.problems),
         section("figures", "Other figures", _figures(groups["other"]),
                 missing="no other figures in plots/"),
     ]
