@@ -20,6 +20,7 @@ A run directory (``RUN/``) holds::
     trajectory/                         TRAJECTORY_DIR: neurons.parquet, summary.parquet and one
                                         correlate run per training checkpoint (<checkpoint>/)
     plots/*.png                         PLOTS_DIR: the figures of FIGURE_SECTIONS
+    paper/index.json (+ index.md)       PAPER_DIR: the paper index (PAPER_INDEX_JSON, _MD)
     report/index.html                   REPORT_DIR, REPORT_INDEX
 """
 
@@ -211,3 +212,21 @@ def parse_neuron_name(name: str) -> tuple[int, int]:
         return int(layer), int(neuron)
     except ValueError:
         raise ValueError(f"bad neuron name {name!r}; expected L<layer>.<neuron>, e.g. L3.17") from None
+
+
+# ---- the paper index (stages.paper) ----------------------------------------------------------
+PAPER_INDEX_JSON = "index.json"
+"""``paper/``: one entry per result of the paper (``analysis.paper_index``)."""
+PAPER_INDEX_MD = "index.md"
+"""``paper/``: the same as a Markdown table."""
+PAPER_SCALAR = "{result}.json"
+"""``paper/``: a scalar result of the paper: ``{"value": number or text, "text": "..."}``."""
+REPORT_PAPER_PAGE = "paper.html"
+"""``report/``: the paper index as a page of the report."""
+
+
+def paper_result_files(result: str) -> tuple[str, str, str]:
+    """``(table, scalar JSON, figure)`` paths of one result of the paper, relative to the run."""
+    return (f"{PAPER_DIR}/{PAPER_TABLE.format(result=result)}",
+            f"{PAPER_DIR}/{PAPER_SCALAR.format(result=result)}",
+            f"{PLOTS_DIR}/{FIG_PAPER.format(result=result)}")

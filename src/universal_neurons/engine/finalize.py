@@ -267,9 +267,8 @@ def summarize_moments(moments: Any, stats: ModelStats,
         s_ab, s_ba = summaries[(ch.a, ch.b)], summaries[(ch.b, ch.a)]
         c = ch.cross.float()  # [d_a, n_b]
         ia, ib = inv[ch.a][ch.rows_a], inv[ch.b][ch.rows_b]
-        rho = c * ia[:, None] * ib[None, :]
-        s_ab.add(rho, ch.rows_a, ch.rows_b.start)
-        s_ba.add(rho.t(), ch.rows_b, ch.rows_a.start)
+        rho = torch.mul(c, ia[:, None]).mul_(ib[None, :])
+        s_ab.add_pair(rho, ch.rows_a, ch.rows_b.start, s_ba)  # and rho.t() into s_ba
         del rho
         if baselines is not None:
             _baseline_chunk(ch, c, ia, ib, s_ab, s_ba, baselines, 0)

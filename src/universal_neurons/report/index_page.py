@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from universal_neurons.constants import figure_section
+from universal_neurons.constants import REPORT_PAPER_PAGE, figure_section
 from universal_neurons.report.browser import browser_file
 from universal_neurons.report.front import (
     FrontTable,
@@ -26,6 +26,7 @@ from universal_neurons.report.html import (
     table,
 )
 from universal_neurons.report.neuron_page import neuron_href
+from universal_neurons.report.paper_page import read_paper_index, selection_note
 from universal_neurons.report.rundata import RunData, paper_reference
 from universal_neurons.report.svg import hbar_svg
 from universal_neurons.report.tokens import LEGEND
@@ -171,6 +172,8 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
     claims_html = None
     if claims is not None:
         claims_html = f'<div class="scroll"><h3>Claims of the paper, tested</h3>{frame_table(claims)}</div>'
+        claims_html = _join(selection_note([claims]), claims_html)
+    families_note = selection_note([t.table.frame for t in tables.get("families", ())])
 
     def front(sec: str) -> str | None:
         return _front(sec, tables, run, pages, token_text)
@@ -181,7 +184,8 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
                 missing="not computed (no excess_corr column)"),
         section("claims", "Properties of universal neurons",
                 _join(claims_html, front("claims"), _figures(groups["properties"]))),
-        section("families", "Neuron families", _join(front("families"), _figures(groups["families"]))),
+        section("families", "Neuron families",
+                _join(families_note, front("families"), _figures(groups["families"]))),
         section("prediction", "Prediction and suppression neurons",
                 _join(front("prediction"), _figures(groups["prediction"]))),
         section("entropy", "Entropy neurons", _join(front("entropy"), _figures(groups["entropy"]))),
@@ -200,6 +204,8 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
     nav = [("#summary", "summary"), ("#claims", "properties"), ("#families", "families"),
            ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention"),
            ("#figures", "other figures")]
+    if read_paper_index(run.path) is not None:
+        nav.append((REPORT_PAPER_PAGE, "the paper's results"))
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
     nav.append(("glossary.html", "glossary"))
     body = "".join(sections) + f'<p class="note">{LEGEND}</p>'

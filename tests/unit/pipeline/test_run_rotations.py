@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from universal_neurons.pipeline import RunConfig, load_config_file, stage_configs
+from universal_neurons.pipeline import stage_configs
+from universal_neurons.run_config import RunConfig, load_config_file
 
 
 def test_rotations_reach_correlate(tmp_path):
