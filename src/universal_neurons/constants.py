@@ -13,6 +13,7 @@ A run directory (``RUN/``) holds::
     explanations/<model>.parquet        EXPLANATIONS_DIR (+ <model>_vr.parquet)
     families/<model>_counts.csv         FAMILIES_DIR (+ <model>_prediction_tokens.parquet)
     properties/                         PROPERTIES_DIR: claims, comparison, percentiles
+    universality/threshold_curve.parquet THRESHOLD_CURVE: universal share vs threshold
     entropy/                            ENTROPY_DIR: candidates, candidate pairs, sweeps
     attention/                          ATTENTION_DIR: heuristic, path ablation, value norms
     paper/<result>.parquet (or .json)   PAPER_DIR: the paper's results (PAPER_RESULTS)
@@ -44,6 +45,7 @@ PROPERTIES_DIR = "properties"
 PREDICTION_DIR = "prediction"
 ENTROPY_DIR = "entropy"
 ATTENTION_DIR = "attention"
+UNIVERSALITY_DIR = "universality"
 PAPER_DIR = "paper"
 """``paper/<result>.parquet`` (or ``.json``): one table per result of the paper."""
 DATASET_DIR = "dataset"
@@ -89,6 +91,9 @@ ATTENTION_PATH_ABLATION = "path_ablation.parquet"
 ATTENTION_PATH_ABLATION_POINTS = "path_ablation_points.parquet"
 ATTENTION_BOS_VALUE_NORMS = "bos_value_norms.parquet"
 REPORT_INDEX = "index.html"
+THRESHOLD_CURVE = f"{UNIVERSALITY_DIR}/threshold_curve.parquet"
+"""Per model, the universal share at thresholds 0.1..0.9 (with a jackknife interval when
+correlate ran with ``--blocks``)."""
 PAPER_TABLE = "{result}.parquet"
 """``paper/``: the table of one result of the paper (``paper_results`` stage)."""
 
@@ -119,6 +124,7 @@ it finished; a checkpoint whose record matches is not recomputed)."""
 FIG_PROPERTIES_PERCENTILES = "properties_percentiles.png"
 FIG_UNIVERSAL_BY_LAYER = "universal_by_layer.png"
 FIG_CORR_VS_BASELINE = "corr_vs_baseline_{model}.png"
+FIG_THRESHOLD_CURVE = "threshold_curve.png"
 FIG_FAMILIES = "families_{model}.png"
 FIG_PREDICTION_CURVES = "prediction_curves.png"
 FIG_ENTROPY = "entropy_{neuron}.png"
@@ -135,6 +141,7 @@ FIGURE_SECTIONS: dict[str, str] = {
     FIG_PROPERTIES_PERCENTILES: "properties",
     FIG_UNIVERSAL_BY_LAYER: "properties",
     FIG_CORR_VS_BASELINE: "properties",
+    FIG_THRESHOLD_CURVE: "properties",
     FIG_FAMILIES: "families",
     FIG_PREDICTION_CURVES: "prediction",
     FIG_ENTROPY: "entropy",

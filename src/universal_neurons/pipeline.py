@@ -69,7 +69,7 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
     memory = {"max_memory": cfg.max_memory} if cfg.max_memory else {}
     correlate = dict(models=cfg.models, out=out, dataset=ds, max_tokens=cfg.tokens,
                      threshold=cfg.threshold, baseline=cfg.baseline, seed=cfg.seed,
-                     device=cfg.device, all_pairs=cfg.all_pairs,
+                     device=cfg.device, all_pairs=cfg.all_pairs, rotations=cfg.rotations,
                      token_filter=cfg.token_filter, **memory)
     if cfg.tokens >= 10_000_000:  # checkpoints cost a full state write; worth it on long runs
         correlate["checkpoint_every"] = cfg.tokens // 10

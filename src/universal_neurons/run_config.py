@@ -36,6 +36,8 @@ class RunConfig:
     all_pairs: bool = False
     baseline: str = "rotation"
     seed: int = 0
+    rotations: int = 1
+    """Baseline draws of the correlate stage (``correlate --rotations``)."""
     device: str = "cpu"
     token_filter: str = "ours"
     """Tokens the passes drop: ``ours`` or ``paper`` (see ``correlate --help``)."""

@@ -6,6 +6,13 @@ For neuron ``i`` of a model and each partner ``m`` (paper, section 3):
 ``mean/max/min_corr`` and ``mean/max/min_baseline``; ``excess_corr = mean_corr -
 mean_baseline``; the neuron is universal when ``excess_corr > threshold`` (0.5).
 
+With ``K`` baseline draws (``--rotations K``) each partner's baseline is the mean of its
+``K`` draws; the null of neuron ``i`` is the ``K`` draw values of the mean baseline over
+partners; ``baseline_std`` is their standard deviation, ``p_value`` the empirical p-value of
+``mean_corr`` against them and ``q_value`` its Benjamini-Hochberg q-value over the model's
+neurons (``analysis/calibration.py``). With one draw, ``p_value`` is 0.5 or 1 and
+``baseline_std`` NaN.
+
 Missing values (dead neurons) are NaN and never universal. Without a baseline
 (``--baseline none``) the baseline columns are NaN and ``excess_corr = mean_corr``.
 """
@@ -18,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from universal_neurons.analysis.calibration import bh_qvalues, empirical_pvalues
 from universal_neurons.constants import neuron_name
 
 CORE_COLUMNS = ("layer", "neuron", "max_corr", "mean_corr", "min_corr", "max_baseline",
@@ -36,7 +44,7 @@ def universality_table(n_layers: int, d_mlp: int, partners: Mapping[str, Mapping
     ``partners[name]`` holds that partner's summary (``max``, ``argmax``, ``baseline_max``,
     per neuron, as written by the correlate stage); ``partner_d_mlp[name]`` its ``d_mlp``
     (to name the best-matching neuron ``L{layer}.{neuron}``). Returns a pandas DataFrame
-    with :data:`CORE_COLUMNS` and, per partner, ``{name}_best``, ``{name}_corr``,
+    with :data:`CORE_COLUMNS`, ``baseline_std, p_value, q_value`` and, per partner, ``{name}_best``, ``{name}_corr``,
     ``{name}_baseline``.
     """
     import pandas as pd
@@ -49,13 +57,17 @@ def universality_table(n_layers: int, d_mlp: int, partners: Mapping[str, Mapping
     if corr.shape[0] != n:
         raise ValueError(f"summaries have {corr.shape[0]} neurons, expected {n_layers}x{d_mlp}")
     if baseline:
-        base = np.stack([_np(partners[p]["baseline_max"]).astype(np.float64) for p in names], 1)
+        draws = np.stack([_baseline_draws(partners[p]) for p in names], 2)  # [K, n, P]
     else:
-        base = np.full_like(corr, np.nan)
+        draws = np.full((1, *corr.shape), np.nan)
+    base = draws[0] if len(draws) == 1 else draws.mean(0)  # [n, P]
     with np.errstate(invalid="ignore"):
         mean_corr = corr.mean(1)
         mean_base = base.mean(1)
         excess = mean_corr - mean_base if baseline else mean_corr.copy()
+        null = draws.mean(2).T  # [n, K]: the mean baseline over partners, per draw
+        std = null.std(1, ddof=1) if len(draws) > 1 else np.full(n, np.nan)
+    p_value = (empirical_pvalues(mean_corr, null) if baseline else np.full(n, np.nan))
     cols: dict[str, Any] = {
         "layer": np.repeat(np.arange(n_layers), d_mlp),
         "neuron": np.tile(np.arange(d_mlp), n_layers),
@@ -63,6 +75,7 @@ def universality_table(n_layers: int, d_mlp: int, partners: Mapping[str, Mapping
         "max_baseline": base.max(1), "mean_baseline": mean_base, "min_baseline": base.min(1),
         "excess_corr": excess,
         "is_universal": np.nan_to_num(excess, nan=-np.inf) > threshold,
+        "baseline_std": std, "p_value": p_value, "q_value": bh_qvalues(p_value),
     }
     for j, p in enumerate(names):
         idx = _np(partners[p]["argmax"]).astype(np.int64)
@@ -72,6 +85,13 @@ def universality_table(n_layers: int, d_mlp: int, partners: Mapping[str, Mapping
         cols[f"{p}_corr"] = corr[:, j]
         cols[f"{p}_baseline"] = base[:, j]
     return pd.DataFrame(cols)
+
+
+def _baseline_draws(summary: Mapping[str, Any]) -> np.ndarray:
+    """``Float64[K, n]``: a partner's baseline maxima of every draw."""
+    if "baseline_max_draws" in summary:
+        return _np(summary["baseline_max_draws"]).astype(np.float64)
+    return _np(summary["baseline_max"]).astype(np.float64)[None]
 
 
 def write_neuron_table(path: str | os.PathLike, df) -> None:

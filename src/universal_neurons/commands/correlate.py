@@ -11,7 +11,10 @@ Stream a token dataset once through several models trained from different seeds 
 compute, for every neuron, its Pearson correlation with every neuron of the other models
 (all layers) and with a randomly rotated basis of them (the baseline). Writes
   RUN/neurons/<model>.parquet   layer, neuron, max/mean/min_corr, max/mean/min_baseline,
-                                excess_corr, is_universal, <partner>_best/_corr/_baseline
+                                excess_corr, is_universal, baseline_std, p_value, q_value
+                                (--rotations), excess_ci_low/high, split_half_agreement
+                                (--blocks), <partner>_best/_corr/_baseline
+  RUN/universality/threshold_curve.parquet   universal share at thresholds 0.1..0.9
   RUN/correlations/<a>__<b>.safetensors   per-neuron max/min, top/bottom-k, histogram,
                                 moments of its correlations with b (both directions)
   RUN/manifest.json             config, seeds, token counts, memory plan, timings
@@ -60,5 +63,11 @@ def _print_summary(result) -> None:
     if result.tables:
         for name, table in result.tables.items():
             n = int(table["is_universal"].sum())
-            print(f"{name}: {n} of {len(table)} neurons universal ({100 * n / len(table):.2f}%)")
+            u = result.universal.get(name, {})
+            ci = (f", 95% CI {100 * u['fraction_ci_low']:.2f}-{100 * u['fraction_ci_high']:.2f}%"
+                  if "fraction_ci_low" in u else "")
+            sig = (f"; {u['n_significant']} with q < 0.05 against the rotation null"
+                   if "n_significant" in u else "")
+            print(f"{name}: {n} of {len(table)} neurons universal "
+                  f"({100 * n / len(table):.2f}%{ci}){sig}")
         print(f"wrote {result.rundir}")

@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows-per-gemm", type=int, default=4096,
                    help="kept tokens per accumulation GEMM (default 4096)")
     p.add_argument("--no-baseline", action="store_true", help="plan without the baseline")
+    p.add_argument("--rotations", type=int, default=1, metavar="K",
+                   help="baseline draws, as correlate --rotations (default 1)")
+    p.add_argument("--blocks", type=int, default=1, metavar="B",
+                   help="jackknife token blocks, as correlate --blocks (default 1 = off)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="matmul peak of the device for the projection (CUDA default: an "
                         "A100's dense peak for --precision; CPU default: measured now)")
@@ -64,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if len(specs) < 2:
         raise UserError(f"plan needs at least two models (got {specs}); pass a suite or "
                         "several models")
-    if args.n_ctx < 1 or args.batch_size < 1 or args.rows_per_gemm < 1:
-        raise UserError("--n-ctx, --batch-size and --rows-per-gemm must be positive")
+    if min(args.n_ctx, args.batch_size, args.rows_per_gemm, args.rotations, args.blocks) < 1:
+        raise UserError("--n-ctx, --batch-size, --rows-per-gemm, --rotations and --blocks "
+                        "must be positive")
     dims = [model_dims(s) for s in specs]
     device_type = "cuda" if args.device.startswith("cuda") else "cpu"
     if args.max_memory is not None:
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         baseline=not args.no_baseline, rows_per_gemm=args.rows_per_gemm,
         model_bytes=sum(d.n_params * 4 for d in dims),
         forward_bytes=forward_bytes(dims, batch_tokens), batch_size=args.batch_size,
-        bf16_copy=args.precision == "bf16", device_type=device_type)
+        bf16_copy=args.precision == "bf16", device_type=device_type,
+        draws=args.rotations, blocks=args.blocks)
     peak, peak_source = _peak(args, device_type)
     proj = project(plan, shapes, dims, args.tokens, peak)
     acc, fwd, seconds = proj.accumulate_flops_per_token, proj.forward_flops_per_token, \

@@ -21,6 +21,7 @@ import torch
 
 from universal_neurons.engine import distributed as dd
 from universal_neurons.engine import runner
+from universal_neurons.engine.blocks import BlockMoments, BlockStats, subsets, summarize_blocks
 from universal_neurons.engine.checkpoint import (
     check_config,
     check_progress,
@@ -52,6 +53,10 @@ class PassOptions:
     baseline: str = "rotation"
     seed: int = 0
     """Seed of the baseline bases."""
+    rotations: int = 1
+    """Baseline draws (independent bases per layer); 1 = the single-draw baseline."""
+    blocks: int = 1
+    """Token blocks of the jackknife (``engine/blocks.py``); 1 = off."""
     keep_tokens: bool = False
     token_filter: str = "ours"
     """Which tokens are dropped when not ``keep_tokens`` (``data.tokens.keep_mask`` rule)."""
@@ -82,6 +87,9 @@ class PassResult:
     summaries: dict[tuple[int, int], NeuronSummary]
     n_tokens: int
     n_kept: int
+    unions: dict[tuple[int, ...], dict[tuple[int, int], NeuronSummary]] = field(
+        default_factory=dict)
+    """With blocks: summaries (top-1, one bin) of every proper union of token blocks."""
 
 
 def model_bytes(models: Sequence[Any]) -> int:
@@ -110,11 +118,12 @@ def plan_pass(models: Sequence[Any], shapes: Sequence[ModelShape], mode: Mode, n
     batch = min(opts.batch_size, n_seq)
     return plan_correlation(
         shapes, mode, budget, k=opts.top_k, bins=opts.bins,
-        baseline=opts.baseline != "none", rows_per_gemm=rows_per_gemm,
+        baseline=opts.baseline != "none", rows_per_gemm=rows_per_gemm, draws=opts.rotations,
         model_bytes=model_bytes(models),
         forward_bytes=forward_bytes([m.adapter for m in models], batch * n_ctx, 1),
         scratch_bytes=max(scratch, default=0), batch_size=batch, extra_bytes=extra_state,
-        bf16_copy=opts.precision == "bf16", device_type=torch.device(device).type)
+        bf16_copy=opts.precision == "bf16", device_type=torch.device(device).type,
+        blocks=opts.blocks)
 
 
 def correlate_pass(models: Sequence[Any], dataset: Any, n_seq: int, *, plan: Plan,
@@ -142,7 +151,7 @@ def correlate_pass(models: Sequence[Any], dataset: Any, n_seq: int, *, plan: Pla
         if p not in run.progress.completed:
             run.one_pass(p)
     n_tokens, n_kept = run.counts()
-    return PassResult(plan, run.progress.summaries, n_tokens, n_kept)
+    return PassResult(plan, run.progress.summaries, n_tokens, n_kept, run.unions)
 
 
 def _open_state(checkpoint: Checkpointing, plan: Plan) -> dict[str, Any] | None:
@@ -172,21 +181,35 @@ class _Run:
                           else list(range(ctx.rank, plan.n_passes, ctx.world_size)))
         shard = (ctx.rank, ctx.world_size) if self.token_shard else (0, 1)
         self.ranges = runner.batch_ranges(n_seq, plan.batch_size or opts.batch_size, *shard)
-        self.progress = Progress(new_summaries(shapes, mode, opts.top_k, opts.bins, dev))
+        self.progress = Progress(new_summaries(shapes, mode, opts.top_k, opts.bins, dev,
+                                               draws=opts.rotations))
         self.current: dict[str, Any] | None = None
         # bases are made once per run (a QR per layer) and kept for every pass
-        self.base = (Baselines(opts.baseline, opts.seed, Layout(shapes), dev)
+        self.base = (Baselines(opts.baseline, opts.seed, Layout(shapes), dev,
+                               draws=opts.rotations)
                      if opts.baseline != "none" else None)
         self.shapes = shapes
+        self.unions: dict[tuple[int, ...], dict[tuple[int, int], NeuronSummary]] = {}
+        self.block_stats: BlockStats | None = None
+        self.union_stats: dict[tuple[int, ...], ModelStats] = {}
+        if opts.blocks > 1:
+            if ctx.active:
+                raise UserError("--blocks runs in one process: run without torchrun, or "
+                                "with --blocks 1")
+            self.unions = {u: new_summaries(shapes, mode, 1, 1, dev, draws=opts.rotations)
+                           for u in subsets(opts.blocks)[1:]}
 
     def one_pass(self, p: int) -> None:
         """Stream reference tile ``p`` (resuming it if the checkpoint stopped inside it),
         summarise it and checkpoint between passes."""
         pr, opts = self.progress, self.opts
-        moments = CoMoments(self.shapes, self.plan.passes[p], site=opts.site,
-                            layer_cov=pr.stats is None, rows_per_gemm=self.plan.rows_per_gemm,
-                            gemm_rows=self.plan.gemm_rows, precision=opts.precision,
-                            device=self.dev)
+        kw: dict[str, Any] = dict(site=opts.site, layer_cov=pr.stats is None,
+                                  rows_per_gemm=self.plan.rows_per_gemm,
+                                  gemm_rows=self.plan.gemm_rows, precision=opts.precision,
+                                  device=self.dev)
+        moments: Any = (BlockMoments(self.shapes, self.plan.passes[p], opts.blocks,
+                                     self.n_seq, **kw) if opts.blocks > 1
+                        else CoMoments(self.shapes, self.plan.passes[p], **kw))
         cur = self.current if self.current is not None and self.current["pass"] == p else None
         start_batch = 0
         if cur is not None:
@@ -215,8 +238,12 @@ class _Run:
             save_checkpoint(self.ckpt.path, pr.state(self.ckpt.semantic, self.plan,
                                                      self.extras, current=None))
 
-    def _summarize(self, p: int, moments: CoMoments) -> None:
+    def _summarize(self, p: int, moments: Any) -> None:
         tf = time.perf_counter()
+        if isinstance(moments, BlockMoments):
+            self._summarize_blocks(moments)
+            self.timings[f"pass{p}_summarize_s"] = time.perf_counter() - tf
+            return
         if self.token_shard:
             dd.merge_moments(moments, self.ctx)
         pr = self.progress
@@ -226,6 +253,17 @@ class _Run:
         if not self.token_shard or self.ctx.is_main:
             summarize_moments(moments, pr.stats, pr.summaries, self.base)
         self.timings[f"pass{p}_summarize_s"] = time.perf_counter() - tf
+
+    def _summarize_blocks(self, moments: BlockMoments) -> None:
+        """Every union of token blocks: the full sample into the main summaries."""
+        if self.block_stats is None:  # first pass: per-block O(N) stats, covs freed
+            self.block_stats = BlockStats.from_parts(moments.parts, self.base)
+            self.union_stats = {u: self.block_stats.union(u)
+                                for u in subsets(self.opts.blocks)}
+            self.progress.stats = self.union_stats[tuple(range(self.opts.blocks))]
+        full = {tuple(range(self.opts.blocks)): self.progress.summaries}
+        summarize_blocks(moments.parts, self.block_stats, self.union_stats,
+                         {**full, **self.unions}, self.base)
 
     def _checkpoint_hook(self, p: int, moments: CoMoments, before: StreamStats):
         """``after_batch`` of pass ``p``: save a checkpoint every ``checkpoint.every`` tokens

@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def new_summaries(shapes: Sequence[ModelShape], mode: Mode, top_k: int, bins: int,
-                  dev: torch.device) -> dict[tuple[int, int], NeuronSummary]:
-    """An empty summary per direction of every compared pair (model indices ``(a, b)``)."""
+                  dev: torch.device, draws: int = 1) -> dict[tuple[int, int], NeuronSummary]:
+    """An empty summary per direction of every compared pair (model indices ``(a, b)``),
+    each keeping ``draws`` baseline draws."""
     out = {}
     for a in range(len(shapes)):
         for b in partner_range(a, len(shapes), mode):
             na, nb = shapes[a].n_neurons, shapes[b].n_neurons
-            out[(a, b)] = NeuronSummary(na, nb, top_k, bins, dev)
-            out[(b, a)] = NeuronSummary(nb, na, top_k, bins, dev)
+            out[(a, b)] = NeuronSummary(na, nb, top_k, bins, dev, draws)
+            out[(b, a)] = NeuronSummary(nb, na, top_k, bins, dev, draws)
     return out
 
 

@@ -135,6 +135,8 @@ def reduce_summary(summary: NeuronSummary, ctx: DistContext) -> None:
         dist.all_reduce(t)
     dist.all_reduce(summary.base_max, op=dist.ReduceOp.MAX)
     dist.all_reduce(summary.base_min, op=dist.ReduceOp.MIN)
+    if summary.draw_max.numel():
+        dist.all_reduce(summary.draw_max, op=dist.ReduceOp.MAX)
     for largest in (True, False):
         val, idx = ((summary.max_val, summary.max_idx) if largest
                     else (summary.min_val, summary.min_idx))

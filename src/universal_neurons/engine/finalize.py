@@ -9,10 +9,18 @@ one layer of ``a`` against whole layers of ``b``, ``C: [d_a, n_b]``, gives
   ``Cov(x, y B) = C B`` and ``Var((y B)_j) = B_j^T S_b B_j``;
 - the ``b -> a`` baseline, ``a``'s layer rotated: ``B_a^T C`` over ``diag(B_a^T S_a B_a)``.
 
+With ``K`` baseline draws (``--rotations K``) every layer has ``K`` bases; draw 0 is the
+single-draw basis and is kept for the run, draws ``1..K-1`` are made (again) per pass and
+draw by draw, so at most two draws' bases are held at once; each extra draw costs one more
+pair of GEMMs per chunk.
+
 Chunks are at most ``CHUNK_ELEMENTS``: temporaries stay at a few float32 chunk copies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,15 +41,16 @@ CHUNK_ELEMENTS = 2**24
 
 class ModelStats:
     """What finalising needs from the first pass: token count, means, each neuron's sum of
-    squared deviations and, for the baseline, each layer's rotated variances.
+    squared deviations and, for the baseline, each layer's rotated variances (per draw).
 
     Built once from the first pass's within-layer co-moments (:meth:`from_moments`), after
     which those ``[L, d, d]`` co-moments can be freed: later passes need only ``O(N)``.
-    ``m2s[m]: Float64[N_m]``; ``rotvars[(m, layer)]: Float64[d]`` is ``diag(B^T S B)``.
+    ``m2s[m]: Float64[N_m]``; ``rotvars[(m, layer, draw)]: Float64[d]`` is
+    ``diag(B^T S B)``.
     """
 
     def __init__(self, layout: Layout, n: int, mean: torch.Tensor, m2s: list[torch.Tensor],
-                 rotvars: dict[tuple[int, int], torch.Tensor] | None = None,
+                 rotvars: dict[tuple[int, int, int], torch.Tensor] | None = None,
                  layer_scale: list[torch.Tensor] | None = None):
         self.layout, self.n, self.mean, self.m2s = layout, n, mean, m2s
         self.rotvars = rotvars or {}
@@ -59,13 +68,14 @@ class ModelStats:
         if moments.cov is None:
             raise ValueError("ModelStats needs moments accumulated with layer_cov=True")
         m2s = [c.diagonal(dim1=1, dim2=2).reshape(-1).clone() for c in moments.cov]
-        rotvars: dict[tuple[int, int], torch.Tensor] = {}
+        rotvars: dict[tuple[int, int, int], torch.Tensor] = {}
         for m, s in enumerate(moments.layout.shapes):
-            if baselines is not None:
-                baselines.prepare([(m, layer) for layer in range(s.n_layers)])
+            for draw in range(baselines.draws if baselines is not None else 0):
+                assert baselines is not None
+                baselines.prepare([(m, layer, draw) for layer in range(s.n_layers)])
                 for layer in range(s.n_layers):
-                    basis = baselines.basis(m, layer)
-                    rotvars[(m, layer)] = rotated_variances(moments.cov[m][layer], basis)
+                    basis = baselines.basis(m, layer, draw)
+                    rotvars[(m, layer, draw)] = rotated_variances(moments.cov[m][layer], basis)
             if free_cov:
                 moments.cov[m] = moments.cov[m].new_empty(0, s.d_mlp, s.d_mlp)
         if free_cov:
@@ -95,26 +105,48 @@ class ModelStats:
 
     @classmethod
     def from_state(cls, layout: Layout, state: dict, device: torch.device) -> ModelStats:
-        rotvars = {(int(k[0]), int(k[1])): v.to(device)
+        rotvars = {(int(k[0]), int(k[1]), int(k[2]) if len(k) > 2 else 0): v.to(device)
                    for k, v in zip(state["rotvar_keys"], state["rotvar"])}
         return cls(layout, int(state["n"]), state["mean"].to(device),
                    [m.to(device) for m in state["m2"]], rotvars)
 
 
+Key = tuple[int, int, int]
+"""(model, layer, draw) of one baseline basis."""
+
+
 class Baselines:
-    """Baseline bases per (model, layer), made once per run and cached as float32, and the
-    rotated inverse stds from :class:`ModelStats`."""
+    """Baseline bases per (model, layer, draw) as float32, and the rotated inverse stds
+    from :class:`ModelStats`. Draw 0 is made once per run and kept; of the draws
+    ``1..draws-1`` only the bases of the draw last asked for are kept."""
 
-    def __init__(self, kind: str, seed: int, layout: Layout, device: torch.device):
+    def __init__(self, kind: str, seed: int, layout: Layout, device: torch.device,
+                 draws: int = 1):
+        if draws < 1:
+            raise ValueError(f"draws must be positive, got {draws}")
         self.kind, self.seed, self.layout, self.device = kind, seed, layout, device
+        self.draws = draws
         self.stats: ModelStats | None = None
-        self._bases: dict[tuple[int, int], torch.Tensor] = {}
-        self._inv: dict[tuple[int, int], torch.Tensor] = {}
+        self._bases: dict[Key, torch.Tensor] = {}
+        self._inv: dict[Key, torch.Tensor] = {}
+        self._draw = 0  # the draw >= 1 whose bases are held
 
-    def prepare(self, keys: list[tuple[int, int]], workers: int | None = None) -> None:
-        """Make the bases of ``keys`` (model, layer) concurrently: each QR runs on one
-        thread (so its bits do not depend on the thread count), one per core."""
-        todo = [k for k in keys if k not in self._bases]
+    def _hold(self, draw: int) -> None:
+        """Drop the bases of draws other than 0 and ``draw``."""
+        if draw and draw != self._draw:
+            self._bases = {k: v for k, v in self._bases.items() if k[2] in (0, draw)}
+            self._draw = draw
+
+    def prepare(self, keys: list[tuple[int, int]] | list[Key],
+                workers: int | None = None) -> None:
+        """Make the bases of ``keys`` (model, layer[, draw]) of one draw concurrently: each
+        QR runs on one thread (so its bits do not depend on the thread count), one per core."""
+        full = [(k[0], k[1], k[2] if len(k) > 2 else 0) for k in keys]
+        if len({k[2] for k in full} - {0}) > 1:
+            raise ValueError("prepare takes the bases of one draw at a time")
+        for k in full:
+            self._hold(k[2])
+        todo = [k for k in full if k not in self._bases]
         workers = workers or max(1, min(len(todo), torch.get_num_threads(), MAX_QR_WORKERS))
         if len(todo) < 2 or workers < 2:
             for k in todo:
@@ -132,16 +164,18 @@ class Baselines:
         finally:
             torch.set_num_threads(threads)
 
-    def _make(self, model: int, layer: int) -> torch.Tensor:
+    def _make(self, model: int, layer: int, draw: int = 0) -> torch.Tensor:
         shape = self.layout.shapes[model]
-        basis = baseline_basis(self.kind, self.seed, shape.name, layer, shape.d_mlp)
+        basis = baseline_basis(self.kind, self.seed, shape.name, layer, shape.d_mlp, draw)
         return basis.to(self.device, torch.float32)
 
-    def basis(self, model: int, layer: int) -> torch.Tensor:
-        """``Float32[d, d]``: the basis of ``model``'s ``layer`` (QR once, then cached)."""
-        key = (model, layer)
+    def basis(self, model: int, layer: int, draw: int = 0) -> torch.Tensor:
+        """``Float32[d, d]``: basis ``draw`` of ``model``'s ``layer`` (QR once, then cached
+        as the class doc says)."""
+        key = (model, layer, draw)
+        self._hold(draw)
         if key not in self._bases:
-            self._bases[key] = self._make(model, layer)
+            self._bases[key] = self._make(*key)
         return self._bases[key]
 
     def use(self, stats: ModelStats) -> None:
@@ -149,28 +183,76 @@ class Baselines:
         if stats is not self.stats:
             self.stats, self._inv = stats, {}
 
-    def get(self, model: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, model: int, layer: int, draw: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B: Float32[d, d], inv_std: Float32[d])`` of rotated neurons (NaN if dead)."""
-        key = (model, layer)
+        key = (model, layer, draw)
         if key not in self._inv:
             if self.stats is None or key not in self.stats.rotvars:
-                raise ValueError(f"no rotated variances for model {model} layer {layer}: "
-                                 "build ModelStats.from_moments with these baselines")
+                raise ValueError(f"no rotated variances for model {model} layer {layer} draw "
+                                 f"{draw}: build ModelStats.from_moments with these baselines")
             rv = self.stats.rotvars[key]  # [d] float64
             scale = self.stats.layer_scale[model][layer].clamp_min(1e-300)
             inv = torch.where(rv <= 1e-12 * scale, torch.nan, rv.clamp_min(1e-300).rsqrt())
             self._inv[key] = inv.float()
-        return self.basis(model, layer), self._inv[key]
+        return self.basis(model, layer, draw), self._inv[key]
 
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._bases.values())
 
 
-def summarize_moments(moments: CoMoments, stats: ModelStats,
+class _Chunk(NamedTuple):
+    """One summarised chunk: layer ``la`` of model ``a`` against layers ``[g0, g1)`` of
+    partner ``b``; ``cross: Float64[d_a, n_b]`` is a view of the co-moments."""
+
+    a: int
+    b: int
+    la: int
+    g0: int
+    g1: int
+    rows_a: slice
+    rows_b: slice
+    cross: torch.Tensor
+
+
+def _chunks(moments: Any, layout: Layout, max_chunk: int) -> Iterator[_Chunk]:
+    """Every chunk of ``moments``' cross blocks, at most ``max_chunk`` elements each."""
+    for block, cross in zip(moments.blocks, moments.cross):
+        a = block.row
+        da = layout.shapes[a].d_mlp
+        col_base = layout.block_cols(block).start
+        for b, lb0, lb1 in layout.block_partner_layers(block):
+            db = layout.shapes[b].d_mlp
+            group = max(1, min(lb1 - lb0, max_chunk // (da * db)))
+            for la in range(block.layer_start, block.layer_stop):
+                r0 = (la - block.layer_start) * da
+                for g0 in range(lb0, lb1, group):
+                    g1 = min(lb1, g0 + group)
+                    rows_b = slice(g0 * db, g1 * db)
+                    c0 = layout.offsets[b] - col_base
+                    yield _Chunk(a, b, la, g0, g1, slice(la * da, (la + 1) * da), rows_b,
+                                 cross[r0:r0 + da, c0 + rows_b.start:c0 + rows_b.stop])
+
+
+def _pass_keys(moments: Any, layout: Layout, draw: int) -> list[Key]:
+    """The (model, layer, draw) bases the chunks of ``moments`` rotate."""
+    keys: dict[Key, None] = {}
+    for block in moments.blocks:
+        for la in range(block.layer_start, block.layer_stop):
+            keys[(block.row, la, draw)] = None
+        for b, lb0, lb1 in layout.block_partner_layers(block):
+            for lb in range(lb0, lb1):
+                keys[(b, lb, draw)] = None
+    return list(keys)
+
+
+def summarize_moments(moments: Any, stats: ModelStats,
                       summaries: dict[tuple[int, int], NeuronSummary],
-                      baselines: Baselines | None, max_chunk: int = CHUNK_ELEMENTS) -> None:
-    """Fold every cross block of ``moments`` into ``summaries[(a, b)]`` (neurons of ``a``
-    against ``b``) in both directions.
+                      baselines: Baselines | None, max_chunk: int = CHUNK_ELEMENTS,
+                      draws: Sequence[int] | None = None) -> None:
+    """Fold every cross block of ``moments`` (a :class:`CoMoments`, or anything with its
+    ``blocks`` and ``cross``) into ``summaries[(a, b)]`` (neurons of ``a`` against ``b``) in
+    both directions, then every further baseline draw; ``draws``: only these (draw 0 also
+    folds the correlations).
 
     Works on chunks of one layer of ``a`` against as many whole layers of ``b`` as fit in
     ``max_chunk`` elements, so both rotations stay local to the chunk.
@@ -179,37 +261,38 @@ def summarize_moments(moments: CoMoments, stats: ModelStats,
     if baselines is not None:
         baselines.use(stats)
     inv = [stats.inv_std(m).float() for m in range(len(layout))]
-    for block, cross in zip(moments.blocks, moments.cross):
-        a = block.row
-        da = layout.shapes[a].d_mlp
-        col_base = layout.block_cols(block).start
-        for b, lb0, lb1 in layout.block_partner_layers(block):
-            db = layout.shapes[b].d_mlp
-            group = max(1, min(lb1 - lb0, max_chunk // (da * db)))
-            s_ab, s_ba = summaries[(a, b)], summaries[(b, a)]
-            for la in range(block.layer_start, block.layer_stop):
-                r0 = (la - block.layer_start) * da
-                rows_a = slice(la * da, (la + 1) * da)
-                ia = inv[a][rows_a]
-                for g0 in range(lb0, lb1, group):
-                    g1 = min(lb1, g0 + group)
-                    rows_b = slice(g0 * db, g1 * db)
-                    c0 = layout.offsets[b] - col_base
-                    c = cross[r0:r0 + da, c0 + rows_b.start:c0 + rows_b.stop].float()  # [d_a, n_b]
-                    ib = inv[b][rows_b]
-                    rho = torch.mul(c, ia[:, None]).mul_(ib[None, :])
-                    s_ab.add_pair(rho, rows_a, rows_b.start, s_ba)  # and rho.t() into s_ba
-                    del rho
-                    if baselines is None:
-                        continue
-                    rot = torch.empty_like(c)
-                    for lb in range(g0, g1):  # a -> b: rotate each layer of b
-                        bb, ibr = baselines.get(b, lb)
-                        cols = slice((lb - g0) * db, (lb - g0 + 1) * db)
-                        torch.mm(c[:, cols], bb, out=rot[:, cols])
-                        rot[:, cols].mul_(ibr[None, :])
-                    s_ab.add_baseline(rot.mul_(ia[:, None]), rows_a)
-                    ba, iar = baselines.get(a, la)  # b -> a: rotate this layer of a
-                    torch.mm(ba.t(), c, out=rot)
-                    s_ba.add_baseline(rot.mul_(iar[:, None]).mul_(ib[None, :]).t(), rows_b)
-                    del rot, c
+    todo = list(range(baselines.draws if baselines is not None else 1) if draws is None
+                else draws)
+    for ch in _chunks(moments, layout, max_chunk) if 0 in todo else ():
+        s_ab, s_ba = summaries[(ch.a, ch.b)], summaries[(ch.b, ch.a)]
+        c = ch.cross.float()  # [d_a, n_b]
+        ia, ib = inv[ch.a][ch.rows_a], inv[ch.b][ch.rows_b]
+        rho = torch.mul(c, ia[:, None]).mul_(ib[None, :])
+        s_ab.add_pair(rho, ch.rows_a, ch.rows_b.start, s_ba)  # and rho.t() into s_ba
+        del rho
+        if baselines is not None:
+            _baseline_chunk(ch, c, ia, ib, s_ab, s_ba, baselines, 0)
+        del c
+    for draw in (d for d in todo if d > 0):
+        assert baselines is not None
+        baselines.prepare(_pass_keys(moments, layout, draw))
+        for ch in _chunks(moments, layout, max_chunk):
+            _baseline_chunk(ch, ch.cross.float(), inv[ch.a][ch.rows_a], inv[ch.b][ch.rows_b],
+                            summaries[(ch.a, ch.b)], summaries[(ch.b, ch.a)], baselines, draw)
+
+
+def _baseline_chunk(ch: _Chunk, c: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+                    s_ab: NeuronSummary, s_ba: NeuronSummary, baselines: Baselines,
+                    draw: int) -> None:
+    """Both baselines of one chunk ``c: Float32[d_a, n_b]`` for baseline ``draw``."""
+    db = baselines.layout.shapes[ch.b].d_mlp
+    rot = torch.empty_like(c)
+    for lb in range(ch.g0, ch.g1):  # a -> b: rotate each layer of b
+        bb, ibr = baselines.get(ch.b, lb, draw)
+        cols = slice((lb - ch.g0) * db, (lb - ch.g0 + 1) * db)
+        torch.mm(c[:, cols], bb, out=rot[:, cols])
+        rot[:, cols].mul_(ibr[None, :])
+    s_ab.add_baseline(rot.mul_(ia[:, None]), ch.rows_a, draw)
+    ba, iar = baselines.get(ch.a, ch.la, draw)  # b -> a: rotate this layer of a
+    torch.mm(ba.t(), c, out=rot)
+    s_ba.add_baseline(rot.mul_(iar[:, None]).mul_(ib[None, :]).t(), ch.rows_b, draw)

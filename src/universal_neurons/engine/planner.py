@@ -3,7 +3,9 @@
 The big items are the float64 cross co-moments (``T x N_partners`` per block), each
 model's within-layer co-moments ``[L, d, d]`` (first pass only: afterwards they shrink to
 ``O(N)`` statistics), the baseline bases (``[d, d]`` float32 per layer, made once, kept),
-the float32 row buffer the GEMMs read, one forward batch's activations, and the
+the float32 row buffer the GEMMs read (with ``K`` baseline draws: the bases of draw 0
+and of the draw being summarised, and ``K`` rotated variances and baseline maxima per
+neuron), one forward batch's activations, and the
 per-neuron summaries. If everything fits in the budget the run makes one pass over the
 data; otherwise the cross co-moments are tiled over several passes: whole layers of the
 row model when they fit, else one layer against as many whole partner layers as fit. The
@@ -22,13 +24,12 @@ Peak (bytes), with ``R = models + summaries + stats + extra + runtime`` and
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from universal_neurons.engine.layout import CrossBlock, Layout, Mode, ModelShape, partner_range
-from universal_neurons.engine.sizes import format_bytes
+from universal_neurons.engine.sizes import bases_bytes, format_bytes, qr_bytes
 from universal_neurons.engine.summary import summary_nbytes
 from universal_neurons.errors import UserError
 
@@ -151,7 +152,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
                      rows_per_gemm: int = 4096, model_bytes: int = 0, forward_bytes: int = 0,
                      extra_bytes: int = 0, bf16_copy: bool = False,
                      device_type: str = "cpu", batch_size: int = 0,
-                     scratch_bytes: int = 0) -> Plan:
+                     scratch_bytes: int = 0, draws: int = 1, blocks: int = 1) -> Plan:
     """Plan a correlation run within ``budget_bytes`` (see module doc).
 
     ``model_bytes``/``forward_bytes``/``extra_bytes`` are the weights, one forward batch's
@@ -159,6 +160,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     against the budget too; ``scratch_bytes`` the largest temporaries of one accumulator
     update (streaming phase, whatever the batch). ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer
     (``--precision bf16``). ``device_type``: ``cpu`` or ``cuda`` (GEMM scratch differs).
+    ``draws``/``blocks``: baseline draws and jackknife token blocks (engine/blocks.py).
     Candidates: ``rows_per_gemm`` halved down to 256 and, when ``batch_size`` is given, the
     batch halved down to 1 (forward memory scales with it); the plan with the fewest
     passes wins, then the most rows per GEMM, then the largest batch.
@@ -167,17 +169,21 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
         raise UserError(f"correlation needs at least two models, got {len(shapes)}")
     layout = Layout(shapes)
     temp_bytes = GEMM_TEMP_BYTES.get(device_type, 4)
+    draws = draws if baseline else 1  # more: 2 draws' bases held, QRs between chunk loops
     fixed = {
         "models": model_bytes, "extra": extra_bytes,
         "layer_cov": sum(s.n_layers * s.d_mlp ** 2 * 8 for s in shapes) + layout.total * 8,
-        "stats": layout.total * 8 * 3,  # mean, sums of squares, rotated variances
-        "summaries": _summaries_bytes(shapes, mode, k, bins),
-        "bases": _bases_bytes(shapes) if baseline else 0,
-        "bases_step": _bases_bytes(shapes, largest_only=True) if baseline else 0,
-        "finalize": _finalize_bytes(shapes, mode),
+        "stats": layout.total * (24 + 12 * (draws - 1)),  # mean, M_ii, rotated variances
+        "summaries": _summaries_bytes(shapes, mode, k, bins, draws),
+        "bases": bases_bytes(shapes) * min(draws, 2) if baseline else 0,
+        "bases_step": bases_bytes(shapes, True, draws) if baseline else 0,
+        "finalize": max(_finalize_bytes(shapes, mode), qr_bytes(shapes) if draws > 1 else 0),
         "temp_bytes": temp_bytes,
-        "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cuda"]),
+        "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cuda"]), "cross_copies": 1,
     }
+    if blocks > 1:
+        from universal_neurons.engine.blocks import plan_blocks
+        plan_blocks(fixed, shapes, mode, blocks, draws)
     atoms = _atoms(shapes, mode)
     # GEMM scratch of the widest block the run could have: an upper bound for every pass
     widest = _blocks(layout, mode, atoms)
@@ -345,35 +351,22 @@ def _components(layout: Layout, blocks: list[CrossBlock], first: list[CrossBlock
     gemm_temp = fixed["gemm_temp"]
     return {"models": fixed["models"], "forward": fixed["forward"],
             "layer_cov": fixed["layer_cov"], "stats": fixed["stats"],
-            "summaries": fixed["summaries"], "cross": _cross_bytes(layout, blocks),
-            "cross_first": _cross_bytes(layout, first), "buffer": buffer,
+            "summaries": fixed["summaries"],
+            "cross": _cross_bytes(layout, blocks) * fixed["cross_copies"],
+            "cross_first": _cross_bytes(layout, first) * fixed["cross_copies"], "buffer": buffer,
             "gemm_temp": gemm_temp, "bases": fixed["bases"], "bases_step": fixed["bases_step"],
             "finalize": fixed["finalize"], "extra": fixed["extra"], "runtime": fixed["runtime"]}
 
 
-def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int) -> int:
+def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int,
+                     draws: int = 1) -> int:
     total = 0
     for a in range(len(shapes)):
         for b in partner_range(a, len(shapes), mode):
             na, nb = shapes[a].n_neurons, shapes[b].n_neurons
-            total += summary_nbytes(na, nb, k, bins) + summary_nbytes(nb, na, k, bins)
+            total += (summary_nbytes(na, nb, k, bins, draws)
+                      + summary_nbytes(nb, na, k, bins, draws))
     return total
-
-
-QR_WORKERS = min(8, os.cpu_count() or 1)
-"""Bases made at once (``finalize.Baselines.prepare``: one single-threaded QR per core, at
-most ``finalize.MAX_QR_WORKERS`` = 8)."""
-
-
-def _bases_bytes(shapes: Sequence[ModelShape], largest_only: bool = False) -> int:
-    """Float32 bases and rotated inverse stds of every layer; ``largest_only``: those of
-    the largest model plus the float64 transients of the QRs in flight (Gaussian, Q, R, a
-    float64 copy for the rotated variances), what is made while the co-moments are held."""
-    d_max = max(s.d_mlp for s in shapes)
-    per_model = [s.n_layers * s.d_mlp * (s.d_mlp + 1) * 4 for s in shapes]
-    if largest_only:
-        return max(per_model) + QR_WORKERS * 4 * d_max ** 2 * 8
-    return sum(per_model)
 
 
 def _finalize_bytes(shapes: Sequence[ModelShape], mode: Mode) -> int:

@@ -9,7 +9,8 @@ A basis ``B: [d, d]`` turns a layer's activations ``y: [n, d]`` into ``y @ B``; 
   used as ``y @ G^T`` (not orthogonal).
 
 Each basis is drawn from a NumPy ``Generator`` seeded by ``(seed, crc32(model name),
-layer)`` and orthogonalised by a single-threaded QR, so a model's layer gets the same basis
+layer)`` (``(seed, crc32, layer, draw)`` for the extra draws ``draw >= 1`` of
+``--rotations K``; draw 0 is the default basis) and orthogonalised by a single-threaded QR, so a model's layer gets the same basis
 in every pair and every run with the same seed, bit for bit (given the same torch build).
 """
 
@@ -25,14 +26,17 @@ Baseline = Literal["rotation", "gaussian-rows", "none"]
 BASELINES: tuple[str, ...] = ("rotation", "gaussian-rows", "none")
 
 
-def basis_seed(seed: int, model: str, layer: int) -> list[int]:
-    """Entropy for ``np.random.SeedSequence`` of one (seed, model, layer)."""
-    return [int(seed), zlib.crc32(model.encode("utf-8")), int(layer)]
+def basis_seed(seed: int, model: str, layer: int, draw: int = 0) -> list[int]:
+    """Entropy for ``np.random.SeedSequence`` of one (seed, model, layer, draw); draw 0
+    keeps the three-number entropy of a single baseline."""
+    out = [int(seed), zlib.crc32(model.encode("utf-8")), int(layer)]
+    return out + [int(draw)] if draw else out
 
 
-def baseline_basis(kind: str, seed: int, model: str, layer: int, d: int) -> torch.Tensor:
-    """``Float64[d, d]``: the baseline basis of ``model``'s ``layer`` (see module doc)."""
-    rng = np.random.default_rng(np.random.SeedSequence(basis_seed(seed, model, layer)))
+def baseline_basis(kind: str, seed: int, model: str, layer: int, d: int,
+                   draw: int = 0) -> torch.Tensor:
+    """``Float64[d, d]``: basis ``draw`` of ``model``'s ``layer`` (see module doc)."""
+    rng = np.random.default_rng(np.random.SeedSequence(basis_seed(seed, model, layer, draw)))
     g = rng.standard_normal((d, d))
     if kind == "rotation":
         threads = torch.get_num_threads()

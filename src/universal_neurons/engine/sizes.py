@@ -1,8 +1,12 @@
-"""Byte sizes: parsing ``--max-memory`` values, printing them, and the default budget."""
+"""Byte sizes: parsing ``--max-memory`` values, printing them, the default budget, and the
+baseline bases the planner counts (shapes with ``n_layers`` and ``d_mlp``)."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from universal_neurons.errors import UserError
 
@@ -54,3 +58,23 @@ def default_budget(device: str) -> int:
             info = dict(line.split(":", 1) for line in f)
         available = int(info["MemAvailable"].split()[0]) * 1024
     return int(available * CPU_BUDGET_FRACTION)
+
+
+QR_WORKERS = min(8, os.cpu_count() or 1)
+"""Bases made at once (``finalize.Baselines.prepare``: one single-threaded QR per core, at
+most ``finalize.MAX_QR_WORKERS`` = 8)."""
+
+
+def bases_bytes(shapes: Sequence[Any], largest_only: bool = False, draws: int = 1) -> int:
+    """Float32 bases and rotated inverse stds of every layer; ``largest_only``: those of
+    the largest model plus the float64 transients of the QRs in flight (Gaussian, Q, R, a
+    float64 copy for the rotated variances), what is made while the co-moments are held."""
+    per_model = [s.n_layers * s.d_mlp * (s.d_mlp + 1) * 4 for s in shapes]
+    if largest_only:
+        return max(per_model) * min(draws, 2) + qr_bytes(shapes)
+    return sum(per_model)
+
+
+def qr_bytes(shapes: Sequence[Any]) -> int:
+    """Float64 transients of the QRs in flight (Gaussian, Q, R, a float64 copy)."""
+    return QR_WORKERS * 4 * max(s.d_mlp for s in shapes) ** 2 * 8

@@ -3,7 +3,8 @@
 For each neuron ``i`` of a model and one partner model, :class:`NeuronSummary` keeps the
 max/argmax, min/argmin, top-k and bottom-k partners, a histogram on fixed bins of
 ``[-1, 1]``, power sums for the mean/var/skew/kurtosis of the correlation row
-``rho(i, .)``, and the max/min of the baseline row. Chunks may cover any subset of rows
+``rho(i, .)``, and the max/min of the baseline row (with ``draws > 1``, also the max of
+the baseline row of every further baseline draw). Chunks may cover any subset of rows
 and any range of partner columns, in any order, so the full ``[N_a, N_b]`` matrix never
 exists; two summaries of disjoint chunks merge exactly.
 
@@ -28,10 +29,11 @@ class NeuronSummary:
     """Summaries of ``n`` neurons against a partner with ``n_partner`` neurons."""
 
     def __init__(self, n: int, n_partner: int, k: int = 10, bins: int = 100,
-                 device: str | torch.device = "cpu"):
-        if k < 1 or bins < 1:
-            raise ValueError(f"k and bins must be positive, got k={k}, bins={bins}")
-        self.n, self.n_partner, self.bins = n, n_partner, bins
+                 device: str | torch.device = "cpu", draws: int = 1):
+        if k < 1 or bins < 1 or draws < 1:
+            raise ValueError(f"k, bins and draws must be positive, got k={k}, bins={bins}, "
+                             f"draws={draws}")
+        self.n, self.n_partner, self.bins, self.draws = n, n_partner, bins, draws
         self.k = min(k, n_partner)
         inf = math.inf
         dev = torch.device(device)
@@ -48,6 +50,7 @@ class NeuronSummary:
         self.power = torch.zeros(4, n, dtype=_F64, device=dev)  # sums of rho^1..4
         self.base_max = torch.full((n,), -inf, device=dev)
         self.base_min = torch.full((n,), inf, device=dev)
+        self.draw_max = torch.full((draws - 1, n), -inf, device=dev)  # draws 1..K-1
 
     # ---- chunks -------------------------------------------------------------------------
     def add(self, rho: torch.Tensor, rows: slice, col_offset: int) -> None:
@@ -98,9 +101,17 @@ class NeuronSummary:
         self.max_val[rows], self.max_idx[rows] = self.top_val[rows, 0], self.top_idx[rows, 0]
         self.min_val[rows], self.min_idx[rows] = self.bot_val[rows, 0], self.bot_idx[rows, 0]
 
-    def add_baseline(self, rho_bar: torch.Tensor, rows: slice) -> None:
-        """Fold in baseline correlations ``rho_bar: Float[r, c]`` of rows ``rows``."""
+    def add_baseline(self, rho_bar: torch.Tensor, rows: slice, draw: int = 0) -> None:
+        """Fold in baseline correlations ``rho_bar: Float[r, c]`` of rows ``rows`` of
+        baseline draw ``draw`` (draw 0 keeps max and min, later draws the max)."""
         rho_bar = rho_bar.float()
+        if draw:
+            if math.isfinite(rho_bar.sum().item()):
+                hi = rho_bar.amax(1)
+            else:
+                hi = torch.where(torch.isnan(rho_bar), -math.inf, rho_bar).amax(1)
+            self.draw_max[draw - 1, rows] = torch.maximum(self.draw_max[draw - 1, rows], hi)
+            return
         if math.isfinite(rho_bar.sum().item()):
             hi, lo = rho_bar.amax(1), rho_bar.amin(1)
         else:
@@ -113,8 +124,8 @@ class NeuronSummary:
     # ---- merging ------------------------------------------------------------------------
     def merge(self, other: NeuronSummary) -> None:
         """Combine with a summary of disjoint chunks of the same matrix."""
-        if (other.n, other.n_partner, other.k, other.bins) != (self.n, self.n_partner, self.k,
-                                                                self.bins):
+        if (other.n, other.n_partner, other.k, other.bins, other.draws) != (
+                self.n, self.n_partner, self.k, self.bins, self.draws):
             raise ValueError("cannot merge summaries of different shapes")
         self._merge_extremes(slice(0, self.n), Extremes(other.top_val, other.top_idx,
                                                         other.bot_val, other.bot_idx), 0)
@@ -123,11 +134,13 @@ class NeuronSummary:
         self.power += other.power
         self.base_max = torch.maximum(self.base_max, other.base_max)
         self.base_min = torch.minimum(self.base_min, other.base_min)
+        self.draw_max = torch.maximum(self.draw_max, other.draw_max)
 
     # ---- results --------------------------------------------------------------------------
     def finalize(self) -> dict[str, torch.Tensor]:
         """CPU tensors: ``max, argmax, min, argmin, top_values, top_indices, bottom_values,
-        bottom_indices, hist, count, mean, var, skew, kurt, baseline_max, baseline_min``.
+        bottom_indices, hist, count, mean, var, skew, kurt, baseline_max, baseline_min`` and,
+        with ``draws > 1``, ``baseline_max_draws: [draws, n]`` (row 0 = ``baseline_max``).
 
         ``var`` is the population variance of the correlation row, ``skew`` its
         population skewness and ``kurt`` its (non-excess) kurtosis, as in the paper code;
@@ -146,7 +159,7 @@ class NeuronSummary:
             mu4 = m4 - 4 * m1 * m3 + 6 * m1 ** 2 * m2 - 3 * m1 ** 4
             skew = mu3 / var ** 1.5
             kurt = mu4 / var ** 2
-        return {
+        out = {
             "max": nan_inf(self.max_val), "argmax": idx(self.max_idx, self.max_val),
             "min": nan_inf(self.min_val), "argmin": idx(self.min_idx, self.min_val),
             "top_values": nan_inf(self.top_val), "top_indices": idx(self.top_idx, self.top_val),
@@ -156,30 +169,35 @@ class NeuronSummary:
             "mean": m1.cpu(), "var": var.cpu(), "skew": skew.cpu(), "kurt": kurt.cpu(),
             "baseline_max": nan_inf(self.base_max), "baseline_min": nan_inf(self.base_min),
         }
+        if self.draws > 1:
+            out["baseline_max_draws"] = nan_inf(torch.cat([self.base_max[None], self.draw_max]))
+        return out
 
     # ---- checkpoints ------------------------------------------------------------------------
     _TENSORS = ("max_val", "max_idx", "min_val", "min_idx", "top_val", "top_idx", "bot_val",
-                "bot_idx", "hist", "count", "power", "base_max", "base_min")
+                "bot_idx", "hist", "count", "power", "base_max", "base_min", "draw_max")
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name).cpu() for name in self._TENSORS}
-        out["shape"] = [self.n, self.n_partner, self.k, self.bins]
+        out["shape"] = [self.n, self.n_partner, self.k, self.bins, self.draws]
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state["shape"]) != [self.n, self.n_partner, self.k, self.bins]:
+        shape = list(state["shape"]) + [1] * (5 - len(state["shape"]))  # no draws: 1
+        if shape != [self.n, self.n_partner, self.k, self.bins, self.draws]:
             raise ValueError(f"checkpointed summary has shape {state['shape']}, expected "
-                             f"{[self.n, self.n_partner, self.k, self.bins]}")
+                             f"{[self.n, self.n_partner, self.k, self.bins, self.draws]}")
         dev = self.max_val.device
         for name in self._TENSORS:
-            setattr(self, name, state[name].to(dev))
+            if name in state:
+                setattr(self, name, state[name].to(dev))
 
     def nbytes(self) -> int:
         return sum(getattr(self, t).numel() * getattr(self, t).element_size()
                    for t in self._TENSORS)
 
 
-def summary_nbytes(n: int, n_partner: int, k: int, bins: int) -> int:
+def summary_nbytes(n: int, n_partner: int, k: int, bins: int, draws: int = 1) -> int:
     """Bytes a :class:`NeuronSummary` holds (for the planner)."""
     k = min(k, n_partner)
-    return n * (4 * 4 + 8 * 2 + 2 * k * (4 + 8) + bins * 8 + 8 + 4 * 8)
+    return n * (4 * 4 + 8 * 2 + 2 * k * (4 + 8) + bins * 8 + 8 + 4 * 8 + 4 * (draws - 1))

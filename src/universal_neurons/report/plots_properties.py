@@ -172,5 +172,21 @@ def plot_properties(run: str | Path, tables: Mapping[str, Any], percentiles,
         name = FIG_CORR_VS_BASELINE.format(model=safe_name(model))
         if plot_corr_vs_baseline(model, df, universal[model], out / name, threshold):
             files.append(f"{PLOTS_DIR}/{name}")
+    files += _threshold_curve(run, threshold)
     log.info("wrote %d plots to %s", len(files), out)
     return files
+
+
+def _threshold_curve(run: Path, threshold: float) -> list[str]:
+    """The threshold-curve figure, when the correlate stage wrote its table."""
+    import pandas as pd
+
+    from universal_neurons.constants import FIG_THRESHOLD_CURVE, THRESHOLD_CURVE
+    from universal_neurons.report.plots_calibration import plot_threshold_curve
+
+    if not (run / THRESHOLD_CURVE).is_file():
+        return []
+    if plot_threshold_curve(pd.read_parquet(run / THRESHOLD_CURVE),
+                            run / PLOTS_DIR / FIG_THRESHOLD_CURVE, threshold):
+        return [f"{PLOTS_DIR}/{FIG_THRESHOLD_CURVE}"]
+    return []

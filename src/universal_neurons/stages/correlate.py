@@ -19,7 +19,18 @@ from typing import Any, Literal
 
 import torch
 
-from universal_neurons.constants import CHECKPOINT_DIR, correlations_file, neuron_table
+from universal_neurons.analysis.calibration import (
+    block_columns,
+    loo_excess,
+    share_summary,
+    write_threshold_curve,
+)
+from universal_neurons.constants import (
+    CHECKPOINT_DIR,
+    THRESHOLD_CURVE,
+    correlations_file,
+    neuron_table,
+)
 from universal_neurons.engine.correlate_pass import (
     Checkpointing,
     PassOptions,
@@ -63,6 +74,15 @@ class CorrelateConfig:
     rows, or none."""
     seed: int = 0
     """Seed of the baseline bases."""
+    rotations: int = 1
+    """Baseline draws: K independent bases per layer give each neuron a K-draw null, with
+    ``baseline_std``, ``p_value`` ((1 + #draws >= observed) / (K + 1)) and the
+    Benjamini-Hochberg ``q_value`` (1 = the paper's single baseline; each draw costs two
+    GEMMs per summarised chunk, docs/engine.md)."""
+    blocks: int = 1
+    """Split the tokens into B >= 2 contiguous blocks for a delete-one-block jackknife:
+    ``excess_ci_low/high`` (95%), ``excess_corr_block<j>``, ``split_half_agreement``
+    (universal in every block); co-moment memory grows about (B + 1)-fold (1 = off)."""
     site: Literal["post", "pre"] = "post"
     """Neuron activation to correlate (post = mlp.hook_post)."""
     keep_tokens: bool = False
@@ -117,7 +137,15 @@ class CorrelateConfig:
                             f"got {self.precision_tolerance}")
         if self.site not in ("post", "pre"):
             raise UserError(f"--site must be post or pre, got {self.site!r}")
-        for name in ("top_k", "bins", "batch_size", "rows_per_gemm"):
+        if self.blocks < 1:
+            raise UserError(f"--blocks must be 1 (off) or at least 2, got {self.blocks}")
+        if self.blocks > 1 and self.checkpoint_every is not None:
+            raise UserError(f"--blocks {self.blocks} does not checkpoint: drop "
+                            "--checkpoint-every or use --blocks 1")
+        if self.rotations > 1 and self.baseline == "none":
+            raise UserError(f"--rotations {self.rotations} needs a baseline; drop "
+                            "--baseline none or use --rotations 1")
+        for name in ("top_k", "bins", "batch_size", "rows_per_gemm", "rotations"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got "
                                 f"{getattr(self, name)}")
@@ -135,6 +163,7 @@ class CorrelateConfig:
     def pass_options(self, precision: Precision) -> PassOptions:
         """The options the engine's correlate pass needs, with the resolved ``precision``."""
         return PassOptions(site=self.site, baseline=self.baseline, seed=self.seed,
+                           rotations=self.rotations, blocks=self.blocks,
                            keep_tokens=self.keep_tokens,
                            token_filter=self.token_filter, top_k=self.top_k, bins=self.bins,
                            precision=precision, batch_size=self.batch_size,
@@ -154,6 +183,9 @@ class CorrelateResult:
     n_tokens: int = 0
     n_kept: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    universal: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model: ``n_universal``, ``fraction`` and, as computed, ``fraction_ci_low/high``
+    and ``n_significant`` (also in the manifest)."""
 
 
 def run_correlate(config: CorrelateConfig, extra_accumulators: Sequence[Any] = (),
@@ -234,6 +266,9 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
         check_output_dir(config.out, correlate_output_bytes(
             [s.n_neurons for s in shapes], config.all_pairs, config.top_k, config.bins))
     dataset, n_seq = open_dataset(config, models)
+    if config.blocks > n_seq:
+        raise UserError(f"--blocks {config.blocks} needs as many sequences, the dataset gives "
+                        f"{n_seq}: use fewer blocks or more --max-tokens")
     mode: Mode = "all-pairs" if config.all_pairs else "reference"
     opts = config.pass_options(resolved.precision)
     plan = plan_pass(models, shapes, mode, dataset.n_ctx, n_seq, opts, extras=extras,
@@ -270,8 +305,14 @@ def _write_outputs(config: CorrelateConfig, result: CorrelateResult, shapes: lis
     run = RunDir(config.out)
     final = {key: s.finalize() for key, s in done.summaries.items()}
     files = _write_correlations(run, config, result, shapes, final)
-    universal = _write_tables(run, config, result, shapes, mode, final)
+    unions = {u: {key: s.finalize() for key, s in summ.items()}
+              for u, summ in done.unions.items()}
+    curves: dict[str, Any] = {}
+    universal = _write_tables(run, config, result, shapes, mode, final, unions, curves)
     files += [neuron_table(name) for name in universal]
+    result.universal = universal
+    write_threshold_curve(run / THRESHOLD_CURVE, curves)
+    files.append(THRESHOLD_CURVE)
     timings = result.timings
     timings["total_s"] = time.perf_counter() - t0
     run.record_stage(
@@ -313,25 +354,46 @@ def _write_correlations(run, config: CorrelateConfig, result: CorrelateResult,
 
 
 def _write_tables(run, config: CorrelateConfig, result: CorrelateResult,
-                  shapes: list[ModelShape], mode: Mode, final) -> dict[str, dict[str, Any]]:
+                  shapes: list[ModelShape], mode: Mode, final, unions=None,
+                  curves: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``neurons/<model>.parquet`` of the reference (every model with all pairs); the
-    universal counts of each, by model name."""
-    from universal_neurons.analysis.universality import universality_table, write_neuron_table
+    universal counts of each, by model name. ``unions``: finalised summaries of every
+    proper union of token blocks (``--blocks``), for the jackknife columns; ``curves``
+    receives each model's ``(excess_corr, leave-one-block-out excess or None)``."""
+    from universal_neurons.analysis.universality import write_neuron_table
 
     universal = {}
     for a, shape in enumerate(shapes):
-        partners = [b for b in range(len(shapes)) if (a, b) in final]
         if mode == "reference" and a != 0:
             continue
-        table = universality_table(
-            shape.n_layers, shape.d_mlp, {shapes[b].name: final[(a, b)] for b in partners},
-            {shapes[b].name: shapes[b].d_mlp for b in partners}, threshold=config.threshold,
-            baseline=config.baseline != "none")
+        table = _table(config, shapes, a, final)
+        loo = None
+        if unions:
+            excess = {u: _table(config, shapes, a, f)["excess_corr"].to_numpy()
+                      for u, f in unions.items()}
+            excess[tuple(range(config.blocks))] = table["excess_corr"].to_numpy()
+            loo = loo_excess(excess, config.blocks)
+            for col, v in block_columns(excess[tuple(range(config.blocks))], excess,
+                                        config.blocks, config.threshold).items():
+                table[col] = v
         write_neuron_table(run / neuron_table(shape.name), table)
         result.tables[shape.name] = table
-        universal[shape.name] = {"n_universal": int(table["is_universal"].sum()),
-                                 "fraction": float(table["is_universal"].mean())}
+        universal[shape.name] = share_summary(table, loo, config.threshold)
+        if curves is not None:
+            curves[shape.name] = (table["excess_corr"].to_numpy(), loo)
         log.info("%s: %d of %d neurons universal (%.2f%%)", shape.name,
                  universal[shape.name]["n_universal"], len(table),
                  100 * universal[shape.name]["fraction"])
     return universal
+
+
+def _table(config: CorrelateConfig, shapes: list[ModelShape], a: int, final):
+    """The universality table of model ``a`` from finalised summaries ``final[(a, b)]``."""
+    from universal_neurons.analysis.universality import universality_table
+
+    partners = [b for b in range(len(shapes)) if (a, b) in final]
+    shape = shapes[a]
+    return universality_table(
+        shape.n_layers, shape.d_mlp, {shapes[b].name: final[(a, b)] for b in partners},
+        {shapes[b].name: shapes[b].d_mlp for b in partners}, threshold=config.threshold,
+        baseline=config.baseline != "none")
