@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,16 +125,13 @@ def share_summary(table, loo: np.ndarray | None, threshold: float) -> dict[str, 
     return out
 
 
-def write_threshold_curve(path, excess: dict[str, tuple[np.ndarray, np.ndarray | None]]
-                          ) -> None:
-    """Write the threshold curve (``RUN/universality/threshold_curve.parquet`` at ``path``):
-    per model and threshold (0.1..0.9) the share of neurons with ``excess_corr`` above it
-    and, with token blocks, its jackknife interval; ``excess[model] = (excess_corr: [n],
-    leave-one-block-out: [n, B] or None)``."""
+def threshold_curve_table(excess: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> Any:
+    """The threshold curve (``RUN/universality/threshold_curve.parquet``): per model and
+    threshold (0.1..0.9) the share of neurons with ``excess_corr`` above it and, with token
+    blocks, its jackknife interval; ``excess[model] = (excess_corr: [n], leave-one-block-out:
+    [n, B] or None)``."""
     import pandas as pd
-
-    from universal_neurons.rundir import write_table
 
     rows = [pd.DataFrame({"model": model, **threshold_curve(x, loo)})
             for model, (x, loo) in excess.items()]
-    write_table(Path(path), pd.concat(rows, ignore_index=True), csv=False)
+    return pd.concat(rows, ignore_index=True)

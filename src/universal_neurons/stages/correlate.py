@@ -23,7 +23,7 @@ from universal_neurons.analysis.calibration import (
     block_columns,
     loo_excess,
     share_summary,
-    write_threshold_curve,
+    threshold_curve_table,
 )
 from universal_neurons.constants import (
     CHECKPOINT_DIR,
@@ -300,7 +300,7 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
 def _write_outputs(config: CorrelateConfig, result: CorrelateResult, shapes: list[ModelShape],
                    mode: Mode, done: PassResult, dataset, n_seq: int, t0: float,
                    precision: dict[str, Any] | None = None) -> None:
-    from universal_neurons.rundir import RunDir
+    from universal_neurons.rundir import RunDir, write_table
 
     run = RunDir(config.out)
     final = {key: s.finalize() for key, s in done.summaries.items()}
@@ -311,7 +311,7 @@ def _write_outputs(config: CorrelateConfig, result: CorrelateResult, shapes: lis
     universal = _write_tables(run, config, result, shapes, mode, final, unions, curves)
     files += [neuron_table(name) for name in universal]
     result.universal = universal
-    write_threshold_curve(run / THRESHOLD_CURVE, curves)
+    write_table(run / THRESHOLD_CURVE, threshold_curve_table(curves), csv=False)
     files.append(THRESHOLD_CURVE)
     timings = result.timings
     timings["total_s"] = time.perf_counter() - t0

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from universal_neurons.analysis.calibration import write_threshold_curve
+from universal_neurons.analysis.calibration import threshold_curve_table
 from universal_neurons.constants import FIG_THRESHOLD_CURVE, THRESHOLD_CURVE, figure_section
+from universal_neurons.rundir import write_table
 
 
 def test_threshold_curve_is_plotted_into_the_properties_section(tmp_path):
@@ -19,8 +20,8 @@ def test_threshold_curve_is_plotted_into_the_properties_section(tmp_path):
     rng = np.random.default_rng(0)
     excess = rng.uniform(-0.1, 0.9, 500)
     loo = excess[:, None] + rng.normal(0, 0.05, (500, 4))
-    write_threshold_curve(tmp_path / THRESHOLD_CURVE, {"m-a": (excess, loo),
-                                                       "m-b": (excess * 0.8, None)})
+    table = threshold_curve_table({"m-a": (excess, loo), "m-b": (excess * 0.8, None)})
+    write_table(tmp_path / THRESHOLD_CURVE, table, csv=False)
     curve = pd.read_parquet(tmp_path / THRESHOLD_CURVE)
     assert list(curve.columns) == ["model", "threshold", "share", "share_ci_low",
                                    "share_ci_high"]
