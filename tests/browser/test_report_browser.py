@@ -168,3 +168,37 @@ def test_neuron_page(driver, site, tmp_path):
     _no_xss(driver)
     driver.find_element(By.LINK_TEXT, "report").click()
     assert driver.title == "Universal neurons report"
+
+
+SHADING_JS = """
+return [...document.querySelectorAll('#examples .example')].map(ex => {
+  const nodes = [...ex.childNodes].filter(n => !(n.classList && n.classList.contains('meta')));
+  return nodes.map(n => n.nodeType === 1 && n.classList.contains('tok')
+    ? [n.title, getComputedStyle(n).backgroundColor] : null);
+});
+"""
+
+
+def test_every_example_token_is_shaded(driver, site):
+    """On a page of a version-2 stats file every token of every example window is a shaded
+    span with its value as the title (the hover text), drawn with a background whose alpha
+    is |value| / scale (see tests/unit/report/test_report_examples.py for the numbers)."""
+    import re
+
+    from report_fixtures import EXAMPLES
+
+    from universal_neurons.report.neuron_page import neuron_file
+
+    run, _ = site
+    page = run / "report" / neuron_file("toy-a", 0, 0)
+    driver.get(page.as_uri())
+    examples = driver.execute_script(SHADING_JS)
+    assert len(examples) == len(EXAMPLES)
+    for tokens in examples:
+        assert tokens and all(t is not None for t in tokens)  # no unshaded text
+        for title, background in tokens:
+            value = float(title)
+            alpha = re.fullmatch(r"rgba?\((\d+), (\d+), (\d+)(?:, ([0-9.]+))?\)", background)
+            assert alpha is not None
+            a = float(alpha.group(4) or 1)
+            assert (a > 0) == (abs(value) >= 0.01)  # shaded when at least 0.5 % of scale
