@@ -74,45 +74,80 @@ class ExampleCandidates:
         return sum(getattr(self, k).numel() * getattr(self, k).element_size() for k in self.STATE)
 
     def scratch_nbytes(self, rows: int) -> int:
-        """Temporaries of one update of ``rows`` tokens: the int64 keys and a gather."""
-        return 2 * 8 * rows * self.n
+        """Temporaries of one update of ``rows`` tokens (the dense path: float64 scores of
+        ``k + rows`` rows, a boolean mask, gathered values)."""
+        return 3 * 8 * rows * self.n
 
     # ------------------------------------------------------------------ update
     def update(self, post: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
         """Add ``post: Float[rows, n]`` at tokens ``seq, pos: Long[rows]``."""
         if post.shape[0] == 0:
             return
-        flat = pack(seq, pos)[:, None].expand(-1, self.n)
-        self._merge_ranked("top", post, flat)
-        self._merge_ranked("bottom", post, flat)
-        key = torch.where(post > 0, token_key(flat[:, :1]), _NO_KEY)  # [rows, n]
-        self._merge_sample(post, flat, key)
+        flat = pack(seq, pos)  # [rows]
+        self._merge("top", post, flat)
+        self._merge("bottom", post, flat)
+        self._merge("sample", post, flat)
 
-    def _merge_ranked(self, name: str, values: torch.Tensor, flat: torch.Tensor) -> None:
-        k, largest = (self.top_k, True) if name == "top" else (self.bottom_k, False)
-        v = torch.cat([getattr(self, f"{name}_values"), values])
-        f = torch.cat([getattr(self, f"{name}_flat"), flat])
-        idx = v.topk(k, dim=0, largest=largest).indices
-        setattr(self, f"{name}_values", v.gather(0, idx))
-        setattr(self, f"{name}_flat", f.gather(0, idx))
+    def _score(self, name: str, values: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """What each kind keeps the ``k`` largest of (float64; -inf = not eligible): the
+        value (top), minus the value (bottom), minus the key of a positive token (sample)."""
+        v = values.double()
+        if name == "top":
+            return v
+        if name == "bottom":
+            return -v
+        key = token_key(flat).double()
+        return torch.where((v > 0) & (flat >= 0), -key, -math.inf)
 
-    def _merge_sample(self, values: torch.Tensor, flat: torch.Tensor, key: torch.Tensor) -> None:
-        own = torch.where(self.sample_flat >= 0, token_key(self.sample_flat), _NO_KEY)
-        k = torch.cat([own, key])
-        idx = k.topk(self.sample_k, dim=0, largest=False).indices
-        keep = k.gather(0, idx) != _NO_KEY
-        v = torch.cat([self.sample_values, values]).gather(0, idx)
-        f = torch.cat([self.sample_flat, flat]).gather(0, idx)
-        self.sample_values = torch.where(keep, v, math.nan)
-        self.sample_flat = torch.where(keep, f, -1)
+    def _merge(self, name: str, values: torch.Tensor, flat: torch.Tensor) -> None:
+        """Merge candidates ``values: [rows, n]`` at tokens ``flat: Long[rows]`` (or
+        ``[rows, n]``) into ``name``'s ``k`` best per neuron. Only entries that beat the
+        current k-th best are sorted (few after the first batches); when many do, one
+        dense ``topk``."""
+        cur_v, cur_f = getattr(self, f"{name}_values"), getattr(self, f"{name}_flat")
+        k, n = cur_v.shape
+        cur_s = self._score(name, cur_v, cur_f)  # [k, n]
+        thr = cur_s.min(0).values  # [n]
+        per_row = flat.dim() == 1
+        if name == "sample":  # the key is per token: no [rows, n] score is built
+            key = token_key(flat).double()
+            new_key = -(key[:, None] if per_row else key)
+            mask = (values > 0) & (new_key > thr)
+        else:
+            mask = (values > thr) if name == "top" else (values < -thr)
+        r, c = mask.nonzero(as_tuple=True)
+        if r.numel() == 0:
+            return
+        new_f = flat[r] if per_row else flat[r, c]
+        new_v = values[r, c]
+        if r.numel() > values.numel() // 4:  # dense: one topk over all rows
+            full_f = flat[:, None].expand(-1, n) if per_row else flat
+            s = torch.cat([cur_s, self._score(name, values, full_f)])
+            idx = s.topk(k, dim=0).indices
+            keep = s.gather(0, idx) > -math.inf
+            v = torch.cat([cur_v, values.to(cur_v.dtype)]).gather(0, idx)
+            f = torch.cat([cur_f, full_f]).gather(0, idx)
+        else:
+            col = torch.cat([torch.arange(n, device=cur_v.device).repeat(k), c])
+            score = torch.cat([cur_s.flatten(), self._score(name, new_v, new_f)])
+            order = torch.argsort(score, descending=True, stable=True)
+            order = order[torch.argsort(col[order], stable=True)]  # by neuron, best first
+            counts = torch.bincount(col, minlength=n)  # >= k each
+            take = order[(torch.cumsum(counts, 0) - counts)[None, :]
+                         + torch.arange(k, device=col.device)[:, None]]  # [k, n]
+            keep = score[take] > -math.inf
+            v = torch.cat([cur_v.flatten(), new_v.to(cur_v.dtype)])[take]
+            f = torch.cat([cur_f.flatten(), new_f])[take]
+        empty = {"top": -math.inf, "bottom": math.inf, "sample": math.nan}[name]
+        setattr(self, f"{name}_values", torch.where(keep, v, empty))
+        setattr(self, f"{name}_flat", torch.where(keep, f, -1))
 
     # ------------------------------------------------------------------ merge / state
     def merge(self, o: dict[str, torch.Tensor]) -> None:
         """Add another part's :meth:`state_dict` (disjoint tokens)."""
-        for name in ("top", "bottom"):
-            self._merge_ranked(name, o[f"{name}_values"], o[f"{name}_flat"])
-        key = torch.where(o["sample_flat"] >= 0, token_key(o["sample_flat"]), _NO_KEY)
-        self._merge_sample(o["sample_values"], o["sample_flat"], key)
+        for name in ("top", "bottom", "sample"):
+            v = o[f"{name}_values"].to(getattr(self, f"{name}_values").device)
+            self._merge(name, v, o[f"{name}_flat"].to(v.device))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k).cpu() for k in self.STATE}

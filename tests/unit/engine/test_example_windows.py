@@ -51,9 +51,11 @@ def test_key_equals_the_formula():
     assert got == [key_oracle(int(s), int(p)) for s, p in zip(seq, pos)]
 
 
-def test_candidates_equal_sorting_and_the_smallest_keys():
+@pytest.mark.parametrize("chunk", [250, 30, 7])  # dense first chunk, then the sparse merge
+def test_candidates_equal_sorting_and_the_smallest_keys(chunk):
     post, seq, pos = data()
-    c = feed([(post[:250], seq[:250], pos[:250]), (post[250:], seq[250:], pos[250:])])
+    c = feed([(post[i:i + chunk], seq[i:i + chunk], pos[i:i + chunk])
+              for i in range(0, len(post), chunk)])
     a = c.arrays()
     keys = np.array([key_oracle(int(s), int(p)) for s, p in zip(seq, pos)])
     for j in range(post.shape[1]):
