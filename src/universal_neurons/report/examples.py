@@ -136,10 +136,23 @@ def token_span(token: str, act: float | None, scale: float, *, focus: bool = Fal
     return f'<span class="{cls}" style="--a:{alpha:.2f}" title="{esc(fmt(act, 3))}">{shown}</span>'
 
 
+def window_token(token: str, act: float | None, scale: float, *, focus: bool = False) -> str:
+    """A token of an example window as a compact ``<i>`` (report.css ``.example i``):
+    opacity ``--a`` = |act| / scale (left out below 0.005), class ``n`` if negative (blue),
+    ``m`` for the example's own token, the value in ``title``. Unknown: plain text."""
+    if act is None or not math.isfinite(act) or scale <= 0:
+        return token_html(token, spaces=False)
+    shown = token_html(token, spaces=False, isolate=False)  # the <i> isolates (report.css)
+    alpha = f"{min(abs(act) / scale, 1.0):.2f}".removeprefix("0").replace("1.00", "1")
+    cls = " ".join(c for c, on in (("n", act < 0), ("m", focus)) if on)
+    attrs = (f' class="{cls}"' if cls else "") + (f' style="--a:{alpha}"' if alpha != ".00" else "")
+    return f'<i{attrs} title="{esc(fmt(act, 3))}">{shown}</i>'
+
+
 def example_html(ex: Example, scale: float) -> str:
     """One example: its place and value, then its tokens shaded on ``scale``."""
     where = "" if ex.seq_index is None else f"seq {ex.seq_index}, pos {ex.position}: "
-    toks = "".join(token_span(t, a, scale, focus=(i == ex.focus))
+    toks = "".join(window_token(t, a, scale, focus=(i == ex.focus))
                    for i, (t, a) in enumerate(zip(ex.tokens, ex.acts)))
     return (f'<div class="example"><span class="meta">{esc(where)}{esc(fmt(ex.activation))}</span>'
             f"{toks}</div>")
