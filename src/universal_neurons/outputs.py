@@ -114,4 +114,4 @@ def run_output_bytes(specs: Sequence[str], all_pairs: bool) -> int:
 STATS_BYTES_PER_NEURON = 4 * 1024
 """About what ``stats/<model>/activation_stats.safetensors`` holds per neuron by default:
 histogram (66 int64), top/bottom/sample candidates (80 x 20 bytes), 24 shown examples with
-13-token windows (about 1.8 KB)."""
+11-token windows (about 1.6 KB)."""

@@ -157,8 +157,8 @@ def test_neuron_page(driver, site, tmp_path):
     link.click()
     assert driver.title == f"toy-a {name}"
     assert driver.find_element(By.CSS_SELECTOR, "#histogram svg path")  # the bars, one path
-    shaded = driver.find_elements(By.CSS_SELECTOR, "#examples i.m")
-    assert shaded and all("--a" in s.get_attribute("style") for s in shaded)
+    shaded = driver.find_elements(By.CSS_SELECTOR, "#examples .example b")  # own tokens
+    assert shaded and all(s.get_attribute("title") for s in shaded)
     examples = driver.find_element(By.ID, "examples").text
     assert XSS_SCRIPT in examples  # the hostile token is displayed as text
     partners = driver.find_elements(By.CSS_SELECTOR, "#partners td")
@@ -173,7 +173,7 @@ def test_neuron_page(driver, site, tmp_path):
 SHADING_JS = """
 return [...document.querySelectorAll('#examples .example')].map(ex => {
   const nodes = [...ex.childNodes].filter(n => !(n.classList && n.classList.contains('meta')));
-  return nodes.map(n => n.nodeType === 1 && n.tagName === 'I'
+  return nodes.map(n => n.nodeType === 1 && (n.tagName === 'I' || n.tagName === 'B')
     ? [n.title, getComputedStyle(n).backgroundColor] : null);
 });
 """

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"top activating examples per neuron page (default {d.max_examples})")
     p.add_argument("--context", type=int, default=d.context_before,
                    help="tokens of context before an example's token, at most the recorded "
-                        f"window (8) for stats files of version 2 (default {d.context_before})")
+                        f"window (7) for stats files of version 2 (default {d.context_before})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ Stream a token dataset once through each model (BOS/pad and newline tokens dropp
                           by --token-table-mb)
 Then it runs each model once more over only the sequences of the examples a report shows
 (top, quantile bands of the positive activations, most negative; one per text window) and
-records the activation at every token of their windows (8 tokens before to 4 after).
+records the activation at every token of their windows (7 tokens before to 3 after).
 Writes RUN/stats/<model>/activation_stats.safetensors and joins the columns mean, var,
 skew, kurt, sparsity into RUN/neurons/<model>.parquet.
 

@@ -46,9 +46,9 @@ KIND_EMPTY, KIND_TOP, KIND_NEGATIVE, KIND_BAND = -1, 0, 1, 2
 class ExampleConfig:
     """Which examples are shown per neuron and the window recorded around each."""
 
-    before: int = 8
+    before: int = 7
     """Tokens of the window before the example's token..."""
-    after: int = 4
+    after: int = 3
     """...and after it."""
     n_top: int = 10
     n_negative: int = 5

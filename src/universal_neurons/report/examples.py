@@ -57,10 +57,11 @@ def _window(dataset, text, s: int, p: int, before: int, after: int, first: int =
 
 
 def read_examples(get: Slice, meta: Mapping[str, Any], dataset, text, layer: int, neuron: int,
-                  *, before: int, after: int, max_top: int) -> list[Example] | None:
+                  *, before: int, after: int, max_top: int, per_band: int = 2,
+                  max_negative: int = 3) -> list[Example] | None:
     """The examples of one neuron (None without a stats file). ``meta`` is the file's
     ``examples`` metadata; ``before``/``after`` cut the shown window (at most what was
-    recorded); ``max_top`` bounds the top group."""
+    recorded); ``max_top``, ``per_band``, ``max_negative`` bound the groups."""
     acts = get("example_acts", layer, neuron) if meta else None
     if acts is None or len(acts) == 0:
         return _legacy(get, dataset, text, layer, neuron, before, after, max_top)
@@ -78,8 +79,10 @@ def read_examples(get: Slice, meta: Mapping[str, Any], dataset, text, layer: int
             idx = idx[:max_top]
             group = "Top activations"
         elif kind == KIND_NEGATIVE:
+            idx = idx[:max_negative]
             group = "Most negative activations"
         else:
+            idx = idx[:per_band]
             band = kind - KIND_BAND
             lo, hi = bands[band]
             group = _band_title(lo, hi, edges[band] if edges is not None else None)
@@ -136,17 +139,21 @@ def token_span(token: str, act: float | None, scale: float, *, focus: bool = Fal
     return f'<span class="{cls}" style="--a:{alpha:.2f}" title="{esc(fmt(act, 3))}">{shown}</span>'
 
 
+LEVELS = 20
+"""Opacity steps of a window token (report.css ``.a1``..``.a20``, ``.n1``..``.n20``)."""
+
+
 def window_token(token: str, act: float | None, scale: float, *, focus: bool = False) -> str:
-    """A token of an example window as a compact ``<i>`` (report.css ``.example i``):
-    opacity ``--a`` = |act| / scale (left out below 0.005), class ``n`` if negative (blue),
-    ``m`` for the example's own token, the value in ``title``. Unknown: plain text."""
+    """A token of an example window, compact: ``<i>`` (``<b>`` for the example's own token)
+    with class ``a<k>`` (``n<k>`` if negative, blue) for opacity ``k / 20`` = |act| / scale
+    rounded (no class at 0) and the value as ``title`` (shown on hover). Unknown: plain text."""
     if act is None or not math.isfinite(act) or scale <= 0:
         return token_html(token, spaces=False)
-    shown = token_html(token, spaces=False, isolate=False)  # the <i> isolates (report.css)
-    alpha = f"{min(abs(act) / scale, 1.0):.2f}".removeprefix("0").replace("1.00", "1")
-    cls = " ".join(c for c, on in (("n", act < 0), ("m", focus)) if on)
-    attrs = (f' class="{cls}"' if cls else "") + (f' style="--a:{alpha}"' if alpha != ".00" else "")
-    return f'<i{attrs} title="{esc(fmt(act, 3))}">{shown}</i>'
+    shown = token_html(token, spaces=False, isolate=False)  # <i>/<b> isolate (report.css)
+    level = round(min(abs(act) / scale, 1.0) * LEVELS)
+    tag = "b" if focus else "i"
+    cls = f" class={'n' if act < 0 else 'a'}{level}" if level else ""
+    return f"<{tag}{cls} title={esc(fmt(act, 3))}>{shown}</{tag}>"  # a number: no quotes needed
 
 
 def example_html(ex: Example, scale: float) -> str:

@@ -209,7 +209,7 @@ def test_examples_without_tokenizer_show_ids(tmp_path):
     shutil.rmtree(run / "tokenizer")
     build_report(run, config=ReportConfig(top_n=1))
     page = next((run / "report" / "neurons" / "toy-a").glob("*.html")).read_text()
-    assert re.search(r'<i[^>]* title="[^"]*">#\d+</i>', page)
+    assert re.search(r'<([ib])[^>]* title=[^ >]*>#\d+</\1>', page)
 
 
 def test_empty_and_damaged_runs(tmp_path):
