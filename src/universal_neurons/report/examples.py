@@ -14,6 +14,7 @@ one already shown are skipped.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,7 +154,8 @@ def window_token(token: str, act: float | None, scale: float, *, focus: bool = F
     level = round(min(abs(act) / scale, 1.0) * LEVELS)
     tag = "b" if focus else "i"
     cls = f" class={'n' if act < 0 else 'a'}{level}" if level else ""
-    return f"<{tag}{cls} title={esc(fmt(act, 3))}>{shown}</{tag}>"  # a number: no quotes needed
+    value = re.sub(r"^(-?)0\.", r"\1.", fmt(act, 3))  # 0.829 -> .829, -0.17 -> -.17
+    return f"<{tag}{cls} title={esc(value)}>{shown}</{tag}>"  # a number: no quotes needed
 
 
 def example_html(ex: Example, scale: float) -> str:
@@ -161,7 +163,7 @@ def example_html(ex: Example, scale: float) -> str:
     where = "" if ex.seq_index is None else f"seq {ex.seq_index}, pos {ex.position}: "
     toks = "".join(window_token(t, a, scale, focus=(i == ex.focus))
                    for i, (t, a) in enumerate(zip(ex.tokens, ex.acts)))
-    return (f'<div class="example"><span class="meta">{esc(where)}{esc(fmt(ex.activation))}</span>'
+    return (f'<div class=example><span class=meta>{esc(where)}{esc(fmt(ex.activation))}</span>'
             f"{toks}</div>")
 
 
@@ -169,15 +171,14 @@ def _scale(examples: Sequence[Example]) -> float:
     return max((abs(e.activation) for e in examples if math.isfinite(e.activation)), default=0.0)
 
 
-NOTE = ("Background opacity is proportional to the activation, relative to the largest "
-        "top activation ({scale}) for the top and quantile-band examples and to the most "
-        "negative value for the negative ones (blue); hover a token for its value. The "
-        "outlined token is the example's own. A character split over several tokens is "
-        "shown whole on the last of them, the others show their bytes. ")
+NOTE = ("Opacity: activation / {scale} (the largest; negative examples, in blue: / their "
+        "most negative value). Hover a token for its value; the outlined token is the "
+        "example's own. A character split over tokens is shown on the last of them. ")
 
 
-def examples_html(examples: Sequence[Example] | None) -> str | None:
-    """The examples of one neuron, grouped under their headings (None: not computed)."""
+def examples_html(examples: Sequence[Example] | None, *, legend: bool = True) -> str | None:
+    """The examples of one neuron, grouped under their headings (None: not computed); with
+    ``legend`` the token markers' legend (``report.tokens.LEGEND``) under the note."""
     if examples is None:
         return None
     if not examples:
@@ -187,7 +188,7 @@ def examples_html(examples: Sequence[Example] | None) -> str | None:
         groups.setdefault(e.group, []).append(e)
     positive = [e for e in examples if not e.negative]
     scale = _scale(positive)
-    parts = [f'<p class="note">{esc(NOTE.format(scale=fmt(scale)))}{LEGEND}</p>']
+    parts = [f'<p class="note">{esc(NOTE.format(scale=fmt(scale)))}{LEGEND if legend else ""}</p>']
     for title, exs in groups.items():
         s = _scale(exs) if exs[0].negative else scale
         body = "".join(example_html(e, s) for e in exs)

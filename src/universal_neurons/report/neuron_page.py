@@ -125,7 +125,8 @@ def _vocab_html(detail: NeuronDetail) -> str | None:
                      f"{table(rows, ['token', 'mean', 'count'], raw_columns=(0, 1, 2))}</div>")
     if not parts:
         return None
-    return f'<div class="grid">{"".join(parts)}</div><p class="note">{LEGEND}</p>'
+    legend = "" if detail.examples else f'<p class="note">{LEGEND}</p>'  # else under the examples
+    return f'<div class="grid">{"".join(parts)}</div>{legend}'
 
 
 def _float(v) -> float:

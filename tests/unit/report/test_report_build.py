@@ -159,7 +159,7 @@ def test_neuron_pages_are_bounded_and_complete(built):
     for sid in ("statistics", "partners", "histogram", "examples", "tokens", "explanations"):
         assert f'id="{sid}"' in text
     assert "not computed" not in text
-    assert text.count('class="example"') >= 1 and "<svg" in text
+    assert text.count("class=example") >= 1 and "<svg" in text
     assert 'href="../../index.html"' in text
 
 

@@ -23,7 +23,7 @@ from universal_neurons.report.build import ReportConfig, build_report
 from universal_neurons.report.examples import Example, examples_html
 from universal_neurons.report.html import fmt
 
-EXAMPLE = re.compile(r'<div class="example">(.*?)</div>', re.S)
+EXAMPLE = re.compile(r'<div class=example>(.*?)</div>', re.S)
 SHADED = re.compile(r'<([ib])(?: class=([an])(\d+))? title=([^ >]*)>')
 
 
@@ -51,7 +51,7 @@ def test_every_window_token_is_shaded_with_its_value(pages):
             assert len(spans) == hi - lo == len(want)  # every shown token shaded
             scale = 0.2 if value < 0 else 2.0
             for (_, sign, level, title), v in zip(spans, want):
-                assert html.unescape(title) == fmt(float(v), 3)
+                assert float(html.unescape(title)) == float(fmt(float(v), 3))
                 # opacity in steps of 1/20 (no class at 0): off by at most half a step
                 assert math.isclose(int(level or 0) / 20, min(abs(v) / scale, 1), abs_tol=0.025 + 1e-9)
                 assert sign == ("n" if v < 0 else "a") or not level
