@@ -158,10 +158,13 @@ def window_token(token: str, act: float | None, scale: float, *, focus: bool = F
     return f"<{tag}{cls} title={esc(value)}>{shown}</{tag}>"  # a number: no quotes needed
 
 
-def example_html(ex: Example, scale: float) -> str:
-    """One example: its place and value, then its tokens shaded on ``scale``."""
+def example_html(ex: Example, scale: float, negative_scale: float | None = None) -> str:
+    """One example: its place and value, then its tokens shaded on ``scale`` (negative
+    values on ``negative_scale``, default ``scale``)."""
     where = "" if ex.seq_index is None else f"seq {ex.seq_index}, pos {ex.position}: "
-    toks = "".join(window_token(t, a, scale, focus=(i == ex.focus))
+    neg = scale if negative_scale is None else negative_scale
+    toks = "".join(window_token(t, a, neg if a is not None and a < 0 else scale,
+                                focus=(i == ex.focus))
                    for i, (t, a) in enumerate(zip(ex.tokens, ex.acts)))
     return (f'<div class=example><span class=meta>{esc(where)}{esc(fmt(ex.activation))}</span>'
             f"{toks}</div>")
@@ -171,9 +174,9 @@ def _scale(examples: Sequence[Example]) -> float:
     return max((abs(e.activation) for e in examples if math.isfinite(e.activation)), default=0.0)
 
 
-NOTE = ("Opacity: activation / {scale} (the largest; negative examples, in blue: / their "
-        "most negative value). Hover a token for its value; the outlined token is the "
-        "example's own. A character split over tokens is shown on the last of them. ")
+NOTE = ("Opacity: activation / {scale} (the largest); negative values, in blue: / {neg} "
+        "(the most negative example's). Hover a token for its value; the outlined token is "
+        "the example's own. A character split over tokens is shown on the last of them. ")
 
 
 def examples_html(examples: Sequence[Example] | None, *, legend: bool = True) -> str | None:
@@ -186,11 +189,11 @@ def examples_html(examples: Sequence[Example] | None, *, legend: bool = True) ->
     groups: dict[str, list[Example]] = {}
     for e in examples:
         groups.setdefault(e.group, []).append(e)
-    positive = [e for e in examples if not e.negative]
-    scale = _scale(positive)
-    parts = [f'<p class="note">{esc(NOTE.format(scale=fmt(scale)))}{LEGEND if legend else ""}</p>']
+    scale = _scale([e for e in examples if not e.negative])
+    neg = _scale([e for e in examples if e.negative]) or scale
+    note = NOTE.format(scale=fmt(scale), neg=fmt(neg))
+    parts = [f'<p class="note">{esc(note)}{LEGEND if legend else ""}</p>']
     for title, exs in groups.items():
-        s = _scale(exs) if exs[0].negative else scale
-        body = "".join(example_html(e, s) for e in exs)
+        body = "".join(example_html(e, scale, neg) for e in exs)
         parts.append(f"<h3>{esc(title)}</h3>{body}" if len(groups) > 1 else body)
     return "".join(parts)

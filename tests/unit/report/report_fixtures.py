@@ -171,10 +171,13 @@ two top, one from the band 50-100 %, one negative (window reaching before the se
 
 
 def window_acts(value: float, pos: int) -> np.ndarray:
-    """The fixture's window: ``value * (w + 1) / width`` at offset ``w``, NaN before pos 0."""
+    """The fixture's window: ``value * (w + 1) / width`` at offset ``w``, NaN before pos 0;
+    a negative example's last token is +1 (a positive value in a negative window)."""
     w = EX_BEFORE + 1 + EX_AFTER
     acts = value * np.arange(1, w + 1, dtype=np.float32) / w
     acts[EX_BEFORE] = value
+    if value < 0:
+        acts[-1] = 1.0
     acts[pos - EX_BEFORE + np.arange(w) < 0] = np.nan
     return acts
 

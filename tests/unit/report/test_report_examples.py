@@ -37,8 +37,8 @@ def pages(tmp_path_factory):
 def test_every_window_token_is_shaded_with_its_value(pages):
     """Model a has a version-2 stats file: each example shows its recorded window (cut at
     the sequence start), and every token carries the recorded activation as its title and
-    |value| / scale as its opacity (scale: the largest top value, 2.0; the negative group's
-    own, 0.2)."""
+    |value| / scale as its opacity (scale: the largest top value, 2.0, for positive values;
+    the most negative example's, 0.2, for negative ones)."""
     assert pages[MODELS[0]]
     for page in pages[MODELS[0]]:
         text = page.read_text(encoding="utf-8")
@@ -49,8 +49,8 @@ def test_every_window_token_is_shaded_with_its_value(pages):
             want = window_acts(value, pos)[lo - (pos - EX_BEFORE):hi - (pos - EX_BEFORE)]
             spans = SHADED.findall(block)
             assert len(spans) == hi - lo == len(want)  # every shown token shaded
-            scale = 0.2 if value < 0 else 2.0
             for (_, sign, level, title), v in zip(spans, want):
+                scale = 0.2 if v < 0 else 2.0
                 assert float(html.unescape(title)) == float(fmt(float(v), 3))
                 # opacity in steps of 1/20 (no class at 0): off by at most half a step
                 assert math.isclose(int(level or 0) / 20, min(abs(v) / scale, 1), abs_tol=0.025 + 1e-9)
