@@ -141,19 +141,22 @@ def token_span(token: str, act: float | None, scale: float, *, focus: bool = Fal
 
 
 LEVELS = 20
-"""Opacity steps of a window token (report.css ``.a1``..``.a20``, ``.n1``..``.n20``)."""
+"""Opacity steps of a window token: class ``a``..``t`` (positive) or ``A``..``T`` (negative)
+for ``1/20``..``20/20`` (report.css)."""
 
 
 def window_token(token: str, act: float | None, scale: float, *, focus: bool = False) -> str:
     """A token of an example window, compact: ``<i>`` (``<b>`` for the example's own token)
-    with class ``a<k>`` (``n<k>`` if negative, blue) for opacity ``k / 20`` = |act| / scale
-    rounded (no class at 0) and the value as ``title`` (shown on hover). Unknown: plain text."""
+    with the one-letter class of opacity ``k / 20`` = |act| / scale rounded (``a``..``t``;
+    ``A``..``T`` if negative, blue; no class at 0) and the value as ``title`` (shown on
+    hover). Unknown: plain text."""
     if act is None or not math.isfinite(act) or scale <= 0:
         return token_html(token, spaces=False)
     shown = token_html(token, spaces=False, isolate=False)  # <i>/<b> isolate (report.css)
     level = round(min(abs(act) / scale, 1.0) * LEVELS)
     tag = "b" if focus else "i"
-    cls = f" class={'n' if act < 0 else 'a'}{level}" if level else ""
+    letter = chr((ord("A") if act < 0 else ord("a")) + level - 1)
+    cls = f" class={letter}" if level else ""
     value = re.sub(r"^(-?)0\.", r"\1.", fmt(act, 3))  # 0.829 -> .829, -0.17 -> -.17
     return f"<{tag}{cls} title={esc(value)}>{shown}</{tag}>"  # a number: no quotes needed
 

@@ -24,7 +24,7 @@ from universal_neurons.report.examples import Example, examples_html
 from universal_neurons.report.html import fmt
 
 EXAMPLE = re.compile(r'<div class=example>(.*?)</div>', re.S)
-SHADED = re.compile(r'<([ib])(?: class=([an])(\d+))? title=([^ >]*)>')
+SHADED = re.compile(r'<([ib])(?: class=([a-tA-T]))? title=([^ >]*)>')
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +49,15 @@ def test_every_window_token_is_shaded_with_its_value(pages):
             want = window_acts(value, pos)[lo - (pos - EX_BEFORE):hi - (pos - EX_BEFORE)]
             spans = SHADED.findall(block)
             assert len(spans) == hi - lo == len(want)  # every shown token shaded
-            for (_, sign, level, title), v in zip(spans, want):
+            for (_, letter, title), v in zip(spans, want):
                 scale = 0.2 if v < 0 else 2.0
                 assert float(html.unescape(title)) == float(fmt(float(v), 3))
-                # opacity in steps of 1/20 (no class at 0): off by at most half a step
-                assert math.isclose(int(level or 0) / 20, min(abs(v) / scale, 1), abs_tol=0.025 + 1e-9)
-                assert sign == ("n" if v < 0 else "a") or not level
-            assert [tag for tag, _, _, _ in spans].count("b") == 1  # the example's own token
+                # opacity in steps of 1/20, class a..t (A..T negative; none at 0): off by at
+                # most half a step
+                level = ord(letter.lower()) - ord("a") + 1 if letter else 0
+                assert math.isclose(level / 20, min(abs(v) / scale, 1), abs_tol=0.025 + 1e-9)
+                assert not letter or letter.isupper() == (v < 0)
+            assert [tag for tag, _, _ in spans].count("b") == 1  # the example's own token
             assert f"seq {seq}, pos {pos}:" in block
 
 
