@@ -177,8 +177,8 @@ def _scale(examples: Sequence[Example]) -> float:
     return max((abs(e.activation) for e in examples if math.isfinite(e.activation)), default=0.0)
 
 
-NOTE = ("Opacity: activation / {scale} (the largest); negative values, in blue: / {neg} "
-        "(the most negative example's). Hover a token for its value; the outlined token is "
+NOTE = ("Opacity: activation / {scale} (the largest); in the negative examples, negative "
+        "values (blue) / {neg}. Hover a token for its value; the outlined token is "
         "the example's own. A character split over tokens is shown on the last of them. ")
 
 
@@ -197,6 +197,6 @@ def examples_html(examples: Sequence[Example] | None, *, legend: bool = True) ->
     note = NOTE.format(scale=fmt(scale), neg=fmt(neg))
     parts = [f'<p class="note">{esc(note)}{LEGEND if legend else ""}</p>']
     for title, exs in groups.items():
-        body = "".join(example_html(e, scale, neg) for e in exs)
+        body = "".join(example_html(e, scale, neg if e.negative else scale) for e in exs)
         parts.append(f"<h3>{esc(title)}</h3>{body}" if len(groups) > 1 else body)
     return "".join(parts)

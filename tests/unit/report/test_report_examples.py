@@ -37,8 +37,8 @@ def pages(tmp_path_factory):
 def test_every_window_token_is_shaded_with_its_value(pages):
     """Model a has a version-2 stats file: each example shows its recorded window (cut at
     the sequence start), and every token carries the recorded activation as its title and
-    |value| / scale as its opacity (scale: the largest top value, 2.0, for positive values;
-    the most negative example's, 0.2, for negative ones)."""
+    |value| / scale as its opacity (scale: the largest top value, 2.0; for negative values
+    of the negative examples the most negative example's, 0.2)."""
     assert pages[MODELS[0]]
     for page in pages[MODELS[0]]:
         text = page.read_text(encoding="utf-8")
