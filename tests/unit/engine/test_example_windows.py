@@ -213,3 +213,20 @@ def test_shown_examples_never_share_a_window(stats_run, tiny_suite):
         used = [(a, b) for a, b in zip(s, p) if a >= 0]
         for i, (a, b) in enumerate(used):
             assert all(a != a2 or abs(b - b2) > span for a2, b2 in used[i + 1:])
+
+
+def test_checkpoint_of_the_older_layout_keeps_its_top_examples():
+    """A state written before the bottom/sample candidates (``top_seq``/``top_pos``) loads:
+    its top examples are kept, the other kinds start empty."""
+    post, seq, pos = data(seed=2)
+    c = feed([(post, seq, pos)])
+    state = c.state_dict()
+    a = c.arrays()
+    old = {"top_values": state["top_values"], "top_seq": a["top_seq"].T.contiguous(),
+           "top_pos": a["top_pos"].T.contiguous()}
+    fresh = ExampleCandidates(5, 6, 5, 12, torch.device("cpu"))
+    assert fresh.load_state_dict(old, torch.device("cpu")) is False
+    b = fresh.arrays()
+    for k in ("top_values", "top_seq", "top_pos"):
+        assert torch.equal(b[k], a[k])
+    assert (b["bottom_seq"] == -1).all() and (b["sample_seq"] == -1).all()
