@@ -18,10 +18,9 @@ figures used are printed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -69,13 +68,28 @@ def gpu_matmul_peak(device: str, precision: str, n: int = 8192) -> tuple[float, 
     return 2 * n ** 3 / best, f"{precision}, {n}^3 on {torch.cuda.get_device_name(device)}"
 
 
-def run_stage(argv: list[str], log: Path) -> dict:
-    """One stage in a fresh process: wall seconds, peak RSS (ru_maxrss), exit code."""
-    cmd = [sys.executable, "-m", "universal_neurons", *argv]
-    t = time.perf_counter()
+def _stage_in_child(name: str, config, log: str) -> None:
+    """Child process body: run one stage with its output in ``log``."""
+    import logging
+
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        from universal_neurons.pipeline import run_stage
+
+        run_stage(name, config)
+
+
+def run_stage_process(name: str, config, log: Path) -> dict:
+    """One stage in a fresh process: wall seconds, peak RSS (ru_maxrss), exit code."""
+    import multiprocessing
+
+    t = time.perf_counter()
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_stage_in_child, args=(name, config, str(log)))
+    proc.start()
+    _, status, usage = os.wait4(proc.pid, 0)
     return {"wall_s": time.perf_counter() - t, "rss_peak": usage.ru_maxrss * 1024,
             "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
             "minor_faults": usage.ru_minflt, "rc": os.waitstatus_to_exitcode(status)}
@@ -145,7 +159,7 @@ def main() -> None:
         cpu_matmul_peak,
         format_duration,
     )
-    from universal_neurons.pipeline import RunConfig, stage_commands
+    from universal_neurons.pipeline import RunConfig, stage_configs
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -170,11 +184,12 @@ def main() -> None:
                     max_memory=args.max_memory, skip=tuple(args.skip), device=args.device,
                     precision=args.precision)
     rows = []
-    for name, argv in stage_commands(cfg, specs[0]):
+    for name, config in stage_configs(cfg, specs[0]):
+        config = dataclasses.replace(config, progress=False)
         if name == "correlate":
-            argv = [*argv, "--restart"]
-        print(f"[{name}] universal-neurons {' '.join(argv)}", flush=True)
-        r = run_stage([*argv, "--quiet"], work / f"{name}.log")
+            config = dataclasses.replace(config, restart=True)
+        print(f"[{name}] {config}", flush=True)
+        r = run_stage_process(name, config, work / f"{name}.log")
         rows.append((name, r))
         print(f"  {r['wall_s']:.1f} s, peak RSS {r['rss_peak'] / 2**30:.2f} GiB, "
               f"sys {r['sys_s']:.0f} s, {r['minor_faults']:,} minor faults, rc {r['rc']}",

@@ -1,4 +1,5 @@
-"""Save PNG screenshots of a run's report front page and of one neuron page.
+"""Save PNG screenshots of a run's report: front page, one neuron page, its compare view
+and the neuron browser searching for a partner name.
 
 usage: python scripts/screenshot_report.py RUN OUT_DIR [MODEL:L.N]
 
@@ -33,8 +34,15 @@ def main() -> int:
     opts.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     try:
-        for url, name in ((report / "index.html", "report_index.png"), (page, "report_neuron.png")):
-            driver.get(url.resolve().as_uri())
+        compare = report / "compare" / page.parent.name / page.name
+        browser = report / f"browser-{page.parent.name}.html"
+        shots = [(report / "index.html", "report_index.png", ""), (page, "report_neuron.png", ""),
+                 (compare, "report_compare.png", ""), (browser, "report_browser.png", "#universal")]
+        for url, name, hash_ in shots:
+            if not url.is_file():
+                print(f"skipped {name}: no {url}")
+                continue
+            driver.get(url.resolve().as_uri() + hash_)
             driver.execute_script("return document.readyState")
             driver.save_screenshot(str(out / name))
             print(f"saved {out / name} ({url})")

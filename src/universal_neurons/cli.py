@@ -21,8 +21,8 @@ from universal_neurons.errors import UserError
 
 OUTPUT_DIRS: dict[str, tuple[str, ...]] = {
     "correlate": ("out",), "stats": ("out",), "weights": ("out",), "explain": ("out",),
-    "entropy": ("out",), "attention": ("out",), "properties": ("run",), "families": ("run",),
-    "report": ("out", "run"), "tokenize": ("out",),
+    "entropy": ("out",), "attention": ("out",), "properties": ("out", "_run_positional"),
+    "families": ("out", "_run_positional"), "report": ("out", "_run_positional"), "tokenize": ("out",),
 }
 """Subcommand -> the argument naming the folder it writes (the first one given), checked
 before it runs: writable, not a file, ``outputs.MIN_FREE_BYTES`` free (correlate also
@@ -42,7 +42,10 @@ _OS_HINTS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The console script's parser. ``only``: add the options of that subcommand alone (the
+    others are listed with their one-line help), so ``universal-neurons X`` imports only
+    what X's options are defined in (its stage config)."""
     parser = argparse.ArgumentParser(
         prog="universal-neurons",
         description="Find and explain universal neurons: MLP neurons that fire on the same "
@@ -58,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        mod.add_arguments(p)
+        if only is None or only == mod.NAME:
+            mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser
 
@@ -92,13 +96,19 @@ def _preflight(args: argparse.Namespace) -> None:
 
     for attr in OUTPUT_DIRS.get(args.command, ()):
         if getattr(args, attr, None):
-            option = "RUN" if attr == "run" else f"--{attr}"
+            option = "RUN" if attr in ("run", "_run_positional") else f"--{attr}"
             check_output_dir(getattr(args, attr), MIN_FREE_BYTES, option=option)
             return
 
 
+def _command_name(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ("" if none): the first word not an option."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_name(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

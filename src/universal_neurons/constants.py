@@ -15,6 +15,7 @@ A run directory (``RUN/``) holds::
     properties/                         PROPERTIES_DIR: claims, comparison, percentiles
     entropy/                            ENTROPY_DIR: candidates, candidate pairs, sweeps
     attention/                          ATTENTION_DIR: heuristic, path ablation, value norms
+    paper/<result>.parquet (or .json)   PAPER_DIR: the paper's results (PAPER_RESULTS)
     plots/*.png                         PLOTS_DIR: the figures of FIGURE_SECTIONS
     report/index.html                   REPORT_DIR, REPORT_INDEX
 """
@@ -40,6 +41,8 @@ PROPERTIES_DIR = "properties"
 PREDICTION_DIR = "prediction"
 ENTROPY_DIR = "entropy"
 ATTENTION_DIR = "attention"
+PAPER_DIR = "paper"
+"""``paper/<result>.parquet`` (or ``.json``): one table per result of the paper."""
 DATASET_DIR = "dataset"
 """A token dataset kept inside the run (the report looks here for token text)."""
 TOKENIZER_DIR = "tokenizer"
@@ -81,6 +84,23 @@ ATTENTION_PATH_ABLATION = "path_ablation.parquet"
 ATTENTION_PATH_ABLATION_POINTS = "path_ablation_points.parquet"
 ATTENTION_BOS_VALUE_NORMS = "bos_value_norms.parquet"
 REPORT_INDEX = "index.html"
+PAPER_TABLE = "{result}.parquet"
+"""``paper/``: the table of one result of the paper (``paper_results`` stage)."""
+
+PAPER_RESULTS: dict[str, str] = {
+    "corr_distributions": "properties",
+    "depth_specialisation": "properties",
+    "raw_by_layer": "properties",
+    "unigram_roles": "families",
+    "source_neurons": "families",
+    "prediction_skew_late": "prediction",
+    "prediction_class_split": "prediction",
+    "prediction_conditional": "prediction",
+    "entropy_weights": "entropy",
+    "attention_panel": "attention",
+}
+"""Results written by the ``paper-results`` stage -> the report section of their figure:
+``paper/<result>.parquet`` and ``plots/paper_<result>.png``."""
 
 # ---- figures (in plots/) and the report section that shows each -------------------------------
 FIG_PROPERTIES_PERCENTILES = "properties_percentiles.png"
@@ -92,6 +112,8 @@ FIG_ENTROPY = "entropy_{neuron}.png"
 FIG_ATTENTION_HEURISTIC = "attention_heuristic.png"
 FIG_ATTENTION_PATH_ABLATION = "attention_path_ablation.png"
 FIG_ATTENTION_BOS_VALUE_NORMS = "attention_bos_value_norms.png"
+FIG_PAPER = "paper_{result}.png"
+"""The figure of one result of ``PAPER_RESULTS``."""
 
 FIGURE_SECTIONS: dict[str, str] = {
     FIG_PROPERTIES_PERCENTILES: "properties",
@@ -103,6 +125,7 @@ FIGURE_SECTIONS: dict[str, str] = {
     FIG_ATTENTION_HEURISTIC: "attention",
     FIG_ATTENTION_PATH_ABLATION: "attention",
     FIG_ATTENTION_BOS_VALUE_NORMS: "attention",
+    **{FIG_PAPER.format(result=r): section for r, section in PAPER_RESULTS.items()},
 }
 """Figure file (``{field}`` = any text) -> the report section that shows it; figures not
 listed go under "Other figures"."""

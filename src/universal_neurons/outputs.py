@@ -28,6 +28,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "families": ("families/*_counts.csv",),
     "entropy": ("entropy/sweep.parquet",),
     "attention": ("attention/heuristic_summary.json",),
+    "paper-results": ("paper/corr_distributions.parquet",),
     "report": (f"{REPORT_DIR}/index.html",),
 }
 """Stage name -> glob patterns relative to the run directory; each must match a file."""

@@ -1,7 +1,8 @@
 """The whole study as a sequence of cached stages (``universal-neurons run``).
 
-Each stage is one subcommand with its arguments. A stage is skipped only when a previous
-run in the same directory finished it with the same arguments and package version, the
+Each stage is a stage runner (``stages.<stage>.run_<stage>``) called with its config
+(:func:`stage_configs`: the run's settings plus per-stage extra options). A stage is skipped only when a previous
+run in the same directory finished it with the same config and package version, the
 same inputs (token dataset: ``meta.json`` and ``tokens.npy`` identity; models: weight file
 identities, see :mod:`universal_neurons.fingerprints`), the same run of the stage before it
 (whose outputs it reads), and when all its outputs (:data:`outputs.STAGE_OUTPUTS`) are on
@@ -23,7 +24,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ PIPELINE_FILE = "pipeline.json"
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "correlate": ("dataset", "models"), "weights": ("models",),
     "explain": ("dataset", "models"), "entropy": ("dataset", "models"),
-    "attention": ("dataset", "models"),
+    "attention": ("dataset", "models"), "paper-results": ("dataset", "models"),
 }
 """Stage -> the run inputs it reads besides earlier stages' outputs."""
 
@@ -69,6 +70,8 @@ class RunConfig:
     baseline: str = "rotation"
     seed: int = 0
     device: str = "cpu"
+    token_filter: str = "ours"
+    """Tokens the passes drop: ``ours`` or ``paper`` (see ``correlate --help``)."""
     top_percent: float | None = None
     """Compare the top P% by excess correlation in the claims table (default: threshold)."""
     max_memory: str | None = None
@@ -96,6 +99,8 @@ class RunConfig:
             from universal_neurons.engine.sizes import parse_bytes
 
             parse_bytes(self.max_memory)  # UserError naming the value
+        if self.token_filter not in ("ours", "paper"):
+            raise UserError(f"token_filter must be ours or paper, got {self.token_filter!r}")
         unknown = set(self.skip) - set(STAGE_NAMES)
         if unknown:
             raise UserError(f"unknown stage(s) to skip {sorted(unknown)}; stages are "
@@ -103,7 +108,7 @@ class RunConfig:
 
 
 STAGE_NAMES = ("correlate", "weights", "properties", "explain", "families", "entropy",
-               "attention", "report")
+               "attention", "paper-results", "report")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -187,38 +192,107 @@ def _describe(tp: Any) -> str:
             str: "a string"}.get(tp, str(tp))
 
 
-def stage_commands(cfg: RunConfig, reference: str) -> list[tuple[str, list[str]]]:
-    """The subcommand argument lists of every stage, in order."""
-    out = cfg.out
-    ds = ["--dataset", cfg.dataset] if cfg.dataset else []
-    correlate = ["correlate", "--models", *cfg.models, "--out", out, *ds,
-                 "--max-tokens", str(cfg.tokens), "--threshold", str(cfg.threshold),
-                 "--baseline", cfg.baseline, "--seed", str(cfg.seed), "--device", cfg.device,
-                 "--stats"]
+def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
+    """``(stage, config)`` of every stage not skipped, in order: the settings of ``cfg``,
+    then each stage's ``cfg.extra`` arguments (its own command-line options) on top."""
+    from universal_neurons.stages.attention import AttentionConfig
+    from universal_neurons.stages.correlate import CorrelateConfig
+    from universal_neurons.stages.entropy import EntropyConfig
+    from universal_neurons.stages.explain import ExplainConfig
+    from universal_neurons.stages.families import FamiliesConfig
+    from universal_neurons.stages.paper_results import PaperResultsConfig
+    from universal_neurons.stages.properties import PropertiesConfig
+    from universal_neurons.stages.report import ReportStageConfig
+    from universal_neurons.stages.weights import WeightsConfig
+
+    out, ds = cfg.out, cfg.dataset
+    memory = {"max_memory": cfg.max_memory} if cfg.max_memory else {}
+    correlate = dict(models=cfg.models, out=out, dataset=ds, max_tokens=cfg.tokens,
+                     threshold=cfg.threshold, baseline=cfg.baseline, seed=cfg.seed,
+                     device=cfg.device, all_pairs=cfg.all_pairs,
+                     token_filter=cfg.token_filter, **memory)
     if cfg.tokens >= 10_000_000:  # checkpoints cost a full state write; worth it on long runs
-        correlate += ["--checkpoint-every", str(cfg.tokens // 10)]
-    if cfg.all_pairs:
-        correlate.append("--all-pairs")
-    memory = ["--max-memory", cfg.max_memory] if cfg.max_memory else []
-    correlate += memory + (["--precision", cfg.precision] if cfg.precision else [])
-    properties = ["properties", out, "--threshold", str(cfg.threshold)]
-    if cfg.top_percent is not None:
-        properties += ["--top-percent", str(cfg.top_percent)]
-    stages = [
-        ("correlate", correlate),
-        ("weights", ["weights", "--model", *cfg.models, "--out", out, "--device", cfg.device]),
-        ("properties", properties),
-        ("explain", ["explain", "--model", reference, "--out", out, *ds, "--max-tokens",
-                     str(cfg.explain_tokens), "--neurons", "all", *memory]),
-        ("families", ["families", out]),
-        ("entropy", ["entropy", "--model", reference, "--out", out, *ds, "--tokens",
-                     str(cfg.intervention_tokens), "--device", cfg.device]),
-        ("attention", ["attention", "--model", reference, "--out", out, *ds, "--tokens",
-                       str(cfg.intervention_tokens), "--device", cfg.device]),
-        ("report", ["report", out]),
+        correlate["checkpoint_every"] = cfg.tokens // 10
+    if cfg.precision:
+        correlate["precision"] = cfg.precision
+    one = dict(model=reference, out=out, dataset=ds)
+    stages: list[tuple[str, type, dict[str, Any]]] = [
+        ("correlate", CorrelateConfig, correlate),
+        ("weights", WeightsConfig, dict(models=cfg.models, out=out, device=cfg.device)),
+        ("properties", PropertiesConfig, dict(out=out, threshold=cfg.threshold,
+                                              top_percent=cfg.top_percent)),
+        ("explain", ExplainConfig, dict(**one, max_tokens=cfg.explain_tokens, neurons="all",
+                                        token_filter=cfg.token_filter, **memory)),
+        ("families", FamiliesConfig, dict(out=out)),
+        ("entropy", EntropyConfig, dict(**one, tokens=cfg.intervention_tokens,
+                                        device=cfg.device)),
+        ("attention", AttentionConfig, dict(**one, tokens=cfg.intervention_tokens,
+                                            device=cfg.device)),
+        ("paper-results", PaperResultsConfig, dict(out=out, model=reference, dataset=ds,
+                                                   tokens=cfg.explain_tokens,
+                                                   device=cfg.device)),
+        ("report", ReportStageConfig, dict(out=out)),
     ]
-    return [(name, args + cfg.extra.get(name, [])) for name, args in stages
-            if name not in cfg.skip]
+    return [(name, cls(**{**base, **extra_settings(name, cfg.extra.get(name, []))}))
+            for name, cls, base in stages if name not in cfg.skip]
+
+
+def extra_settings(stage: str, argv: list[str]) -> dict[str, Any]:
+    """The config fields a stage's extra arguments set (``["--batch-size", "4"]`` ->
+    ``{"batch_size": 4}``), parsed with the stage command's own options; only the options
+    given appear. Unknown or bad arguments are a UserError naming the stage."""
+    import argparse
+    import importlib
+
+    if not argv:
+        return {}
+    mod = importlib.import_module(f"universal_neurons.commands.{stage.replace('-', '_')}")
+    parser = argparse.ArgumentParser(prog=f"[extra] {stage}", add_help=False,
+                                     exit_on_error=False)
+    mod.add_arguments(parser)
+    for action in parser._actions:  # report only what was given
+        action.default, action.required = argparse.SUPPRESS, False
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise UserError(f"extra arguments of stage {stage}: {e}") from None
+    if rest:
+        raise UserError(f"extra arguments of stage {stage}: unknown {rest}; see "
+                        f"`universal-neurons {stage} --help`")
+    convert = getattr(mod, "config_settings", None)
+    given = convert(args) if convert else vars(args)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()
+            if not k.startswith("_")}
+
+
+def run_stage(name: str, config: Any) -> Any:
+    """Run one stage with its config; returns the stage's result."""
+    from universal_neurons.stages import (
+        attention,
+        entropy,
+        explain,
+        families,
+        paper_results,
+        properties,
+        report,
+        stats,
+        weights,
+    )
+
+    runners: dict[str, Callable[[Any], Any]] = {
+        "correlate": stats.run_correlate_with_stats, "weights": weights.run_weights,
+        "properties": properties.run_properties, "explain": explain.run_explain,
+        "families": families.run_families, "entropy": entropy.run_entropy,
+        "attention": attention.run_attention,
+        "paper-results": paper_results.run_paper_results, "report": report.run_report,
+    }
+    return runners[name](config)
+
+
+def config_key(config: Any) -> dict[str, Any]:
+    """What of a stage config the cache compares: every field but ``progress``, as JSON."""
+    fields = {k: v for k, v in asdict(config).items() if k != "progress"}
+    return json.loads(json.dumps(fields, default=str))
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -236,7 +310,7 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def rerun_reasons(prev: dict[str, Any] | None, args: list[str], inputs: dict[str, str],
+def rerun_reasons(prev: dict[str, Any] | None, settings: dict[str, Any], inputs: dict[str, str],
                   upstream: str, run_dir: Path, name: str,
                   seen: dict[str, list[int]] | None = None) -> list[str]:
     """Why stage ``name`` must run ([] = it is up to date and may be skipped). ``seen`` is
@@ -246,8 +320,8 @@ def rerun_reasons(prev: dict[str, Any] | None, args: list[str], inputs: dict[str
     reasons = []
     if prev.get("version") != __version__:
         reasons.append(f"package version changed ({prev.get('version')} -> {__version__})")
-    if prev.get("args") != args:
-        reasons.append("arguments changed")
+    if prev.get("settings") != settings:
+        reasons.append("settings changed")
     old = prev.get("inputs", {})
     reasons += [f"{k} changed" for k in inputs if old.get(k) != inputs[k]]
     if prev.get("upstream") != upstream:
@@ -263,10 +337,11 @@ def rerun_reasons(prev: dict[str, Any] | None, args: list[str], inputs: dict[str
     return reasons
 
 
-def run_pipeline(cfg: RunConfig, invoke: Callable[[list[str]], int], quiet: bool = False,
-                 force: bool = False) -> dict[str, Any]:
-    """Run every stage through ``invoke(argv) -> exit code``; returns the pipeline record,
-    whose ``last_run`` says which stages ran (and how long) and which were unchanged."""
+def run_pipeline(cfg: RunConfig, runner: Callable[[str, Any], Any] = run_stage,
+                 quiet: bool = False, force: bool = False) -> dict[str, Any]:
+    """Run every stage through ``runner(name, config)`` (default :func:`run_stage`); returns
+    the pipeline record, whose ``last_run`` says which stages ran (and how long) and which
+    were unchanged. ``quiet``: no progress bars."""
     from universal_neurons.fingerprints import dataset_fingerprint, models_fingerprint
     from universal_neurons.models.registry import expand_model_specs
 
@@ -283,36 +358,43 @@ def run_pipeline(cfg: RunConfig, invoke: Callable[[list[str]], int], quiet: bool
     fingerprints = {"dataset": dataset_fingerprint(cfg.dataset),
                     "models": models_fingerprint(members)}
     upstream = ""  # stamp of the last stage before this one
-    stages = stage_commands(cfg, members[0])
+    stages = [(name, replace(config, progress=False) if quiet and hasattr(config, "progress")
+               else config) for name, config in stage_configs(cfg, members[0])]
     ran: dict[str, float] = {}
     t_all = time.perf_counter()
-    for i, (name, args) in enumerate(stages, 1):
+    for i, (name, config) in enumerate(stages, 1):
+        settings = config_key(config)
         inputs = {k: fingerprints[k] for k in STAGE_INPUTS.get(name, ())}
         prev = record["stages"].get(name)
         reasons = ["--force"] if force else rerun_reasons(
-            prev, args, inputs, upstream, run_dir, name, record.get("outputs", {}).get(name))
+            prev, settings, inputs, upstream, run_dir, name,
+            record.get("outputs", {}).get(name))
         if not reasons and prev is not None:
             log.info("[%d/%d] %s: unchanged, skipped", i, len(stages), name)
             upstream = prev["stamp"]
             continue
-        argv = args + (["--quiet"] if quiet else [])
-        log.info("[%d/%d] %s (%s): universal-neurons %s", i, len(stages), name,
-                 "; ".join(reasons), " ".join(argv))
+        log.info("[%d/%d] %s (%s)", i, len(stages), name, "; ".join(reasons))
         if record["stages"].pop(name, None) is not None:  # never looks done while it reruns
             write_json(record_path, record)
         t0 = time.perf_counter()
-        code = invoke(argv)
-        if code != 0:
-            raise UserError(f"stage {name} failed (exit {code}); fix the error above and rerun "
-                            "the same command to resume from this stage")
+        try:
+            runner(name, config)
+        except (UserError, ValueError) as e:
+            raise UserError(f"stage {name}: {e}; fix it and rerun the same command to resume "
+                            "from this stage") from e
+        except Exception:
+            log.error("stage %s failed; fix the error below and rerun the same command to "
+                      "resume from this stage", name)
+            raise
         missing = missing_outputs(run_dir, name)
         if missing:
             raise UserError(f"stage {name} finished but wrote no {', '.join(missing)} in "
                             f"{run_dir}; rerun the same command (add --debug for details)")
         ran[name] = round(time.perf_counter() - t0, 2)
         stamp = uuid.uuid4().hex[:16]  # what the stages after this one were computed from
-        record["stages"][name] = {"args": args, "version": __version__, "inputs": inputs,
-                                  "upstream": upstream, "stamp": stamp, "seconds": ran[name],
+        record["stages"][name] = {"settings": settings, "version": __version__,
+                                  "inputs": inputs, "upstream": upstream, "stamp": stamp,
+                                  "seconds": ran[name],
                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         upstream = stamp
         # what every stage's outputs look like now (later stages rewrite shared files, such

@@ -53,7 +53,8 @@ def test_rows_decode_to_the_table():
     assert col["name"][:2] == ["L0.0", "L0.1"]
     assert col["layer"] == df.layer.tolist() and col["neuron"] == df.neuron.tolist()
     assert col["is_universal"] == df.is_universal.tolist()
-    assert col["seed-b_best"][:5] == [*df["seed-b_best"][:3], None, df["seed-b_best"][4]]
+    best = [f"b:{v}" for v in df["seed-b_best"][:5]]  # shown with the partner's label
+    assert col["seed-b_best"][:5] == [*best[:3], None, best[4]]
     assert "names" in data["values"][keys.index("seed-b_best")]  # neuron names packed as numbers
     assert col["families"][:6] == [[f] if f else [] for f in df.families[:6]]
     assert col["kurt"] == round_sig_array(df["kurt"])

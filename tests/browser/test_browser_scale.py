@@ -138,7 +138,7 @@ def test_100k_rows_timings(driver, big_page, tmp_path):
     times: dict[str, list[float]] = {"first_paint": paints}
     for key in ("excess_corr", "kurt", "name", "families"):
         times[f"sort {key}"] = [_timed(driver, _click_js(_header(key))) for _ in range(REPEATS)]
-    for term in ("L7.", "<script>", "L1.2", "position"):
+    for term in ("L7.", "<script>", "L1.2", "b:L3.17", "position"):
         times[f"search {term}"] = []
         for _ in range(REPEATS):
             times[f"search {term}"].append(_timed(driver, _search_js(term)))
@@ -213,8 +213,14 @@ return last.top >= v.top && last.bottom <= v.bottom + 1;""")
     _timed(driver, _search_js("L7."))
     assert _count(driver) == int((df.layer == 7).sum())
     assert all(n.startswith("L7.") for n in driver.execute_script(ROWS_JS, "name"))
-    _timed(driver, _search_js("L1.2"))
-    assert _count(driver) == int(((df.layer == 1) & df.neuron.astype(str).str.startswith("2")).sum())
+    _timed(driver, _search_js("L1.2"))  # a neuron name finds that neuron only
+    assert _count(driver) == int(((df.layer == 1) & (df.neuron == 2)).sum()) == 1
+    assert driver.execute_script(ROWS_JS, "name") == ["L1.2"]
+    partner = df["seed-b_best"].iloc[77]  # a partner name finds the neurons matched to it
+    _timed(driver, _search_js("b:" + partner))
+    assert _count(driver) == int((df["seed-b_best"] == partner).sum()) > 0
+    hits = df[df["seed-b_best"] == partner]
+    assert set(driver.execute_script(ROWS_JS, "name")) == {f"L{a}.{b}" for a, b in zip(hits.layer, hits.neuron)}
     _timed(driver, _search_js("<script>"))
     assert _count(driver) == int(df.families.str.contains("<script>", regex=False).sum())
     assert _dom_rows(driver) < MAX_DOM_ROWS
@@ -233,13 +239,15 @@ return last.top >= v.top && last.bottom <= v.bottom + 1;""")
     _timed(driver, _click_js("#universal-only"))
     assert _count(driver) == len(df)
 
-    # a column shown from the chooser; partner names sort by layer, then index (A to Z first)
+    # a column shown from the chooser
     driver.execute_script("""[...document.querySelectorAll('#column-chooser label')]
-        .find(l => l.textContent.trim() === 'seed-b_best').querySelector('input').click()""")
+        .find(l => l.textContent.trim() === 'w_in_norm').querySelector('input').click()""")
+    assert driver.execute_script(ROWS_JS, "w_in_norm")[0] != ""
+    # partner names (shown by default) sort by layer, then index (A to Z first)
     _timed(driver, _click_js(_header("seed-b_best")))
     key = df["seed-b_best"].str.extract(r"L(\d+)\.(\d+)").astype(int)
     first = df["seed-b_best"][(key[0] * 10_000 + key[1]).idxmin()]
-    assert driver.execute_script(ROWS_JS, "seed-b_best")[0] == first
+    assert driver.execute_script(ROWS_JS, "seed-b_best")[0] == "b:" + first
 
     # pages of 100 rows instead of one scrolling table
     driver.execute_script("const s = document.getElementById('page-size'); s.value = '100';"

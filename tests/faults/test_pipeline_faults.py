@@ -17,19 +17,21 @@ from universal_neurons.pipeline import STAGE_NAMES, RunConfig, run_pipeline
 
 
 class Stages:
-    """``invoke`` for run_pipeline: correlate through the real CLI, the rest stand-ins."""
+    """A runner for run_pipeline: the real correlate stage, the rest stand-ins."""
 
     def __init__(self, run):
         self.run, self.calls = run, []
 
-    def __call__(self, argv: list[str]) -> int:
-        from universal_neurons.cli import main
+    def __call__(self, name: str, config) -> None:
+        from dataclasses import replace
 
-        self.calls.append(argv[0])
-        if argv[0] == "correlate":
-            return main(argv + ["--batch-size", "4"])
-        write_outputs(self.run, argv[0])
-        return 0
+        from universal_neurons.pipeline import run_stage
+
+        self.calls.append(name)
+        if name == "correlate":
+            run_stage(name, replace(config, batch_size=4))
+            return
+        write_outputs(self.run, name)
 
 
 @pytest.fixture
@@ -55,8 +57,8 @@ def test_rebuilt_dataset_reruns_every_stage(suite, study, caplog):
     with caplog.at_level("INFO", logger="universal_neurons.pipeline"):
         record = run_pipeline(cfg, stages, quiet=True)
     assert stages.calls == list(STAGE_NAMES)
-    assert "[1/8] correlate (dataset changed)" in caplog.text
-    assert "[2/8] weights (an earlier stage reran)" in caplog.text
+    assert f"[1/{len(STAGE_NAMES)}] correlate (dataset changed)" in caplog.text
+    assert f"[2/{len(STAGE_NAMES)}] weights (an earlier stage reran)" in caplog.text
     assert list(record["last_run"]["ran"]) == list(STAGE_NAMES)
     assert not table(run)["max_corr"].equals(before["max_corr"])  # new numbers
 
@@ -69,7 +71,7 @@ def test_deleted_outputs_rerun_their_stage(study, caplog):
     with caplog.at_level("INFO", logger="universal_neurons.pipeline"):
         run_pipeline(cfg, stages, quiet=True)
     assert stages.calls == list(STAGE_NAMES)
-    assert "[1/8] correlate (outputs missing: neurons/*.parquet)" in caplog.text
+    assert f"[1/{len(STAGE_NAMES)}] correlate (outputs missing: neurons/*.parquet)" in caplog.text
     assert (run / "report" / "index.html").is_file() and len(table(run)) == 32
     stages = Stages(run)
     assert run_pipeline(cfg, stages, quiet=True)["last_run"]["ran"] == {}
@@ -79,8 +81,8 @@ def test_deleted_outputs_rerun_their_stage(study, caplog):
 def test_run_never_reports_success_with_outputs_missing(study):
     cfg, run, _ = study
 
-    def forgets_the_report(argv):
-        return 0  # exits 0 but writes nothing
+    def forgets_the_report(name, config):
+        return None  # finishes but writes nothing
 
     (run / "report" / "index.html").unlink()
     with pytest.raises(UserError, match="stage report finished but wrote no report/index.html"):

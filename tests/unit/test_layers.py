@@ -35,3 +35,22 @@ def test_the_import_scan_sees_function_level_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def g():\n    from universal_neurons.analysis.universality import x\n")
     assert "universal_neurons.analysis.universality" in imported_modules(f)
+
+
+ANALYSIS_FORBIDDEN = ("stages", "report", "commands", "pipeline", "cli", "models.loading")
+ANALYSIS_WRITERS = {"families.py", "features.py", "interventions.py", "neuron_table.py",
+                    "universality.py", "weights.py"}
+"""analysis/ modules that still write their own results into the run directory (through
+``rundir``) or open a dataset; every other analysis module is pure (docs/ARCHITECTURE.md)."""
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "analysis").glob("*.py")), ids=lambda p: p.name)
+def test_analysis_loads_no_model_and_draws_nothing(path):
+    mods = imported_modules(path)
+    upper = {m for m in mods if any(m == f"universal_neurons.{f}" or
+                                    m.startswith(f"universal_neurons.{f}.")
+                                    for f in ANALYSIS_FORBIDDEN)}
+    assert not upper, f"analysis/{path.name} imports {sorted(upper)}"
+    io = {m for m in mods if m.startswith(("universal_neurons.rundir",
+                                           "universal_neurons.data.dataset"))}
+    assert not io or path.name in ANALYSIS_WRITERS, f"analysis/{path.name} imports {sorted(io)}"

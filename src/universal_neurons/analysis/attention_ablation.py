@@ -179,8 +179,6 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
     lo, hi = max(1, int(positions[0])), positions[1]
     if hi is not None and hi <= lo:
         raise ValueError(f"positions must be (start, end) with end > start >= 1, got {positions}")
-    import pandas as pd
-
     adapter, hf = model.adapter, model.hf_model
     device = next(hf.parameters()).device
     dtype = next(hf.parameters()).dtype
@@ -215,6 +213,16 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
         if progress is not None:
             progress(int(ids.numel()))
 
+    table, points = _pair_tables(pairs, stats, measure, f"{lo}-{'end' if hi is None else hi - 1}")
+    return AttentionPassResult(table, points, _value_norm_table(bos_sum / max(n_bos, 1),
+                                                                other_sum / max(n_other, 1)))
+
+
+def _pair_tables(pairs: Sequence[HeadPair], stats: dict[HeadPair, _PairStats], measure: str,
+                 positions: str) -> tuple[Any, Any]:
+    """The path-ablation table (one row per pair) and its per-token points."""
+    import pandas as pd
+
     rows, pts = [], []
     for p in pairs:
         st = stats[p]
@@ -222,8 +230,7 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
         rows.append({"pair": p.name, "layer": p.layer, "neuron": p.neuron,
                      "neuron_name": neuron_name(p.layer, p.neuron), "head_layer": p.head_layer,
                      "head": p.head, "n_tokens": n, "norm_measure": measure,
-                     "positions": f"{lo}-{'end' if hi is None else hi - 1}",
-                     "mean_act": st.act_dattn.mx,
+                     "positions": positions, "mean_act": st.act_dattn.mx,
                      "mean_bos_attn": st.sum_attn / max(n, 1),
                      "mean_delta_bos_attn": st.sum_dattn / max(n, 1),
                      "mean_delta_out_norm": st.sum_dnorm / max(n, 1),
@@ -233,17 +240,23 @@ def attention_pass(model: Any, batches: Iterable[tuple[int, np.ndarray] | np.nda
             a = np.concatenate(st.points)
             pts.append(pd.DataFrame({"pair": p.name, "act": a[:, 0], "delta_bos_attn": a[:, 1],
                                      "delta_out_norm": a[:, 2]}))
-    bos_mean = bos_sum / max(n_bos, 1)
-    other_mean = other_sum / max(n_other, 1)
+    points = pd.concat(pts, ignore_index=True) if pts else pd.DataFrame(
+        columns=["pair", "act", "delta_bos_attn", "delta_out_norm"])
+    return pd.DataFrame(rows), points
+
+
+def _value_norm_table(bos_mean: Tensor, other_mean: Tensor) -> Any:
+    """``layer, head, bos_norm, other_norm_mean, ratio`` from ``[L, H]`` mean value norms."""
+    import pandas as pd
+
+    n_layers, n_heads = bos_mean.shape
     vn = pd.DataFrame({
-        "layer": np.repeat(np.arange(L), adapter.n_heads),
-        "head": np.tile(np.arange(adapter.n_heads), L),
+        "layer": np.repeat(np.arange(n_layers), n_heads),
+        "head": np.tile(np.arange(n_heads), n_layers),
         "bos_norm": bos_mean.reshape(-1).numpy(), "other_norm_mean": other_mean.reshape(-1).numpy(),
     })
     vn["ratio"] = vn["other_norm_mean"] / vn["bos_norm"]
-    points = pd.concat(pts, ignore_index=True) if pts else pd.DataFrame(
-        columns=["pair", "act", "delta_bos_attn", "delta_out_norm"])
-    return AttentionPassResult(pd.DataFrame(rows), points, vn)
+    return vn
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ with dropped tokens (BOS, newlines) ``p_t`` weights by the rows actually kept. T
 thresholds the pre-activation, ``pre > 0``; for GELU and SiLU ``post > 0`` is the same
 event. (An earlier version used 16 position bins and bits.)
 
-Outputs (see :func:`run_explain`): ``RUN/explanations/<model>.parquet`` (top-k
+Outputs (written by :func:`universal_neurons.stages.explain.run_explain`): ``RUN/explanations/<model>.parquet`` (top-k
 explanations per neuron: ``layer, neuron, rank, kind, feature, group, vr, mean_in,
 mean_out, frac_in``), ``RUN/explanations/<model>_vr.parquet`` (every VR, one row per
 neuron, columns ``<kind>/<feature>``, plus per-neuron summaries) and the vocabulary
@@ -46,14 +46,11 @@ features ``RUN/features/<tokenizer>/vocab_features.parquet``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,14 +58,7 @@ import torch
 
 from universal_neurons.analysis.features import feature_group, feature_matrix
 from universal_neurons.analysis.sequence_features import POSITION_EACH, scheme_features
-from universal_neurons.constants import (
-    EXPLANATIONS_DIR,
-    EXPLANATIONS_TOP,
-    EXPLANATIONS_VR,
-    safe_name,
-)
 from universal_neurons.engine.token_table import GroupTable, TokenTable
-from universal_neurons.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -294,256 +284,3 @@ def _top_tokens(table: TokenTable, strings: Sequence[str] | None, min_count: int
     top = means.topk(min(k, len(ids)), dim=0).indices  # [k, N]
     return [json.dumps([strings[int(ids[i])] for i in top[:, j]], ensure_ascii=False)
             for j in range(top.shape[1])]
-
-
-# ---- neuron selection ---------------------------------------------------------------------
-def select_neurons(spec: str, n_layers: int, d_mlp: int, neuron_table: Path | None = None
-                   ) -> np.ndarray:
-    """Flat neuron indices (``layer * d_mlp + neuron``, sorted) for ``--neurons``.
-
-    ``all``; ``universal`` (``is_universal`` of ``neuron_table``); or a comma list of names
-    ``L3.17,L5.2``.
-    """
-    from universal_neurons.constants import parse_neuron_name
-
-    spec = spec.strip()
-    if spec == "all":
-        return np.arange(n_layers * d_mlp)
-    if spec == "universal":
-        if neuron_table is None or not Path(neuron_table).exists():
-            raise UserError(f"--neurons universal needs the neuron table {neuron_table} written "
-                            "by `universal-neurons correlate`; run it first, or pass "
-                            "--neurons all or a list like L3.17,L5.2")
-        df = pd.read_parquet(neuron_table, columns=None)
-        if "is_universal" not in df.columns:
-            raise UserError(f"{neuron_table} has no is_universal column; run `universal-neurons "
-                            "correlate` for this model, or pass --neurons all or a list")
-        u = df[df["is_universal"].fillna(False).astype(bool)]
-        if u.empty:
-            raise UserError(f"{neuron_table} marks no neuron universal; pass --neurons all or "
-                            "a list like L3.17,L5.2")
-        flat = u["layer"].to_numpy(np.int64) * d_mlp + u["neuron"].to_numpy(np.int64)
-        return np.unique(flat)
-    out = []
-    for name in spec.split(","):
-        layer, neuron = parse_neuron_name(name)
-        if not (0 <= layer < n_layers and 0 <= neuron < d_mlp):
-            raise UserError(f"neuron {name.strip()} is outside the model ({n_layers} layers x "
-                            f"{d_mlp} neurons)")
-        out.append(layer * d_mlp + neuron)
-    return np.unique(np.array(out, dtype=np.int64))
-
-
-# ---- the stage ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExplainConfig:
-    """Options of the explain stage (the CLI flags, one for one)."""
-
-    model: str
-    out: str
-    """Run directory."""
-    dataset: str | None = None
-    """Token dataset folder; None = the bundled test split tokenized for the model."""
-    neurons: str = "universal"
-    """``universal`` (from the neuron table), ``all``, or ``L3.17,L5.2``."""
-    max_tokens: int | None = None
-    n_ctx: int | None = None
-    """Context of the default dataset (default ``min(512, model n_ctx)``)."""
-    batch_size: int = 8
-    device: str = "cpu"
-    site: Literal["post", "pre"] = "post"
-    keep_tokens: bool = False
-    """Keep BOS/pad and newline tokens (dropped by default, as in correlate)."""
-    top_k: int = 10
-    spacy: bool = True
-    """spaCy POS/dependency/entity features (needs the ``nlp`` extra)."""
-    spacy_model: str | None = None
-    position_bins: int = 16
-    unigram_min_count: int | None = None
-    """Default: 3 per 10,000 kept tokens, at least 10."""
-    unigram_min_forms: int = 2
-    precision: Literal["fp32", "fp64"] = "fp32"
-    """dtype of the per-batch group sums (tables are float64 either way)."""
-    vr_ddof: int = 0
-    """Variances in VR: 0 = population (VR = η²), 1 = sample variances (the paper's)."""
-    max_memory: str | None = None
-    """Token-table budget, e.g. ``8G`` (default: 70% of available RAM); above it the
-    neurons are tiled over several passes."""
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "top_k", "position_bins", "unigram_min_forms"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got "
-                                f"{getattr(self, name)}")
-        if self.vr_ddof not in (0, 1):
-            raise UserError(f"--vr-ddof must be 0 or 1, got {self.vr_ddof}")
-        if self.precision not in ("fp32", "fp64"):
-            raise UserError(f"--precision must be fp32 or fp64, got {self.precision!r}")
-
-
-@dataclass
-class ExplainResult:
-    explanations: Explanations
-    paths: dict[str, Path]
-    timings: dict[str, float]
-
-
-def explanation_paths(run_dir: str | Path, model: str) -> dict[str, Path]:
-    d = Path(run_dir) / EXPLANATIONS_DIR
-    safe = safe_name(model)
-    return {"top": d / EXPLANATIONS_TOP.format(model=safe), "vr": d / EXPLANATIONS_VR.format(model=safe)}
-
-
-def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
-    """The explain stage: one pass (per neuron tile) over the dataset, then the algebra.
-
-    ``model`` may be passed already loaded (``LoadedModel``).
-    """
-    from universal_neurons.analysis.features import (
-        build_vocab_features,
-        surface_strings,
-        write_vocab_features,
-    )
-    from universal_neurons.constants import neuron_table
-    from universal_neurons.data.tokens import special_ids, tokenizer_fingerprint
-    from universal_neurons.engine.sizes import default_budget, format_bytes, parse_bytes
-    from universal_neurons.engine.token_table import plan_neuron_tiles, token_table_bytes
-    from universal_neurons.rundir import RunDir, write_table
-
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    run = RunDir(config.out)
-    if model is None:
-        from universal_neurons.models.loading import load_model
-
-        model = load_model(config.model, device=config.device)
-    ad = model.adapter
-    n_total = ad.n_layers * ad.d_mlp
-    flat = select_neurons(config.neurons, ad.n_layers, ad.d_mlp, run / neuron_table(model.name))
-    dataset, n_seq = _open_dataset(config, model)
-    tok = model.tokenizer
-    fp = tokenizer_fingerprint(tok)
-    strings = surface_strings(tok)
-    specials = special_ids(tok)
-    n_vocab = max(len(tok), ad.d_vocab)
-    strings = strings + [""] * (n_vocab - len(strings))  # model vocab may be padded
-    timings["load_s"] = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    labels = _row_labels(config, dataset, n_seq, strings, specials, run, fp)
-    timings["sequence_features_s"] = time.perf_counter() - t1
-
-    budget = parse_bytes(config.max_memory) if config.max_memory else default_budget("cpu")
-    n_groups = labels.n_groups
-    tiles = plan_neuron_tiles(n_vocab, len(flat), budget, n_label_groups=n_groups)
-    if len(tiles) > 1:
-        log.warning("the token table for %d neurons needs %s, over the budget of %s: running "
-                    "%d passes of %d neurons (raise --max-memory for one pass)", len(flat),
-                    format_bytes(token_table_bytes(n_vocab, len(flat), True, n_groups)),
-                    format_bytes(budget), len(tiles), tiles[0].stop - tiles[0].start)
-    parts, feats, stream_stats = [], None, []
-    t1 = time.perf_counter()
-    for i, sl in enumerate(tiles):
-        table, st = _one_pass(config, model, dataset, n_seq, n_vocab, n_total, flat[sl], labels,
-                              desc=f"explain {i + 1}/{len(tiles)}" if len(tiles) > 1 else "explain")
-        stream_stats.append(st)
-        if feats is None:
-            counts = table.current.count.numpy()
-            feats = build_vocab_features(strings, counts, unigram_min_count=config.unigram_min_count,
-                                         unigram_min_forms=config.unigram_min_forms,
-                                         special_ids=specials.tolist())
-        parts.append(explain_table(table, feats, ad.d_mlp, strings, ddof=config.vr_ddof))
-        del table
-    timings["pass_s"] = time.perf_counter() - t1
-    assert feats is not None
-    ex = Explanations.concat(parts)
-    paths = explanation_paths(run.path, model.name)
-    paths["vocab_features"] = write_vocab_features(run.path, fp, feats, {
-        "tokenizer": getattr(tok, "name_or_path", ""), "dataset": str(dataset.path),
-        "unigram_min_count": config.unigram_min_count, "unigram_min_forms": config.unigram_min_forms})
-    write_table(paths["top"], ex.top(config.top_k))
-    write_table(paths["vr"], ex.wide(), csv=False)
-    timings["total_s"] = time.perf_counter() - t0
-    run.record_stage(f"explain:{model.name}", asdict(config), model=model.name,
-                     n_neurons=len(flat), n_features=len(ex.columns), n_tiles=len(tiles),
-                     n_sequences=n_seq, kept_tokens=int(ex.neurons["n_rows"].iloc[0]),
-                     timings=timings, stream=[s.to_dict() for s in stream_stats],
-                     outputs={k: str(v.relative_to(run.path)) for k, v in paths.items()})
-    log.info("explained %d neurons of %s with %d features in %.1fs", len(flat), model.name,
-             len(ex.columns), timings["total_s"])
-    return ExplainResult(ex, paths, timings)
-
-
-def make_token_table(model: Any, neurons: np.ndarray, labels: Any = None, *,
-                     site: str = "post", precision: str = "fp32") -> Any:
-    """A :class:`~universal_neurons.engine.token_table.TokenTableAccumulator` for ``model``
-    (a ``LoadedModel``): pass it to ``stages.correlate.run_correlate(extra_accumulators=...)``
-    to fill it in correlate's pass, then :func:`explain_table` on its ``finalize()``."""
-    from universal_neurons.engine.token_table import TokenTableAccumulator
-
-    ad = model.adapter
-    return TokenTableAccumulator(
-        model.name, max(len(model.tokenizer), ad.d_vocab), ad.n_layers * ad.d_mlp,
-        torch.as_tensor(neurons), labels, site=site,
-        compute_dtype=torch.float64 if precision == "fp64" else torch.float32)
-
-
-def _one_pass(config: ExplainConfig, model: Any, dataset: Any, n_seq: int, n_vocab: int,
-              n_total: int, neurons: np.ndarray, labels: Any, desc: str) -> tuple[TokenTable, Any]:
-    from universal_neurons.engine.runner import batch_ranges, stream
-
-    acc = make_token_table(model, neurons, labels, site=config.site, precision=config.precision)
-    st = stream(dataset, [model], [acc], batch_ranges(n_seq, config.batch_size),
-                tokenizer=model.tokenizer, keep_all=config.keep_tokens, device=config.device,
-                progress=config.progress, desc=desc)
-    return acc.finalize(), st
-
-
-def _open_dataset(config: ExplainConfig, model: Any) -> tuple[Any, int]:
-    from universal_neurons.data.dataset import dataset_for_models
-
-    return dataset_for_models([model], config.dataset, config.n_ctx, config.max_tokens,
-                              show_progress=config.progress)
-
-
-def _row_labels(config: ExplainConfig, dataset: Any, n_seq: int, strings: Sequence[str],
-                specials: np.ndarray, run: Any, fp: str) -> Any:
-    """Sequence labels of the first ``n_seq`` windows, cached under ``RUN/features``."""
-    from universal_neurons.analysis.sequence_features import (
-        INSTALL_HINT,
-        build_row_labels,
-        load_spacy,
-    )
-    from universal_neurons.constants import FEATURES_DIR, SEQUENCE_LABELS
-    from universal_neurons.engine.token_table import RowLabels
-    from universal_neurons.rundir import atomic_path
-
-    nlp = None
-    if config.spacy:
-        try:
-            nlp = load_spacy(config.spacy_model)
-        except UserError as e:
-            log.warning("no syntax features: %s (install with `%s`); the other features run",
-                        e, INSTALL_HINT)
-    key = json.dumps({"dataset": str(Path(dataset.path).resolve()),
-                      "created": dataset.meta.get("created"), "n_seq": n_seq,
-                      "bins": config.position_bins, "fp": fp,
-                      "spacy": None if nlp is None else [nlp.meta.get("name"),
-                                                          nlp.meta.get("version")]},
-                     sort_keys=True)
-    path = (Path(run.path) / FEATURES_DIR / fp[:16] /
-            SEQUENCE_LABELS.format(key=hashlib.sha256(key.encode()).hexdigest()[:16]))
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            log.info("sequence features from cache %s", path)
-            return RowLabels(z["codes"], tuple(meta["schemes"]),
-                             tuple(tuple(x) for x in meta["labels"]))
-    windows = np.asarray(dataset.tokens[:n_seq], dtype=np.int64)
-    labels = build_row_labels(windows, strings, nlp, special_ids=specials.tolist(),
-                              position_bins=config.position_bins, show_progress=config.progress)
-    meta = json.dumps({"schemes": labels.schemes, "labels": labels.labels, "key": key})
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, codes=labels.codes, meta=np.array(meta))
-    return labels

@@ -119,47 +119,7 @@ def assign_families(vr: pd.DataFrame | None, neurons: pd.DataFrame | None = None
     """
     hits: list[pd.DataFrame] = []  # layer, neuron, family, score, feature
     if vr is not None and len(vr):
-        lay, neu = vr["layer"].to_numpy(), vr["neuron"].to_numpy()
-
-        def add(family: str, mask: np.ndarray, score: np.ndarray, feat: np.ndarray) -> None:
-            if mask.any():
-                hits.append(pd.DataFrame({"layer": lay[mask], "neuron": neu[mask],
-                                          "family": family, "score": score[mask],
-                                          "feature": feat[mask]}))
-
-        for family, (kind, groups) in _VR_FAMILIES.items():
-            score, feat = _best(vr, _columns(vr, kind, groups))
-            add(family, score > getattr(thresholds, family), score, feat)
-        # alphabet: the best neuron for each letter
-        alpha = _columns(vr, "current", ("alpha",))
-        best_alpha = np.zeros(len(vr))
-        alpha_feat = np.full(len(vr), "", dtype=object)
-        for c in alpha:
-            col = np.nan_to_num(vr[c].to_numpy(np.float64))
-            i = int(np.argmax(col))
-            if col[i] > thresholds.alphabet and col[i] > best_alpha[i]:
-                best_alpha[i], alpha_feat[i] = col[i], c.split("/", 1)[1]
-        add("alphabet", best_alpha > 0, best_alpha, alpha_feat)
-        # position: the paper's candidates (universal, kurtosis < 2), scored by the MI
-        if "position_mi" in vr.columns:
-            mi = np.nan_to_num(vr["position_mi"].to_numpy(np.float64))
-            ok = mi > thresholds.position_min_mi
-            if thresholds.position_information > 0 and "fire_rate" in vr.columns:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    u = mi / _binary_entropy(vr["fire_rate"].to_numpy(np.float64))
-                ok &= np.nan_to_num(u) >= thresholds.position_information
-            cols = [c for c in ("kurt", "is_universal")
-                    if neurons is not None and c in neurons.columns]
-            if cols:
-                assert neurons is not None
-                known = vr[["layer", "neuron"]].merge(neurons[["layer", "neuron", *cols]],
-                                                      on=["layer", "neuron"], how="left")
-                if "kurt" in cols:
-                    kurt = known["kurt"].to_numpy(np.float64)
-                    ok &= ~(kurt >= thresholds.position_max_kurt)  # unknown (NaN) passes
-                if "is_universal" in cols and thresholds.position_universal_only:
-                    ok &= known["is_universal"].fillna(False).astype(bool).to_numpy()
-            add("position", ok, mi, np.full(len(vr), "position", dtype=object))
+        hits += _explanation_hits(vr, neurons, thresholds)
     if neurons is not None and {"vocab_var", "vocab_skew", "vocab_kurt", "vocab_mean"} <= set(
             neurons.columns):
         cls = classify(neurons, thresholds.prediction)
@@ -169,14 +129,71 @@ def assign_families(vr: pd.DataFrame | None, neurons: pd.DataFrame | None = None
                                       "family": lab["prediction_class"],
                                       "score": lab["prediction_score"],
                                       "feature": "vocab"}))
-    keys = []
-    for df in (vr, neurons):
-        if df is not None and len(df):
-            keys.append(df[["layer", "neuron"]])
-    if not keys:
+    return _family_columns(hits, [df for df in (vr, neurons) if df is not None and len(df)])
+
+
+def _explanation_hits(vr: pd.DataFrame, neurons: pd.DataFrame | None,
+                      thresholds: FamilyThresholds) -> list[pd.DataFrame]:
+    """``layer, neuron, family, score, feature`` rows of the families read from the
+    explanations: the VR families, alphabet (best neuron per letter) and position."""
+    lay, neu = vr["layer"].to_numpy(), vr["neuron"].to_numpy()
+    hits: list[pd.DataFrame] = []
+
+    def add(family: str, mask: np.ndarray, score: np.ndarray, feat: np.ndarray) -> None:
+        if mask.any():
+            hits.append(pd.DataFrame({"layer": lay[mask], "neuron": neu[mask],
+                                      "family": family, "score": score[mask],
+                                      "feature": feat[mask]}))
+
+    for family, (kind, groups) in _VR_FAMILIES.items():
+        score, feat = _best(vr, _columns(vr, kind, groups))
+        add(family, score > getattr(thresholds, family), score, feat)
+    # alphabet: the best neuron for each letter
+    best_alpha = np.zeros(len(vr))
+    alpha_feat = np.full(len(vr), "", dtype=object)
+    for c in _columns(vr, "current", ("alpha",)):
+        col = np.nan_to_num(vr[c].to_numpy(np.float64))
+        i = int(np.argmax(col))
+        if col[i] > thresholds.alphabet and col[i] > best_alpha[i]:
+            best_alpha[i], alpha_feat[i] = col[i], c.split("/", 1)[1]
+    add("alphabet", best_alpha > 0, best_alpha, alpha_feat)
+    if "position_mi" in vr.columns:
+        ok, mi = _position_candidates(vr, neurons, thresholds)
+        add("position", ok, mi, np.full(len(vr), "position", dtype=object))
+    return hits
+
+
+def _position_candidates(vr: pd.DataFrame, neurons: pd.DataFrame | None,
+                         thresholds: FamilyThresholds) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's position candidates (universal, kurtosis < 2, enough MI): ``(mask,
+    mutual information in nats)`` over the rows of ``vr``."""
+    mi = np.nan_to_num(vr["position_mi"].to_numpy(np.float64))
+    ok = mi > thresholds.position_min_mi
+    if thresholds.position_information > 0 and "fire_rate" in vr.columns:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = mi / _binary_entropy(vr["fire_rate"].to_numpy(np.float64))
+        ok &= np.nan_to_num(u) >= thresholds.position_information
+    cols = [c for c in ("kurt", "is_universal") if neurons is not None and c in neurons.columns]
+    if cols:
+        assert neurons is not None
+        known = vr[["layer", "neuron"]].merge(neurons[["layer", "neuron", *cols]],
+                                              on=["layer", "neuron"], how="left")
+        if "kurt" in cols:
+            kurt = known["kurt"].to_numpy(np.float64)
+            ok &= ~(kurt >= thresholds.position_max_kurt)  # unknown (NaN) passes
+        if "is_universal" in cols and thresholds.position_universal_only:
+            ok &= known["is_universal"].fillna(False).astype(bool).to_numpy()
+    return ok, mi
+
+
+def _family_columns(hits: list[pd.DataFrame], tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per neuron of ``tables``: ``families`` (";"-joined, best score first) and
+    the JSON ``family_scores`` / ``family_features`` of its ``hits``."""
+    if not tables:
         return pd.DataFrame(columns=["layer", "neuron", "families", "family_scores",
                                      "family_features"])
-    base = pd.concat(keys).drop_duplicates().sort_values(["layer", "neuron"], ignore_index=True)
+    base = pd.concat([t[["layer", "neuron"]] for t in tables]).drop_duplicates().sort_values(
+        ["layer", "neuron"], ignore_index=True)
     if not hits:
         base["families"] = ""
         base["family_scores"] = "{}"

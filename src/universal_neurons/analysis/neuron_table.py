@@ -21,9 +21,6 @@ from universal_neurons.constants import (
     neuron_table,
     safe_name,
 )
-from universal_neurons.constants import (  # re-exported for analysis.weights
-    WEIGHT_TOKENS_FILE as WEIGHT_TOKENS_FILE,
-)
 
 KEY = ["layer", "neuron"]
 CONTRACT_COLUMNS = (

@@ -20,15 +20,14 @@ Labels (:class:`PredictionThresholds`, defaults in brackets):
 
 The score of a label is ``vocab_kurt`` (prediction/suppression) or the variance ratio
 (partition). :func:`token_sets` lists the tokens each labelled neuron promotes (highest
-cosine) or suppresses (lowest); :func:`plot_prediction_curves` draws per-layer
+cosine) or suppresses (lowest); :func:`~universal_neurons.report.plots_families.plot_prediction_curves` draws per-layer
 percentiles of kurtosis and skew (paper Fig. 5) for one or many models.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,16 +154,3 @@ def percentile_curves(df: pd.DataFrame, col: str, percentiles: Sequence[float] =
     out = pd.DataFrame({f"p{p:g}": g.quantile(p / 100) for p in percentiles})
     out["mean"] = g.mean()
     return out
-
-
-def plot_prediction_curves(frames: Mapping[str, pd.DataFrame], path: str | os.PathLike,
-                           percentiles: Sequence[float] = PERCENTILES) -> None:
-    """Per-layer percentile bands of ``vocab_kurt`` (log scale) and ``vocab_skew`` (paper
-    Fig. 5); one colour per model, bands 5–95% / 25–75% and the median."""
-    from universal_neurons.report.plots_families import plot_percentile_panels
-
-    curves = {m: {c: percentile_curves(df, c, percentiles) for c in ("vocab_kurt", "vocab_skew")}
-              for m, df in frames.items() if {"layer", "vocab_kurt", "vocab_skew"} <= set(df)}
-    if not curves:
-        raise ValueError("no model has vocab_kurt and vocab_skew columns to plot")
-    plot_percentile_panels(curves, path)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from universal_neurons.errors import UserError
+from universal_neurons.options import opt, run_opt, threshold_arg
 
 STATISTICS = ("sparsity", "skew", "kurt", "input_bias", "l2_penalty", "mean", "var",
               "w_in_norm", "w_out_norm", "in_out_sim", "vocab_mean", "vocab_var", "vocab_skew",
@@ -52,17 +53,23 @@ CLAIMS = (
 class PropertiesConfig:
     """Options of the properties stage (the CLI flags)."""
 
-    run: str
+    out: str = run_opt()
     """Run directory holding ``neurons/<model>.parquet``."""
-    top_percent: float | None = None
-    """Universal = top P% by ``excess_corr`` per model instead of ``is_universal``."""
-    threshold: float = 0.5
-    """``excess_corr`` threshold, used only when a table has no ``is_universal`` column."""
+    top_percent: float | None = opt(None, metavar="P")
+    """Call the top P% of neurons by excess_corr universal (per model) instead of
+    is_universal; useful when few neurons pass the threshold."""
+    threshold: float = opt(0.5, type=threshold_arg)
+    """excess_corr threshold, used only when a table has no is_universal column."""
     alpha: float = 0.05
+    """Significance level."""
     min_universal: int = 10
-    on: Literal["percentile", "raw"] = "percentile"
+    """Fewest universal neurons for a claim to be tested."""
+    on: Literal["percentile", "raw"] = opt("percentile", "--raw", action="store_const",
+                                           const="raw", help="test raw values instead of "
+                                           "within-layer percentiles")
     """Values the tests compare: within-layer percentiles (default) or raw values."""
-    plots: bool = True
+    plots: bool = opt(True, "--no-plots", help="skip the plots")
+    """Write the plots."""
 
     def __post_init__(self) -> None:
         if self.top_percent is not None and not 0 < self.top_percent < 100:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from universal_neurons.analysis.neuron_table import WEIGHT_TOKENS_FILE, WEIGHTS_FILE
+from universal_neurons.constants import WEIGHT_TOKENS_FILE, WEIGHTS_FILE
 
 NEURON_COLUMNS = ("w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
                   "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt")

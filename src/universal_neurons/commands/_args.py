@@ -1,28 +1,8 @@
-"""Argument types shared by the subcommands."""
+"""Argument types shared by the subcommands (defined in :mod:`universal_neurons.options`)."""
 
 from __future__ import annotations
 
-import argparse
+from universal_neurons.options import count
+from universal_neurons.options import threshold_arg as threshold
 
-
-def count(text: str) -> int:
-    """A token count such as ``500000``, ``500k``, ``10M`` or ``1B`` (argparse type)."""
-    from universal_neurons.data.dataset import parse_count
-
-    try:
-        return parse_count(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def threshold(text: str) -> float:
-    """An excess-correlation threshold: a finite number in (0, 1] (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad threshold {text!r}: expected a number in "
-                                         "(0, 1], e.g. 0.5") from None
-    if not 0 < value <= 1:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"threshold must be in (0, 1] (a correlation "
-                                         f"difference), got {text!r}; e.g. 0.5")
-    return value
+__all__ = ["count", "threshold"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from universal_neurons.commands._args import count as _count
-
 NAME = "entropy"
 HELP = "find entropy neurons and sweep fixed activations: final-norm scale, entropy, loss, rank"
 DESCRIPTION = """\
@@ -37,59 +35,17 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="M", help="model, e.g. tiny-gpt2-a")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument("--neurons", nargs="+", default=[], metavar="L.N",
-                   help="neurons to sweep, e.g. L23.945 (default: the best candidates)")
-    p.add_argument("--values", nargs="+", type=float,
-                   default=[-0.17, 0, 1, 2, 3, 4, 5, 6], metavar="V",
-                   help="activation values to fix (default -0.17 0 1 2 3 4 5 6, the paper's)")
-    p.add_argument("--find", action="store_true",
-                   help="rank candidates from weights even when --neurons are given")
-    p.add_argument("--dataset", metavar="TOKENS", default=None,
-                   help="token dataset folder (default: the bundled test split, tokenized)")
-    p.add_argument("--tokens", type=_count, default=16_384, metavar="N",
-                   help="tokens to run, e.g. 100k (default 16384)")
-    p.add_argument("--n-ctx", type=int, default=None,
-                   help="context of the default dataset (default min(512, model n_ctx))")
-    p.add_argument("--baseline", type=int, default=20, metavar="K",
-                   help="random baseline neurons (default 20)")
-    p.add_argument("--baseline-layers", type=int, default=2,
-                   help="baseline neurons come from the last this-many layers (default 2)")
-    p.add_argument("--baseline-draw", choices=("filtered", "uniform"), default="filtered",
-                   help="filtered (the paper's, default): l2 penalty <= 90th percentile and "
-                        "vocab_var >= 10th percentile; uniform: any neuron of those layers")
-    p.add_argument("--count-special", action="store_true",
-                   help="count rows whose token is BOS/EOS/pad in the means (the paper "
-                        "leaves them out)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the baseline neurons")
-    p.add_argument("--find-layers", type=int, default=2, metavar="K",
-                   help="rank candidates in the last K layers (default 2; 0 = all)")
-    p.add_argument("--null-energy", type=float, default=0.01,
-                   help="share of W_U's spectrum energy in its effective null space "
-                        "(default 0.01)")
-    p.add_argument("--top-k", type=int, default=20,
-                   help="candidates whose pairwise cosines are listed (default 20)")
-    p.add_argument("--n-targets", type=int, default=2,
-                   help="best candidates swept when no --neurons are given (default 2)")
-    p.add_argument("--per-token", action="store_true",
-                   help="also save per-token metrics of the clean and target runs")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    from universal_neurons.options import add_config_options
+    from universal_neurons.stages.entropy import EntropyConfig
+
+    add_config_options(p, EntropyConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.analysis.entropy import EntropyConfig, run_entropy
+    from universal_neurons.options import config_from_args
+    from universal_neurons.stages.entropy import EntropyConfig, run_entropy
 
-    config = EntropyConfig(
-        model=args.model, out=args.out, neurons=tuple(args.neurons), values=tuple(args.values),
-        find=args.find, dataset=args.dataset, tokens=args.tokens, n_ctx=args.n_ctx,
-        batch_size=args.batch_size, device=args.device, n_baseline=args.baseline,
-        baseline_layers=args.baseline_layers, seed=args.seed, null_energy=args.null_energy,
-        baseline_draw=args.baseline_draw, count_special=args.count_special,
-        find_layers=args.find_layers or None, top_k=args.top_k, n_targets=args.n_targets,
-        keep_tokens=args.per_token, plots=not args.no_plots, progress=not args.quiet)
+    config = config_from_args(EntropyConfig, args)
     result = run_entropy(config)
     if result.candidates is not None:
         best = result.candidates.head(5)

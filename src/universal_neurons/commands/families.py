@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 NAME = "families"
 HELP = "assign neuron families (unigram, alphabet, previous token, syntax, position, prediction, ...)"
@@ -40,10 +41,10 @@ THRESHOLDS = ("unigram", "alphabet", "previous_token", "token", "syntax", "entit
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--models", nargs="+", default=(), metavar="M",
-                   help="models to label (default: every model with explanations or a neuron "
-                        "table in RUN)")
+    from universal_neurons.options import add_config_options
+    from universal_neurons.stages.families import FamiliesConfig
+
+    add_config_options(p, FamiliesConfig, skip=("thresholds",), run_positional=True)
     for name in THRESHOLDS:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, metavar="X",
                        help="threshold of that family (defaults above)")
@@ -53,28 +54,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="prediction/suppression cut on vocab kurtosis (default 10)")
     p.add_argument("--partition-var-ratio", type=float, default=None, metavar="X",
                    help="partition cut: vocab variance over the model's median (default 5)")
-    p.add_argument("--top-tokens", type=int, default=20,
-                   help="tokens listed per prediction/suppression/partition neuron (20)")
-    p.add_argument("--no-weights", action="store_true",
-                   help="do not load models (no vocab moments beyond the tables, no token sets)")
-    p.add_argument("--no-plots", action="store_true", help="skip the plots")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def _thresholds(args: argparse.Namespace) -> Any:
+    from universal_neurons.analysis.families import FamilyThresholds
+    from universal_neurons.analysis.prediction import PredictionThresholds
+
+    given = {n: getattr(args, n) for n in THRESHOLDS if getattr(args, n, None) is not None}
+    pred = {k: v for k, v in (("kurtosis", getattr(args, "vocab_kurtosis", None)),
+                              ("partition_var_ratio", getattr(args, "partition_var_ratio", None)))
+            if v is not None}
+    return FamilyThresholds(**given, prediction=PredictionThresholds(**pred),
+                            position_universal_only=not getattr(args, "position_any_neuron",
+                                                                False))
+
+
+def config_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The FamiliesConfig fields set by the given options (``run``'s per-stage extras)."""
+    special = {*THRESHOLDS, "vocab_kurtosis", "partition_var_ratio", "position_any_neuron"}
+    given = {k: v for k, v in vars(args).items() if k not in special}
+    if special & set(vars(args)):
+        given["thresholds"] = _thresholds(args)
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
-    from universal_neurons.analysis.families import FamilyThresholds
-    from universal_neurons.analysis.prediction import PredictionThresholds
+    from universal_neurons.options import config_from_args
     from universal_neurons.stages.families import FamiliesConfig, run_families
 
-    given = {n: getattr(args, n) for n in THRESHOLDS if getattr(args, n) is not None}
-    pred = {k: v for k, v in (("kurtosis", args.vocab_kurtosis),
-                              ("partition_var_ratio", args.partition_var_ratio)) if v is not None}
-    thresholds = FamilyThresholds(**given, prediction=PredictionThresholds(**pred),
-                                  position_universal_only=not args.position_any_neuron)
-    counts = run_families(FamiliesConfig(
-        run=args.run, models=tuple(args.models), thresholds=thresholds,
-        weights=not args.no_weights, top_tokens=args.top_tokens, plots=not args.no_plots,
-        device=args.device))
+    counts = run_families(config_from_args(FamiliesConfig, args, thresholds=_thresholds(args)))
     for model, c in counts.items():
         found = ", ".join(f"{f} {n}" for f, n in zip(c["family"], c["n_neurons"]) if n)
         print(f"{model}: {found or 'no families'}")

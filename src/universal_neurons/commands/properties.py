@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from universal_neurons.commands._args import threshold as _threshold
-
 NAME = "properties"
 HELP = "compare universal and other neurons; check the paper's five claims; Fig. 3 plots"
 DESCRIPTION = """\
@@ -28,29 +26,19 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--top-percent", type=float, default=None, metavar="P",
-                   help="call the top P%% of neurons by excess_corr universal (per model) "
-                        "instead of is_universal; useful when few neurons pass the threshold")
-    p.add_argument("--threshold", type=_threshold, default=0.5,
-                   help="excess_corr threshold if a table lacks is_universal (default 0.5)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--min-universal", type=int, default=10,
-                   help="fewest universal neurons for a claim to be tested (default 10)")
-    p.add_argument("--raw", action="store_true",
-                   help="test raw values instead of within-layer percentiles")
-    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    from universal_neurons.options import add_config_options
+    from universal_neurons.stages.properties import PropertiesConfig
+
+    add_config_options(p, PropertiesConfig, run_positional=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from universal_neurons.analysis.properties import claims_text
+    from universal_neurons.options import config_from_args
     from universal_neurons.stages.properties import PropertiesConfig, run_properties
 
-    config = PropertiesConfig(run=args.run, top_percent=args.top_percent,
-                              threshold=args.threshold, alpha=args.alpha,
-                              min_universal=args.min_universal,
-                              on="raw" if args.raw else "percentile", plots=not args.no_plots)
+    config = config_from_args(PropertiesConfig, args)
     res = run_properties(config)
     print(claims_text(res.claims))
-    print(f"wrote {len(res.files)} files under {args.run}")
+    print(f"wrote {len(res.files)} files under {config.out}")
     return 0

@@ -13,7 +13,7 @@ DESCRIPTION = """\
 Run every stage in order on one run directory:
 
   correlate (+ activation statistics in the same pass) -> weights -> properties ->
-  explain -> families -> entropy -> attention -> report
+  explain -> families -> entropy -> attention -> paper-results -> report
 
 With no arguments it studies the bundled suite tiny-gpt2 (tiny-gpt2-a against b..e) on the
 bundled test split and writes runs/default/report/index.html. A finished stage is skipped
@@ -62,30 +62,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None,
                    help="GEMM inputs of the correlate pass: fp32, tf32, bf16 (see "
                         "`correlate --help`)")
+    p.add_argument("--token-filter", choices=("ours", "paper"), default=None,
+                   help="tokens the correlate, statistics and explain passes drop: ours "
+                        "(default: BOS/pad and every newline token) or paper (pad/BOS and "
+                        "the single newline token)")
     p.add_argument("--skip", nargs="+", default=None, metavar="STAGE",
                    help="stages not to run (correlate weights properties explain families "
-                   "entropy attention report)")
+                   "entropy attention paper-results report)")
     p.add_argument("--force", action="store_true", help="rerun every stage")
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from universal_neurons.cli import main as cli_main
     from universal_neurons.pipeline import RunConfig, load_config_file, run_pipeline
 
     values = load_config_file(args.config) if args.config else {}
     for name in ("models", "dataset", "tokens", "explain_tokens", "intervention_tokens", "out",
                  "threshold", "all_pairs", "top_percent", "device", "seed", "max_memory",
-                 "precision", "skip"):
+                 "precision", "token_filter", "skip"):
         v = getattr(args, name)
         if v is not None:
             values[name] = tuple(v) if isinstance(v, list) else v
     cfg = RunConfig(**values)
     t0 = time.perf_counter()
-    debug = ["--debug"] if getattr(args, "debug", False) else []
-    record = run_pipeline(cfg, lambda argv: cli_main(debug + argv), quiet=args.quiet,
-                          force=args.force)
+    record = run_pipeline(cfg, quiet=args.quiet, force=args.force)
     last = record["last_run"]
     ran = ", ".join(f"{k} {v:.0f}s" for k, v in last["ran"].items()) or "nothing"
     unchanged = f"; unchanged: {', '.join(last['unchanged'])}" if last["unchanged"] else ""

@@ -28,50 +28,18 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "--models", dest="models", nargs="+", required=True, metavar="M",
-                   help="models or suites (aliases, HF ids, folders)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
-    p.add_argument("--top-k", type=int, default=10,
-                   help="tokens / neurons kept per list and neuron (default 10)")
-    p.add_argument("--device", default="cpu", help="where to compute (cpu or cuda; default cpu)")
-    p.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
-                   help="dtype of the cosine matrix products (default fp32: cosines within "
-                        "1e-6, vocab moments within 1e-5 relative (skew 1e-6 absolute) of "
-                        "float64; fp64: exact to rounding, ~3x slower)")
-    p.add_argument("--compositions", action="store_true",
-                   help="also embedding tokens, neuron and attention compositions")
+    from universal_neurons.options import add_config_options
+    from universal_neurons.stages.weights import WeightsConfig
+
+    add_config_options(p, WeightsConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
+    from universal_neurons.options import config_from_args
+    from universal_neurons.stages.weights import WeightsConfig, run_weights
 
-    import torch
-
-    from universal_neurons.analysis.neuron_table import write_weight_stats
-    from universal_neurons.analysis.weights import compute_weight_stats
-    from universal_neurons.models.loading import load_model
-    from universal_neurons.models.registry import expand_model_specs
-    from universal_neurons.rundir import RunDir
-
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    dtype = torch.float64 if args.precision == "fp64" else torch.float32
-    run_dir = RunDir(args.out)
-    names, files, t0 = [], [], time.perf_counter()
-    for spec in expand_model_specs(list(args.models)):
-        model = load_model(spec)
-        pw = model.adapter.processed_weights()
-        stats = compute_weight_stats(pw, top_k=args.top_k, device=args.device,
-                                     matmul_dtype=dtype, compositions=args.compositions)
-        files += write_weight_stats(run_dir.path, model.name, stats, tokenizer=model.tokenizer,
-                                    meta={"model": model.name, "processing": "fold_ln, "
-                                          "center_writing_weights, center_unembed"})
-        names.append(model.name)
-        print(f"{model.name}: weight statistics of {pw.n_layers} x {pw.d_mlp} neurons")
-    run_dir.record_stage(NAME, {"models": list(args.models), "top_k": args.top_k,
-                                "precision": args.precision,
-                                "compositions": args.compositions},
-                         models=names, outputs=files,
-                         timings={"total_s": time.perf_counter() - t0})
-    print(f"wrote {run_dir.path}")
+    result = run_weights(config_from_args(WeightsConfig, args))
+    for name, (layers, d_mlp) in result.shapes.items():
+        print(f"{name}: weight statistics of {layers} x {d_mlp} neurons")
+    print(f"wrote {result.rundir}")
     return 0

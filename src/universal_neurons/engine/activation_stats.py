@@ -345,7 +345,8 @@ class ActivationStats:
 def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,
                          config: ActivationStatsConfig | None = None, *,
                          token_budget_bytes: int = 256 << 20, n_frequent_tokens: int = 1000,
-                         keep_all: bool = False, device: str | torch.device = "cpu",
+                         keep_all: bool = False, keep_rule: str = "ours",
+                         device: str | torch.device = "cpu",
                          whole_vocab: bool = True, spill_dir: str | None = None
                          ) -> list[ActivationStats]:
     """One :class:`ActivationStats` per loaded model, ready to be fed by the engine's pass
@@ -368,7 +369,8 @@ def activation_stats_for(models: Any, dataset: Any, n_seq: int | None = None,
     ids = np.zeros(0, np.int64)
     if n_frequent_tokens > 0 and token_budget_bytes > 0:
         ids = frequent_token_ids(tokens, n_frequent_tokens,
-                                 lambda t: keep_mask(t, tokenizer, keep_all))
+                                 lambda t: keep_mask(t, tokenizer, keep_all,
+                                                     keep_rule))  # type: ignore[arg-type]
     out = []
     for m in models:
         ad = m.adapter

@@ -53,6 +53,8 @@ class PassOptions:
     seed: int = 0
     """Seed of the baseline bases."""
     keep_tokens: bool = False
+    token_filter: str = "ours"
+    """Which tokens are dropped when not ``keep_tokens`` (``data.tokens.keep_mask`` rule)."""
     top_k: int = 10
     bins: int = 100
     precision: Precision = "fp32"
@@ -195,6 +197,7 @@ class _Run:
         ts = time.perf_counter()
         s = runner.stream(self.dataset, self.models, accs, self.ranges,
                           tokenizer=self.models[0].tokenizer, keep_all=opts.keep_tokens,
+                          keep_rule=opts.token_filter,
                           device=self.dev, start_batch=start_batch,
                           after_batch=self._checkpoint_hook(p, moments, pass_stats),
                           progress=opts.progress and self.ctx.is_main,

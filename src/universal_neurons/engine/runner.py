@@ -83,13 +83,14 @@ def make_batch(models: Sequence[StreamModel], input_ids: torch.Tensor, keep: tor
 
 def stream(dataset: Any, models: Sequence[StreamModel], accumulators: Sequence[Accumulator],
            ranges: Sequence[tuple[int, int]], *, tokenizer: Any = None, keep_all: bool = False,
+           keep_rule: str = "ours",
            device: str | torch.device = "cpu", start_batch: int = 0,
            after_batch: Callable[[int, StreamStats], None] | None = None,
            progress: bool = True, desc: str = "correlate") -> StreamStats:
     """Stream ``dataset.tokens[ranges[start_batch:]]`` through ``models`` into ``accumulators``.
 
-    The keep mask is ``data.tokens.keep_mask(tokens, tokenizer, keep_all)`` (every token
-    is kept when ``tokenizer`` is None);
+    The keep mask is ``data.tokens.keep_mask(tokens, tokenizer, keep_all, keep_rule)``
+    (every token is kept when ``tokenizer`` is None);
     ``after_batch(i, stats)`` is called after batch ``i`` is folded in (checkpoints).
     """
     from tqdm.auto import tqdm
@@ -110,7 +111,7 @@ def stream(dataset: Any, models: Sequence[StreamModel], accumulators: Sequence[A
         for i, (lo, hi) in enumerate(todo, start=start_batch):
             tokens = np.asarray(dataset.tokens[lo:hi], dtype=np.int64)  # [b, n_ctx]
             keep = (np.ones(tokens.shape, dtype=bool) if tokenizer is None
-                    else keep_mask(tokens, tokenizer, keep_all))
+                    else keep_mask(tokens, tokenizer, keep_all, keep_rule))  # type: ignore[arg-type]
             t0 = time.perf_counter()
             batch = make_batch(models, torch.from_numpy(tokens), torch.from_numpy(keep), lo,
                                sites, dev, buffers)

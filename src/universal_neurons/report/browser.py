@@ -2,9 +2,10 @@
 
 The table's data is embedded column by column as JSON (``<script type="application/json"
 id="neuron-data">``, escaped by :func:`html.json_script`; see :func:`browser_data`) and
-rendered by ``assets/browser.js`` with ``textContent`` only. The script keeps only the rows
-in view (plus a few) in the DOM and sorts and filters permutations of typed arrays, so a
-table of 100,000 neurons stays interactive. Floats are rounded to 4 significant digits (as
+rendered by ``assets/browser.js`` (decoded by ``assets/packed-columns.js``) with
+``textContent`` only. The script keeps only the rows in view (plus a few) in the DOM and
+sorts and filters permutations of typed arrays, so a table of 100,000 neurons stays
+interactive. Floats are rounded to 4 significant digits (as
 displayed) to keep pages small; text columns and family lists are dictionary-encoded.
 """
 
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
 from universal_neurons.constants import neuron_name, safe_name
+from universal_neurons.report.glossary import GLOSSARY_FILE, title
 from universal_neurons.report.html import esc, json_script, page
 from universal_neurons.report.packing import pack_floats, pack_ints, unpack_floats, unpack_ints
+from universal_neurons.report.partners import model_labels
 
 _NEURON_NAME = re.compile(r"L(\d+)\.(\d+)")
 # Columns in display order; any other numeric column of the table follows them.
@@ -32,14 +35,6 @@ CORE_COLUMNS = [
 ]
 VISIBLE_BY_DEFAULT = {"name", "layer", "is_universal", "families", "excess_corr", "mean_corr",
                       "max_corr", "mean_baseline", "sparsity", "kurt", "vocab_kurt", "vocab_skew"}
-TITLES = {
-    "excess_corr": "mean_corr - mean_baseline",
-    "mean_corr": "mean over sibling models of the best correlation",
-    "mean_baseline": "the same for a randomly rotated basis",
-    "in_out_sim": "cos(w_in, w_out)",
-    "l2_penalty": "|w_in|^2 + |w_out|^2",
-    "sparsity": "activation frequency",
-}
 
 
 def browser_file(model: str) -> str:
@@ -71,9 +66,13 @@ def _column_type(series) -> str:
     return "str"
 
 
-def browser_columns(df, model: str, models: Sequence[str]) -> list[dict]:
-    """Column descriptors ``{key, label, type, visible, title}`` for the browser's table."""
+def browser_columns(df, model: str, models: Sequence[str],
+                    labels: Mapping[str, str] | None = None) -> list[dict]:
+    """Column descriptors ``{key, label, type, visible, title}`` for the browser's table;
+    a partner's columns (``{partner}_best``, ``_corr``) also carry ``partner`` (its model)
+    and ``prefix`` (``b:``, from ``labels``), and are labelled ``b best``, ``b corr``."""
     partners = partner_models(df, model, models)
+    labels = labels if labels is not None else model_labels([*models, *partners])
     skip = {"layer", "neuron", "families", "family_scores", "family_features", "is_universal"}
     for p in partners:
         skip.add(f"{p}_baseline")  # on the neuron pages; the table keeps _best and _corr
@@ -93,8 +92,14 @@ def browser_columns(df, model: str, models: Sequence[str]) -> list[dict]:
             continue  # nested values belong on the neuron pages, not in the table
         out.append({"key": c, "label": c, "type": kind})
     for col in out:
-        col["visible"] = col["key"] in VISIBLE_BY_DEFAULT or col["key"].endswith("_corr")
-        col["title"] = TITLES.get(col["key"], col["key"])
+        col["visible"] = col["key"] in VISIBLE_BY_DEFAULT or col["key"].endswith("_best")
+        col["title"] = title(col["key"])
+        for p in partners:
+            for suffix in ("best", "corr"):
+                if col["key"] == f"{p}_{suffix}":
+                    short = labels.get(p, p)
+                    col.update(partner=p, prefix=f"{short}:", label=f"{short} {suffix}",
+                               title=f"{p}: {col['title']}")
     return out
 
 
@@ -180,7 +185,10 @@ def _column_payload(df, c: dict) -> Any:
         [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in col.tolist()])
 
 
-def browser_data(df, model: str, models: Sequence[str], pages: Iterable[tuple[int, int]]) -> dict:
+def browser_data(df, model: str, models: Sequence[str], pages: Iterable[tuple[int, int]], *,
+                 labels: Mapping[str, str] | None = None,
+                 page_sets: Mapping[str, Collection[tuple[int, int]]] | None = None,
+                 compared: Collection[tuple[int, int]] = ()) -> dict:
     """The column-oriented JSON object ``browser.js`` reads.
 
     ``{model, n, columns: [{key, label, type, visible, title}], values, pages, pageDir, sort}``:
@@ -189,23 +197,34 @@ def browser_data(df, model: str, models: Sequence[str], pages: Iterable[tuple[in
     and ``families`` lists as ``{"dict": [...], "codes": packed}``, columns of neuron names
     (``{partner}_best``) as ``{"span", "names": packed layer*span+neuron}``, and ``null`` for
     ``name`` (spelled from layer and neuron). ``pages`` lists the row indices of neurons that
-    have a page. :func:`browser_rows` decodes it into rows.
+    have a page, ``compare`` those with a compare page (under ``compareDir``). A partner's
+    ``_best`` column links the names that have a page (``page_sets``): its packed values
+    carry ``pages``, the sorted codes ``layer*span+neuron`` with a page, and ``pageDir``.
+    :func:`browser_rows` decodes it into rows.
     """
-    cols = browser_columns(df, model, models)
-    with_page = set(pages)
+    cols = browser_columns(df, model, models, labels)
+    with_page, with_compare = set(pages), set(compared)
     values = [_column_payload(df, c) for c in cols]
-    has_page = [i for i, (a, b) in enumerate(zip(df["layer"].tolist(), df["neuron"].tolist()))
-                if (int(a), int(b)) in with_page]
+    for c, v in zip(cols, values):
+        if c.get("partner") and isinstance(v, dict) and "span" in v:
+            have = (page_sets or {}).get(c["partner"], ())
+            v["pages"] = sorted(la * v["span"] + n for la, n in have if n < v["span"])
+            v["pageDir"] = neuron_page_dir(c["partner"])
+    keys = list(zip(df["layer"].astype(int).tolist(), df["neuron"].astype(int).tolist()))
+    has_page = [i for i, k in enumerate(keys) if k in with_page]
+    has_compare = [i for i, k in enumerate(keys) if k in with_compare]
     sort = "excess_corr" if "excess_corr" in df.columns else None
     return {"model": model, "n": len(df), "columns": cols, "values": values, "pages": has_page,
-            "pageDir": neuron_page_dir(model), "sort": sort}
+            "pageDir": neuron_page_dir(model), "compare": has_compare,
+            "compareDir": f"compare/{quote(safe_name(model))}/", "sort": sort}
 
 
 def _unpack(c: dict, v: Any) -> list:
     if "f" in v:
         return unpack_floats(v)
-    if "names" in v:
-        return [None if x is None else neuron_name(x // v["span"], x % v["span"])
+    if "names" in v:  # shown as b:L3.152 in a partner's column
+        pre = c.get("prefix", "")
+        return [None if x is None else pre + neuron_name(x // v["span"], x % v["span"])
                 for x in unpack_ints(v["names"])]
     if "dict" in v:
         return [None if i is None else v["dict"][i] for i in unpack_ints(v["codes"])]
@@ -230,11 +249,14 @@ def browser_page(model: str, data: dict, *, n_universal: int | None = None) -> s
     if n_universal is not None:
         summary += f", {n_universal:,} universal"
     body = f"""
-<p>{esc(summary)}. Click a column header (or focus it and press Enter) to sort; neurons
-with a page are links. Search terms like <code>L3.</code> match neuron names by prefix,
-others any text column.</p>
+<p>{esc(summary)}. Click a column header (or focus it with Tab and press Enter or Space)
+to sort; hover over it for its definition (all in the <a href="{GLOSSARY_FILE}">glossary</a>).
+Neurons and best partners with a page are links; ⇄ opens the neuron beside its best
+partners. Search: <code>L3.17</code> finds that neuron, <code>L3.</code> its layer,
+<code>b:L3.152</code> the neurons whose best partner in model <code>b</code> is L3.152;
+other words match any text column.</p>
 <div class="controls">
-  <input type="search" id="search" placeholder="search: L3. or L3.17, family, feature…" aria-label="search">
+  <input type="search" id="search" placeholder="search: L3.17, L3., b:L3.152, family…" aria-label="search">
   <label><input type="checkbox" id="universal-only"> universal only</label>
   <label>family <select id="family"><option value="">all</option></select></label>
   <label>layer <select id="layer"><option value="">all</option></select></label>
@@ -247,5 +269,6 @@ others any text column.</p>
 <div class="pager" id="pager"><button id="prev">previous</button><span id="page-info"></span>
 <button id="next">next</button></div>
 """
-    return page(f"Neuron browser: {model}", body, nav=[("index.html", "report")],
-                scripts=["browser.js"], data=json_script(data, "neuron-data", finite=True))
+    return page(f"Neuron browser: {model}", body,
+                nav=[("index.html", "report"), (GLOSSARY_FILE, "glossary")],
+                scripts=["packed-columns.js", "browser.js"], data=json_script(data, "neuron-data", finite=True))

@@ -4,7 +4,9 @@ Layout::
 
     report/index.html                      summary, figures, claims, families, entropy, attention
     report/browser-<model>.html            neuron browser of one model (all neurons)
-    report/neurons/<model>/L{l}.{n}.html   neuron pages (a bounded set, see select_pages)
+    report/neurons/<model>/L{l}.{n}.html   neuron pages (a bounded set, see selection.py)
+    report/compare/<model>/L{l}.{n}.html   a neuron beside its best partners (compare.py)
+    report/glossary.html                   definitions of the statistics (glossary.py)
     report/plots/...                       copies of RUN/plots
 
 The site is built in a temporary folder beside the target and swapped in at the end, so a
@@ -23,22 +25,23 @@ from pathlib import Path
 
 from universal_neurons.constants import PLOTS_DIR, REPORT_DIR, REPORT_INDEX, parse_neuron_name
 from universal_neurons.errors import UserError
-from universal_neurons.report.browser import (
-    browser_data,
-    browser_file,
-    browser_page,
-    partner_models,
-)
+from universal_neurons.report.browser import browser_data, browser_file, browser_page
+from universal_neurons.report.compare import compare_file
 from universal_neurons.report.details import DetailSource
 from universal_neurons.report.front import featured_neurons, front_tables
+from universal_neurons.report.glossary import GLOSSARY_FILE, glossary_page
 from universal_neurons.report.html import STYLESHEET, asset
 from universal_neurons.report.index_page import TOP_LISTED, render_index, summarize
-from universal_neurons.report.neuron_page import neuron_file, render_neuron_page
+from universal_neurons.report.navigation import build_navigation
+from universal_neurons.report.neuron_page import neuron_file
+from universal_neurons.report.page_writer import PageWriter
+from universal_neurons.report.partners import add_partner_columns, best_partners, model_labels
 from universal_neurons.report.rundata import RunData
+from universal_neurons.report.selection import RANK_COLUMNS, select_report_pages
 
 log = logging.getLogger(__name__)
 
-RANK_COLUMNS = ("excess_corr", "mean_corr", "max_corr")
+__all__ = ["RANK_COLUMNS", "ReportConfig", "build_report", "select_pages"]
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,11 @@ class ReportConfig:
 
     top_n: int = 100
     """Neuron pages for the top-N neurons of each model by excess correlation, always..."""
-    max_pages: int = 1000
-    """...and for more, by excess correlation, up to this many pages per model. Universal
-    neurons, those named with ``neurons`` and those the front page names always get a page,
-    even past this budget (see :func:`select_pages`)."""
+    max_pages: int = 500
+    """...and for more, by excess correlation (each with its best partners), up to this many
+    neuron pages in the whole report (all models together). Universal neurons and their
+    best partners, those named with ``neurons`` and every neuron the report names always get
+    a page, even past this budget (see ``selection.select_report_pages``)."""
     neurons: tuple[str, ...] = ()
     """Extra neurons to give a page: ``L3.17`` (every model) or ``MODEL:L3.17``."""
     context_before: int = 24
@@ -69,41 +73,14 @@ class ReportConfig:
 
 def select_pages(df, model: str, config: ReportConfig,
                  featured: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-    """Neurons of ``model`` that get a page, in this order:
-
-    1. neurons named in ``config.neurons``;
-    2. universal neurons, by decreasing rank column (``excess_corr``, else
-       ``mean_corr``/``max_corr``);
-    3. ``featured`` neurons (those the front page names: entropy candidates, prediction
-       rows, attention pairs, ...), in their order;
-    4. the top ``top_n`` by the rank column;
-    5. the others by the rank column, until ``max_pages`` pages.
-
-    Groups 1-4 are never cut; ``max_pages`` bounds the total only as far as they allow.
-    """
+    """The pages of one model alone (``selection.select_report_pages`` with one model):
+    ``config.neurons``, universal neurons, ``featured`` neurons and family representatives,
+    the top ``top_n``, then the rest by rank until ``max_pages``."""
     if df is None or len(df) == 0:
         return []
-    existing = set(zip(df["layer"].astype(int), df["neuron"].astype(int)))
-    chosen: dict[tuple[int, int], None] = {}
-    for spec in config.neurons:
-        who, _, name = spec.rpartition(":")
-        key = parse_neuron_name(name)
-        if (not who or who == model) and key in existing:
-            chosen[key] = None
-    rank = next((c for c in RANK_COLUMNS if c in df.columns), None)
-    ranked = df.sort_values(rank, ascending=False, na_position="last", kind="stable") if rank else df
-    if "is_universal" in df.columns:
-        univ = ranked[ranked["is_universal"].fillna(False).astype(bool)]
-        chosen.update(dict.fromkeys(zip(univ["layer"].astype(int), univ["neuron"].astype(int))))
-    chosen.update(dict.fromkeys((int(a), int(b)) for a, b in featured if (int(a), int(b)) in existing))
-    if rank:
-        order = list(zip(ranked["layer"].astype(int), ranked["neuron"].astype(int)))
-        chosen.update(dict.fromkeys(order[: config.top_n]))
-        for key in order[config.top_n:]:
-            if len(chosen) >= config.max_pages:
-                break
-            chosen[key] = None
-    return list(chosen)
+    return select_report_pages({model: df}, [model], top_n=config.top_n,
+                               max_pages=config.max_pages, neurons=config.neurons,
+                               featured={model: list(featured)})[model]
 
 
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -146,48 +123,43 @@ def _check_target(final: Path, run: Path) -> None:
 
 def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None:
     plots = _copy_plots(run, out)
-    frames = {m: run.neurons(m) for m in run.models}
+    frames = add_partner_columns({m: run.neurons(m) for m in run.models}, run.path, run.models)
     tables = front_tables(run)
     featured = featured_neurons(tables, run.models)
     for m, df in frames.items():  # the "most universal neurons" lists name neurons too
         if df is not None and "excess_corr" in df.columns:
             top = df.nlargest(TOP_LISTED, "excess_corr")
             featured.setdefault(m, []).extend(zip(top["layer"].astype(int), top["neuron"].astype(int)))
-    pages = {m: select_pages(frames[m], m, config, featured.get(m, ())) for m in run.models}
+    best = {m: best_partners(df, m, run.models) for m, df in frames.items()}
+    pages = select_report_pages(frames, run.models, top_n=config.top_n, max_pages=config.max_pages,
+                                neurons=config.neurons, featured=featured, partners=best)
     page_sets = {m: set(p) for m, p in pages.items()}
-    d_mlp = {m: int(df["neuron"].max()) + 1 for m, df in frames.items() if df is not None and len(df)}
+    labels = model_labels(run.models)
     summaries = [summarize(m, frames[m], pages[m]) for m in run.models]
+    compared = {m: {k for k in pages[m] if best[m].get(k)} for m in run.models}
 
     for m, df in frames.items():
         if df is None:
             continue
-        data = browser_data(df, m, run.models, pages[m])
+        data = browser_data(df, m, run.models, pages[m], labels=labels, page_sets=page_sets,
+                            compared=compared[m])
         s = next(s for s in summaries if s.name == m)
         _write(out / browser_file(m), browser_page(m, data, n_universal=s.n_universal))
 
     source = DetailSource(run, context_before=config.context_before,
                           context_after=config.context_after, max_examples=config.max_examples)
+    pages_html = PageWriter(run, frames, source, pages, labels, build_navigation(frames, pages))
     jobs = [(m, key) for m in run.models for key in pages[m]]
-    partners = {m: partner_models(df, m, run.models) for m, df in frames.items() if df is not None}
-    rows = {m: _rows(frames[m], pages[m]) for m in run.models if pages[m]}
     for m, (layer, neuron) in (progress(jobs) if progress else jobs):
-        row = rows[m].get((layer, neuron), {})
-        detail = source.detail(m, layer, neuron, row, partners[m], d_mlp)
-        html = render_neuron_page(m, layer, neuron, row, detail, page_sets,
-                                  explanation_columns=run.explanation_columns(m),
-                                  explanation_rows=run.explanation_rows(m).get((layer, neuron)))
-        _write(out / neuron_file(m, layer, neuron), html)
+        has_compare = (layer, neuron) in compared[m]
+        _write(out / neuron_file(m, layer, neuron), pages_html.neuron(m, layer, neuron, compare=has_compare))
+        if has_compare:
+            _write(out / compare_file(m, layer, neuron), pages_html.compare(m, layer, neuron))
 
     _write(out / STYLESHEET, asset(STYLESHEET))
+    _write(out / GLOSSARY_FILE, glossary_page())
     _write(out / REPORT_INDEX, render_index(run, summaries, plots, page_sets, run.problems,
                                             tables=tables, token_text=source.text))
-
-
-def _rows(df, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], dict]:
-    """The table rows of ``keys`` as dicts, keyed by ``(layer, neuron)``."""
-    wanted = set(keys)
-    mask = [(int(a), int(b)) in wanted for a, b in zip(df["layer"], df["neuron"])]
-    return {(int(r["layer"]), int(r["neuron"])): r for r in df[mask].to_dict("records")}
 
 
 def _copy_plots(run: RunData, out: Path) -> list[tuple[str, str]]:

@@ -31,6 +31,7 @@ from universal_neurons.constants import (
 )
 from universal_neurons.report.html import NOT_COMPUTED, esc, fmt, link
 from universal_neurons.report.neuron_page import neuron_href, token_code
+from universal_neurons.report.partners import model_labels, names_in_text
 from universal_neurons.report.rundata import NamedTable, RunData
 
 FRONT_ROWS = 15
@@ -148,8 +149,9 @@ def table_neurons(t: FrontTable, models: Sequence[str]) -> list[tuple[str, int, 
                 out[(model, layer, neuron)] = None
         for v in row.values():
             if isinstance(v, str):
-                for a, b in NAME.findall(v):
-                    out[(model, int(a), int(b))] = None
+                for _, who, a, b in names_in_text(v, model, model_labels(models)):
+                    if who is not None:
+                        out[(who, a, b)] = None
     return list(out)
 
 
@@ -164,14 +166,17 @@ def featured_neurons(tables: Mapping[str, Sequence[FrontTable]],
     return {m: list(v) for m, v in out.items()}
 
 
-def _name_links(text: str, model: str | None, pages: Mapping[str, Collection]) -> str:
-    """Escaped ``text`` with each neuron name that has a page turned into a link."""
-    def sub(m: re.Match) -> str:
-        key = (int(m.group(1)), int(m.group(2)))
-        if model is None or key not in pages.get(model, ()):
-            return m.group(0)
-        return link(neuron_href(model, *key, from_neuron_page=False), m.group(0))
-    return NAME.sub(sub, esc(text))  # names hold no character that esc changes
+def _name_links(text: str, model: str | None, pages: Mapping[str, Collection],
+                models: Sequence[str] = ()) -> str:
+    """Escaped ``text`` with each neuron name that has a page turned into a link (a name
+    after a model label, ``b:L3.152``, links to that model's page)."""
+    out, at, raw = [], 0, esc(text)  # labels and names hold no character that esc changes
+    for m, who, layer, neuron in names_in_text(raw, model, model_labels(models)):
+        if who is not None and (layer, neuron) in pages.get(who, ()):
+            out.append(raw[at:m.start()])
+            out.append(link(neuron_href(who, layer, neuron, from_neuron_page=False), m.group(0)))
+            at = m.end()
+    return "".join(out) + raw[at:]
 
 
 def table_html(t: FrontTable, models: Sequence[str], pages: Mapping[str, Collection],
@@ -205,7 +210,7 @@ def table_html(t: FrontTable, models: Sequence[str], pages: Mapping[str, Collect
             if (c in ("n_neurons", "frac", "n_universal") and row.get("family") in not_computed):
                 cells.append(f'<td class="missing">{NOT_COMPUTED}</td>')
                 continue
-            cells.append(f"<td>{_name_links(v, model, pages)}</td>" if isinstance(v, str)
+            cells.append(f"<td>{_name_links(v, model, pages, models)}</td>" if isinstance(v, str)
                          else f"<td>{fmt(v)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th>{esc(c)}</th>" for c in cols)

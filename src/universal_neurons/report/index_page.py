@@ -263,5 +263,6 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
     nav += [(f"#{sec}", sec.replace("_", " ")) for sec in secs if sec not in SECTIONS and groups[sec]]
     nav.append(("#figures", "other figures"))
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
+    nav.append(("glossary.html", "glossary"))
     body = "".join(sections) + f'<p class="note">{LEGEND}</p>'
     return page("Universal neurons report", body, nav=nav, css_href=STYLESHEET)

@@ -10,7 +10,9 @@ from universal_neurons.constants import neuron_name, safe_name
 from universal_neurons.report.browser import browser_file, families_of
 from universal_neurons.report.details import NeuronDetail
 from universal_neurons.report.examples import example_html, examples_html, token_span
-from universal_neurons.report.html import STYLESHEET, esc, fmt, link, page, section, table
+from universal_neurons.report.glossary import GLOSSARY_FILE, term_html
+from universal_neurons.report.html import STYLESHEET, esc, fmt, page, section, table
+from universal_neurons.report.partners import neuron_ref_html
 from universal_neurons.report.svg import histogram_svg
 from universal_neurons.report.tokens import LEGEND, token_html
 
@@ -44,40 +46,43 @@ def _stats_html(row: Mapping, skip: Collection[str] = ()) -> str | None:
         present = [(k, row[k]) for k in keys if k in row]
         used |= set(keys)
         if present:
-            blocks.append(f"<div><h3>{esc(title)}</h3>{table(present, ['statistic', 'value'])}</div>")
+            blocks.append(f"<div><h3>{esc(title)}</h3>{_stat_table(present)}</div>")
     rest = [(k, v) for k, v in row.items() if k not in used and _scalar(v)
             and not k.endswith(("_best", "_corr", "_baseline", "_best_layer"))]
     if rest:
-        blocks.append(f"<div><h3>other</h3>{table(rest, ['statistic', 'value'])}</div>")
+        blocks.append(f"<div><h3>other</h3>{_stat_table(rest)}</div>")
     return f'<div class="grid">{"".join(blocks)}</div>' if blocks else None
+
+
+def _stat_table(items) -> str:
+    """Statistic names link to the glossary, with the definition as hover text."""
+    return table(((term_html(k, "../../"), fmt(v)) for k, v in items), ["statistic", "value"],
+                 raw_columns=(0, 1))
 
 
 def _scalar(v) -> bool:
     return v is None or isinstance(v, (str, int, float, bool)) or (hasattr(v, "item") and getattr(v, "ndim", 0) == 0)
 
 
-def _neuron_link(model: str, layer: int | None, neuron: int | None,
-                 pages: Mapping[str, Collection[tuple[int, int]]]) -> str:
-    if layer is None or neuron is None:
-        return esc("" if neuron is None else neuron)
-    name = neuron_name(layer, neuron)
-    if (layer, neuron) in pages.get(model, ()):
-        return link(neuron_href(model, layer, neuron, from_neuron_page=True), name)
-    return esc(name)
+def _page_href(model: str, layer: int, neuron: int) -> str:
+    return neuron_href(model, layer, neuron, from_neuron_page=True)
 
 
-def _matches(model: str, items, pages) -> str:
-    return ", ".join(f"{_neuron_link(model, la, n, pages)} ({fmt(v, 3)})" for la, n, v in items)
+def _matches(model: str, items, pages, labels) -> str:
+    return ", ".join(f"{neuron_ref_html(model, la, n, labels, pages, _page_href)} ({fmt(v, 3)})"
+                     for la, n, v in items)
 
 
-def _partners_html(detail: NeuronDetail, pages: Mapping[str, Collection[tuple[int, int]]]) -> str | None:
+def _partners_html(detail: NeuronDetail, pages: Mapping[str, Collection[tuple[int, int]]],
+                   labels: Mapping[str, str] | None = None) -> str | None:
     if not detail.partners:
         return None
+    labels = labels or {}
     rows = []
     for p in detail.partners:
-        rows.append((esc(p.model), _neuron_link(p.model, p.layer, p.neuron, pages), fmt(p.corr),
-                     fmt(p.baseline), _matches(p.model, p.top, pages),
-                     _matches(p.model, p.bottom, pages)))
+        rows.append((esc(p.model), neuron_ref_html(p.model, p.layer, p.neuron, labels, pages, _page_href),
+                     fmt(p.corr), fmt(p.baseline), _matches(p.model, p.top, pages, labels),
+                     _matches(p.model, p.bottom, pages, labels)))
     out = table(rows, ["model", "best neuron", "correlation", "rotated baseline",
                        "top matches", "most anti-correlated"], raw_columns=range(6))
     hists = [f"<div>{histogram_svg(p.hist.edges, p.hist.counts, label=p.hist.label, height=120)}</div>"
@@ -188,8 +193,11 @@ def _explanations_html(row: Mapping, extra_columns: Collection[str],
 def render_neuron_page(model: str, layer: int, neuron: int, row: Mapping, detail: NeuronDetail,
                        pages: Mapping[str, Collection[tuple[int, int]]],
                        explanation_columns: Collection[str] = (),
-                       explanation_rows: Sequence[Mapping] | None = None) -> str:
-    """The HTML of ``neurons/<model>/L{layer}.{neuron}.html``."""
+                       explanation_rows: Sequence[Mapping] | None = None, *,
+                       labels: Mapping[str, str] | None = None, links: str = "") -> str:
+    """The HTML of ``neurons/<model>/L{layer}.{neuron}.html``. ``labels``: short model
+    labels for partner names (``b:L3.152``); ``links``: HTML placed under the heading
+    (``navigation.navigation_html``: previous/next, family neighbours, compare view)."""
     name = neuron_name(layer, neuron)
     badges = []
     if row.get("is_universal") is True or row.get("is_universal") == 1:
@@ -197,14 +205,15 @@ def render_neuron_page(model: str, layer: int, neuron: int, row: Mapping, detail
     for f in families_of(row.get("families")):
         badges.append(f'<span class="badge">{esc(f)}</span>')
     head = f"<p>model {esc(model)} · layer {layer} · neuron {neuron} {' '.join(badges)}</p>"
-    body = head + "".join([
+    body = head + links + "".join([
         section("statistics", "Statistics", _stats_html(row, explanation_columns)),
-        section("partners", "Best match in each sibling model", _partners_html(detail, pages)),
+        section("partners", "Best match in each sibling model", _partners_html(detail, pages, labels)),
         section("histogram", "Activation histogram", _histogram_html(detail)),
         section("examples", "Examples", _examples_html(detail)),
         section("tokens", "Tokens", _vocab_html(detail)),
         section("explanations", "Explanations",
                 _explanations_html(row, explanation_columns, explanation_rows)),
     ])
-    nav = [("../../index.html", "report"), (f"../../{quote(browser_file(model))}", f"browser: {model}")]
+    nav = [("../../index.html", "report"), (f"../../{quote(browser_file(model))}", f"browser: {model}"),
+           (f"../../{GLOSSARY_FILE}", "glossary")]
     return page(f"{model} {name}", body, nav=nav, css_href=f"../../{STYLESHEET}")

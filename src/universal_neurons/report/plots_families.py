@@ -7,7 +7,7 @@ imported here only when a plot is drawn; figures use the Agg canvas.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from universal_neurons.errors import UserError
@@ -86,3 +86,17 @@ def plot_percentile_panels(curves: Mapping[str, Mapping[str, Any]], path: str | 
         if j == 0:
             ax.legend(fontsize=8, title="bands 5-95%, 25-75%; dotted 1/99%", title_fontsize=7)
     _save(fig, path)
+
+
+def plot_prediction_curves(frames: Mapping[str, Any], path: str | os.PathLike,
+                           percentiles: Sequence[float] | None = None) -> None:
+    """Per-layer percentile bands of ``vocab_kurt`` (log scale) and ``vocab_skew`` (paper
+    Fig. 5); one colour per model, bands 5–95% / 25–75% and the median."""
+    from universal_neurons.analysis.prediction import PERCENTILES, percentile_curves
+
+    pct = PERCENTILES if percentiles is None else percentiles
+    curves = {m: {c: percentile_curves(df, c, pct) for c in ("vocab_kurt", "vocab_skew")}
+              for m, df in frames.items() if {"layer", "vocab_kurt", "vocab_skew"} <= set(df)}
+    if not curves:
+        raise ValueError("no model has vocab_kurt and vocab_skew columns to plot")
+    plot_percentile_panels(curves, path)

@@ -50,28 +50,47 @@ from universal_neurons.constants import (
     parse_neuron_name,
 )
 from universal_neurons.errors import UserError
+from universal_neurons.options import dataset_opt, models_opt, opt, run_opt, tokens_opt
+
+
+def parse_positions(text: str) -> tuple[int, int | None]:
+    """``START:END`` (END optional) -> ``(start, end)``; argparse type of ``--positions``."""
+    import argparse
+
+    start, sep, end = text.partition(":")
+    try:
+        lo, hi = int(start), (int(end) if end.strip() else None)
+    except ValueError:
+        lo, hi = -1, None
+    if not sep or lo < 1 or (hi is not None and hi <= lo):
+        raise argparse.ArgumentTypeError(f"bad --positions {text!r}: expected START:END with "
+                                         "1 <= START < END, e.g. 64:256, or START: for the end")
+    return lo, hi
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
     """Settings of the ``attention`` stage (saved in the run manifest)."""
 
-    model: str
-    """Model spec (alias, bundled member, HF id, folder)."""
-    out: str
+    model: str = models_opt(one=True)
+    """Model spec (alias, bundled member, HF id, folder), e.g. tiny-gpt2-a."""
+    out: str = run_opt()
     """Run directory."""
-    dataset: str | None = None
+    dataset: str | None = dataset_opt()
     """Token dataset folder; None = the bundled test split tokenized for the model."""
-    tokens: int = 16_384
-    """Tokens streamed for path ablation and value norms (rounded up to whole sequences)."""
+    tokens: int = tokens_opt(16_384)
+    """Tokens streamed for path ablation and value norms, e.g. 1M (rounded up to whole
+    sequences)."""
     n_ctx: int | None = None
     """Context of the default dataset (default ``min(512, model n_ctx)``)."""
     batch_size: int = 8
+    """Sequences per forward pass."""
     device: str = "cpu"
-    pairs: tuple[str, ...] = ()
+    """Where to compute (cpu or cuda)."""
+    pairs: tuple[str, ...] = opt((), metavar="L.N:L.H")
     """Neuron-head pairs to path-ablate (``L3.17:L5.2``); empty = the top heuristic pairs."""
-    neurons: tuple[str, ...] = ()
-    """Restrict the automatically chosen pairs to these neurons."""
+    neurons: tuple[str, ...] = opt((), metavar="L.N")
+    """Choose the top pairs among these neurons only (e.g. universal ones)."""
     top_pairs: int = 5
     """Pairs chosen per sign (most positive and most negative heuristic scores)."""
     table_k: int = 100
@@ -84,10 +103,14 @@ class AttentionConfig:
     """Output-norm change: ``head_pct`` = % change of the head-space ``|z_h|`` (the paper's
     figure); ``head_abs`` = its absolute change (the paper's script); ``model_abs`` =
     absolute change of ``|z_h W_O^h|`` in model space."""
-    positions: tuple[int, int | None] = PAPER_POSITIONS
+    positions: tuple[int, int | None] = opt(
+        PAPER_POSITIONS, type=lambda text: parse_positions(text), nargs=None,
+        metavar="START:END", help="query positions measured, END excluded and optional "
+        "(default 64:256, the paper's; 1: = every position after BOS)")
     """Query positions measured, ``[start, end)`` (end None = to the sequence end); the
     paper's ``(64, 256)``."""
-    plots: bool = True
+    plots: bool = opt(True, "--no-plots", help="skip the PNG plots")
+    """Write the PNG plots."""
     progress: bool = True
 
     def __post_init__(self) -> None:

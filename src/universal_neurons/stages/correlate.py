@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from universal_neurons.engine.precision import PrecisionChoice
 from universal_neurons.engine.rotation import BASELINES
 from universal_neurons.engine.sizes import format_bytes
 from universal_neurons.errors import UserError
+from universal_neurons.options import count, dataset_opt, opt, run_opt, threshold_arg, tokens_opt
 
 log = logging.getLogger(__name__)
 
@@ -46,47 +47,63 @@ HIST_RANGE = (-1.0, 1.0)
 class CorrelateConfig:
     """Options of the correlate stage (the CLI flags, one for one)."""
 
-    models: tuple[str, ...]
-    """Model specs (suites expand); the first is the reference unless ``all_pairs``."""
-    out: str
+    models: tuple[str, ...] = opt(MISSING, "--models", "--model", metavar="M")
+    """Models or suites (first = reference unless --all-pairs), e.g. tiny-gpt2 or
+    stanford-gpt2-small-a stanford-gpt2-small-b."""
+    out: str = run_opt()
     """Run directory."""
-    dataset: str | None = None
-    """Token dataset folder; None = the bundled test split tokenized for the models."""
+    dataset: str | None = dataset_opt()
+    """Token dataset folder (default: the bundled test split, tokenized)."""
     all_pairs: bool = False
     """Every model against every other (each model gets a neuron table)."""
-    threshold: float = 0.5
-    """``is_universal`` when ``excess_corr`` exceeds this."""
+    threshold: float = opt(0.5, type=threshold_arg)
+    """Universal if excess_corr exceeds this."""
     baseline: Literal["rotation", "gaussian-rows", "none"] = "rotation"
+    """Random basis of the baseline: Haar rotation, the paper code's normalised Gaussian
+    rows, or none."""
     seed: int = 0
     """Seed of the baseline bases."""
     site: Literal["post", "pre"] = "post"
+    """Neuron activation to correlate (post = mlp.hook_post)."""
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
     the single `\\n` token: docs/engine.md)."""
+    token_filter: Literal["ours", "paper"] = "ours"
+    """Tokens dropped unless --keep-tokens: ours drops BOS/EOS/pad and every whitespace token
+    containing a newline; paper drops only the pad/BOS token and the single newline token
+    (data/tokens.py, docs/paper.md)."""
     top_k: int = 10
+    """Top/bottom partners kept per neuron."""
     bins: int = 100
+    """Histogram bins on [-1, 1]."""
     precision: PrecisionChoice = "auto"
-    """GEMM inputs; ``auto``: the fastest native one within ``precision_tolerance``
-    (engine/precision.py). The manifest records the precision used."""
+    """GEMM inputs (float32 accumulation, float64 merges). auto: the fastest precision native
+    on the device whose error bound is within --precision-tolerance (fp32 unless a tolerance
+    is given). bf16 is fast only on CUDA >= 8.0 and AVX512-BF16/AMX CPUs, tf32 only on CUDA
+    >= 8.0; elsewhere they fall back to fp32 with a warning (docs/engine.md). The manifest
+    records the precision used."""
     precision_strict: bool = False
     """Refuse a precision the device does not run natively (instead of using fp32)."""
-    precision_tolerance: float | None = None
-    """Error bound ``auto`` may accept (default: the fp32 bound, so ``auto`` is fp32)."""
+    precision_tolerance: float | None = opt(None, metavar="BOUND")
+    """Worst-case correlation error --precision auto may accept, e.g. 0.03 to allow bf16
+    where it is native (default: the fp32 bound, ~5e-4)."""
     device: str = "cpu"
+    """Where to compute (cpu or cuda)."""
     batch_size: int = 8
     """Sequences per forward pass."""
     rows_per_gemm: int = 4096
     """Kept tokens buffered per GEMM (the planner may lower it to fit memory)."""
-    max_memory: str | None = None
+    max_memory: str | None = opt(None, metavar="SIZE")
     """Budget, e.g. ``8G``; default 70% of available RAM (90% of free GPU memory on CUDA)."""
-    max_tokens: int | None = None
-    """Use only the first ``max_tokens`` tokens of the dataset (whole sequences)."""
+    max_tokens: int | None = tokens_opt(None)
+    """Use only the first N tokens of the dataset (whole sequences), e.g. 1M."""
     n_ctx: int | None = None
     """Context of the default dataset (default ``min(512, model n_ctx)``)."""
-    checkpoint_every: int | None = None
-    """Save a checkpoint every this many tokens (None: no checkpoints)."""
+    checkpoint_every: int | None = opt(None, type=count, metavar="N")
+    """Checkpoint every N tokens; rerunning the command resumes after checking the
+    checkpoint's SHA-256, options and dataset (default: no checkpoints)."""
     restart: bool = False
-    """Ignore and replace an existing checkpoint."""
+    """Discard an existing checkpoint (also one that fails its checks)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -118,7 +135,8 @@ class CorrelateConfig:
     def pass_options(self, precision: Precision) -> PassOptions:
         """The options the engine's correlate pass needs, with the resolved ``precision``."""
         return PassOptions(site=self.site, baseline=self.baseline, seed=self.seed,
-                           keep_tokens=self.keep_tokens, top_k=self.top_k, bins=self.bins,
+                           keep_tokens=self.keep_tokens,
+                           token_filter=self.token_filter, top_k=self.top_k, bins=self.bins,
                            precision=precision, batch_size=self.batch_size,
                            progress=self.progress)
 

@@ -23,6 +23,7 @@ from universal_neurons.analysis.families import (
     merge_into_neuron_table,
 )
 from universal_neurons.analysis.prediction import classify
+from universal_neurons.options import opt, run_opt
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,21 @@ STAGE = "families"
 class FamiliesConfig:
     """Options of the families stage."""
 
-    run: str
-    models: tuple[str, ...] = ()
+    out: str = run_opt()
+    """Run directory."""
+    models: tuple[str, ...] = opt((), metavar="M")
     """Models to label (default: every model with explanations or a neuron table in RUN)."""
     thresholds: FamilyThresholds = FamilyThresholds()
-    weights: bool = True
+    """The families' thresholds (options of their own, see ``families --help``)."""
+    weights: bool = opt(True, "--no-weights", help="do not load models (no vocab moments "
+                        "beyond the tables, no token sets)")
     """Load models for vocab moments missing from the tables and for token sets."""
     top_tokens: int = 20
-    plots: bool = True
+    """Tokens listed per prediction/suppression/partition neuron."""
+    plots: bool = opt(True, "--no-plots", help="skip the plots")
+    """Write the plots."""
     device: str = "cpu"
+    """Where to compute (cpu or cuda)."""
 
 
 def _models_in_run(run: Path) -> list[str]:
@@ -56,7 +63,6 @@ def _models_in_run(run: Path) -> list[str]:
 
 def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
     """Families for every model of a run; returns ``{model: counts}``."""
-    from universal_neurons.analysis.explain import explanation_paths
     from universal_neurons.constants import (
         FAMILIES_DIR,
         FAMILY_COUNTS,
@@ -69,8 +75,9 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
     )
     from universal_neurons.errors import UserError
     from universal_neurons.rundir import RunDir, atomic_path, write_table
+    from universal_neurons.stages.explain import explanation_paths
 
-    run = Path(config.run)
+    run = Path(config.out)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist; run `universal-neurons explain` "
                         "or `correlate` with --out there first")
@@ -121,7 +128,7 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
         log.info("%s: %s", name, ", ".join(f"{f} {n}" for f, n in
                                           zip(counts["family"], counts["n_neurons"]) if n))
     if config.plots and moment_frames:
-        from universal_neurons.analysis.prediction import plot_prediction_curves
+        from universal_neurons.report.plots_families import plot_prediction_curves
 
         plot_prediction_curves(moment_frames, run / PLOTS_DIR / FIG_PREDICTION_CURVES)
     rd.record_stage(STAGE, _jsonable(config), models=models,

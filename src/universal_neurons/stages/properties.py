@@ -47,9 +47,9 @@ def run_properties(config: PropertiesConfig) -> PropertiesResult:
     from universal_neurons.analysis.neuron_table import refresh_neuron_table, table_models
     from universal_neurons.rundir import RunDir, write_json, write_table
 
-    run = RunDir(config.run)
+    run = RunDir(config.out)
     if not run.path.is_dir():
-        raise UserError(f"run directory {config.run} does not exist")
+        raise UserError(f"run directory {config.out} does not exist")
     tables, skipped = {}, []
     for model in table_models(run.path):
         df = refresh_neuron_table(run.path, model)
@@ -60,8 +60,8 @@ def run_properties(config: PropertiesConfig) -> PropertiesResult:
     if skipped:
         log.info("no correlation columns (not a correlate reference model): %s", skipped)
     if not tables:
-        raise UserError(f"{config.run} holds no neuron table with correlation columns; run "
-                        f"`universal-neurons correlate --out {config.run}` (and `weights`, "
+        raise UserError(f"{config.out} holds no neuron table with correlation columns; run "
+                        f"`universal-neurons correlate --out {config.out}` (and `weights`, "
                         "`stats`) first")
     comparison, claims, frames = [], [], []
     for model, df in tables.items():

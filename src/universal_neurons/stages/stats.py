@@ -15,9 +15,10 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from universal_neurons.errors import UserError
+from universal_neurons.options import dataset_opt, models_opt, opt, run_opt, tokens_opt
 
 if TYPE_CHECKING:
     from universal_neurons.stages.correlate import CorrelateConfig, CorrelateResult
@@ -29,30 +30,35 @@ STAGE = "stats"
 class StatsConfig:
     """Options of the stats stage (the CLI flags, one for one)."""
 
-    models: tuple[str, ...]
+    models: tuple[str, ...] = models_opt()
     """Models or suites (aliases, HF ids, folders); one pass for all."""
-    out: str
+    out: str = run_opt()
     """Run directory."""
-    dataset: str | None = None
+    dataset: str | None = dataset_opt()
     """Token dataset folder; None = the bundled test split tokenized for the models."""
-    max_tokens: int | None = None
-    """Use only the first ``max_tokens`` tokens of the dataset (whole sequences)."""
+    max_tokens: int | None = tokens_opt(None)
+    """Use only the first N tokens of the dataset (whole sequences), e.g. 1M."""
     n_ctx: int | None = None
     """Context of the default dataset (default ``min(512, model n_ctx)``)."""
     keep_tokens: bool = False
     """Keep BOS/pad and newline tokens (dropped by default; the paper drops only pad/BOS and
     the single `\\n` token: docs/engine.md)."""
-    sparsity_rule: str = "post>0"
+    token_filter: Literal["ours", "paper"] = "ours"
+    """Tokens dropped unless --keep-tokens: ours drops BOS/EOS/pad and every whitespace token
+    containing a newline; paper drops only the pad/BOS token and the single newline token
+    (data/tokens.py, docs/paper.md)."""
+    sparsity_rule: str = opt("post>0", metavar="RULE")
     """When a neuron counts as active: ``post>0`` or e.g. ``pre>-0.1``."""
     bins: int = 64
     """Histogram bins per neuron."""
     top_k: int = 16
     """Top activating examples kept per neuron."""
-    frequent_tokens: int = 1000
+    frequent_tokens: int = opt(1000, metavar="N")
     """Track per-token activations of up to this many most frequent tokens."""
-    token_table_mb: float = 256.0
+    token_table_mb: float = opt(256.0, metavar="MB")
     """Memory budget of the per-token table per model, in MiB."""
     device: str = "cpu"
+    """Where to compute (cpu or cuda)."""
     batch_size: int = 8
     """Sequences per forward pass."""
     progress: bool = True
@@ -95,9 +101,11 @@ def run_stats(config: StatsConfig) -> StatsResult:
     accs = activation_stats_for(models, ds, n_seq, acc_config,
                                 token_budget_bytes=int(config.token_table_mb * 2**20),
                                 n_frequent_tokens=config.frequent_tokens,
-                                keep_all=config.keep_tokens, device=config.device)
+                                keep_all=config.keep_tokens, keep_rule=config.token_filter,
+                                device=config.device)
     s = stream(ds, models, accs, batch_ranges(n_seq, config.batch_size),
                tokenizer=models[0].tokenizer, keep_all=config.keep_tokens,
+               keep_rule=config.token_filter,
                device=config.device, progress=config.progress, desc=STAGE)
     run_dir = RunDir(config.out)
     t1 = time.perf_counter()
@@ -107,7 +115,7 @@ def run_stats(config: StatsConfig) -> StatsResult:
     run_dir.record_stage(
         STAGE, {**dataclasses.asdict(acc_config), "models": list(config.models),
                 "dataset": str(ds.path), "keep_tokens": config.keep_tokens,
-                "frequent_tokens": config.frequent_tokens,
+                "token_filter": config.token_filter, "frequent_tokens": config.frequent_tokens,
                 "token_table_mb": config.token_table_mb},
         models=[m.name for m in models], outputs=files,
         tokens={"sequences": n_seq, "tokens": s.tokens, "kept_tokens": s.kept_tokens},
@@ -128,7 +136,7 @@ def run_correlate_with_stats(config: CorrelateConfig) -> CorrelateResult:
     models = load_models(config, config.device)
     dataset, n_seq = open_dataset(config, models)
     accs = activation_stats_for(models, dataset, n_seq, keep_all=config.keep_tokens,
-                                device=config.device)
+                                keep_rule=config.token_filter, device=config.device)
     result = run_correlate(config, extra_accumulators=accs, models=models)
     if result.tables:  # rank 0
         write_activation_stats(result.rundir, with_examples(accs, models, dataset, config.device))

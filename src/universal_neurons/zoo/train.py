@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,7 +187,6 @@ def train_member(cfg: TrainConfig, index: int, work_dir: str | Path,
                  tokenizer_dir: str | Path, show_progress: bool = True) -> dict:
     """Train (or resume) member ``index`` of the suite; returns its model card dict."""
     import torch
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
@@ -210,12 +210,7 @@ def train_member(cfg: TrainConfig, index: int, work_dir: str | Path,
     ckpt = mdir / "state.pt"
     rng = np.random.default_rng(seed)
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state = MemberState(step=int(saved["step"]), train_loss_ema=float(saved["ema"]),
-                            history=json.loads(saved["history"]))
-        rng.bit_generator.state = json.loads(saved["rng"])
+        state = _load_state(ckpt, model, opt, rng)
         log.info("%s: resumed at step %d", name, state.step)
     fwd = torch.compile(model) if cfg.compile else model
     tps = cfg.tokens_per_step
@@ -241,22 +236,12 @@ def train_member(cfg: TrainConfig, index: int, work_dir: str | Path,
         bar.set_postfix(loss=f"{state.train_loss_ema:.3f}")
         seen = state.step * tps
         if any(seen - tps < s <= seen for s in snapshots) or state.step in cfg.restart_steps:
-            sdir = mdir / "snapshots" / f"tokens-{seen}"
-            sdir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().to(torch.float16).contiguous()
-                       for k, v in model.state_dict().items() if k != "lm_head.weight"},
-                      str(sdir / "model.safetensors"))
-            model.config.save_pretrained(sdir)
+            _save_snapshot(model, mdir / "snapshots" / f"tokens-{seen}")
             state.history.append({"tokens": seen, "train_loss_ema": state.train_loss_ema,
                                   "test_loss": evaluate(model, test_stream, cfg, bos)})
         if seen // cfg.checkpoint_every != (seen - tps) // cfg.checkpoint_every or \
                 state.step == cfg.total_steps:
-            tmp = mdir / "state.pt.tmp"
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "step": state.step, "ema": state.train_loss_ema,
-                        "history": json.dumps(state.history),
-                        "rng": json.dumps(rng.bit_generator.state)}, tmp)
-            os.replace(tmp, ckpt)
+            _save_state(ckpt, model, opt, state, rng)
     bar.close()
     elapsed = time.time() - t0
     test_loss = evaluate(model, test_stream, cfg, bos)
@@ -269,6 +254,44 @@ def train_member(cfg: TrainConfig, index: int, work_dir: str | Path,
     (mdir / "card.json").write_text(json.dumps(card, indent=2))
     torch.save({"model": model.state_dict()}, mdir / "final.pt")
     return card
+
+
+def _save_snapshot(model: Any, folder: Path) -> None:
+    """A float16 snapshot an HF loader opens (``model.safetensors`` + ``config.json``; the
+    tied ``lm_head`` is left out)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous()
+               for k, v in model.state_dict().items() if k != "lm_head.weight"},
+              str(folder / "model.safetensors"))
+    model.config.save_pretrained(folder)
+
+
+def _save_state(ckpt: Path, model: Any, opt: Any, state: MemberState,
+                rng: np.random.Generator) -> None:
+    """The resumable training state, written atomically."""
+    import torch
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "step": state.step, "ema": state.train_loss_ema,
+                "history": json.dumps(state.history),
+                "rng": json.dumps(rng.bit_generator.state)}, tmp)
+    os.replace(tmp, ckpt)
+
+
+def _load_state(ckpt: Path, model: Any, opt: Any, rng: np.random.Generator) -> MemberState:
+    """Restore what :func:`_save_state` wrote into ``model``, ``opt`` and ``rng``."""
+    import torch
+
+    saved = torch.load(ckpt, weights_only=True)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    rng.bit_generator.state = json.loads(saved["rng"])
+    return MemberState(step=int(saved["step"]), train_loss_ema=float(saved["ema"]),
+                       history=json.loads(saved["history"]))
 
 
 def _train_member_job(args: tuple) -> dict:

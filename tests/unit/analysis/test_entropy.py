@@ -10,7 +10,6 @@ import torch
 from test_interventions_models import random_tokens, saved_model, tiny_model
 
 from universal_neurons.analysis.entropy import (
-    EntropyConfig,
     baseline_neurons,
     baseline_pool,
     entropy_sweep,
@@ -19,6 +18,7 @@ from universal_neurons.analysis.entropy import (
     vocab_cos_var,
 )
 from universal_neurons.analysis.interventions import forward_metrics
+from universal_neurons.stages.entropy import EntropyConfig
 
 
 def _orthonormal(n: int, seed: int) -> torch.Tensor:

@@ -11,12 +11,12 @@ from universal_neurons.analysis.explain import (
     Explanations,
     explain_table,
     fire_mutual_information,
-    select_neurons,
 )
 from universal_neurons.analysis.features import build_vocab_features
 from universal_neurons.analysis.sequence_features import build_row_labels
 from universal_neurons.engine.token_table import TokenTableAccumulator, iter_array_batches
 from universal_neurons.errors import UserError
+from universal_neurons.stages.explain import select_neurons
 
 VOCAB = ["<eos>", " the", "the", " The", " cat", " dog", "dog", " sat", " on", " mat", ".",
          " (", ")", ' "', "\n", " 1999", " May", " ran", " day", " top"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from helpers import loaded_model
-from universal_neurons.analysis.explain import ExplainConfig, explanation_paths, run_explain
 from universal_neurons.analysis.features import surface_strings
+from universal_neurons.stages.explain import ExplainConfig, explanation_paths, run_explain
 from universal_neurons.stages.families import FamiliesConfig, run_families
 
 WORDS = "the cat dog sat on a mat red blue day night tree river (stone) \"light\" 1999".split()

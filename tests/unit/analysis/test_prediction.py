@@ -14,10 +14,10 @@ from universal_neurons.analysis.prediction import (
     PredictionThresholds,
     classify,
     percentile_curves,
-    plot_prediction_curves,
     token_sets,
     vocab_moments,
 )
+from universal_neurons.report.plots_families import plot_prediction_curves
 
 D_MODEL, VOCAB = 256, 500
 PROMOTED, SUPPRESSED = [7, 8, 9], [11, 12, 13]

@@ -108,7 +108,7 @@ def test_universal_mask_rules():
 def test_claims_on_synthetic_runs(tmp_path, effect, alpha, expect):
     run = make_run(tmp_path, {"m-a": synthetic_table(2, effect=effect),
                               "m-b": synthetic_table(3, effect=effect)})
-    res = run_properties(PropertiesConfig(run=str(run), alpha=alpha, plots=False))
+    res = run_properties(PropertiesConfig(out=str(run), alpha=alpha, plots=False))
     claims = res.claims
     assert len(claims) == 2 * len(CLAIMS)
     assert set(claims.status) == {expect}
@@ -130,10 +130,10 @@ def test_claims_on_synthetic_runs(tmp_path, effect, alpha, expect):
 
 def test_too_few_universal_neurons_suggests_top_percent(tmp_path):
     run = make_run(tmp_path, {"m": synthetic_table(4, n_universal=5)})
-    res = run_properties(PropertiesConfig(run=str(run), plots=False))
+    res = run_properties(PropertiesConfig(out=str(run), plots=False))
     assert set(res.claims.status) == {"too few"}
     assert "--top-percent" in res.claims.note.iloc[0]
-    res = run_properties(PropertiesConfig(run=str(run), top_percent=5, plots=False))
+    res = run_properties(PropertiesConfig(out=str(run), top_percent=5, plots=False))
     assert (res.claims.n_universal == 30).all()
     assert res.claims.universal_set.iloc[0] == "top 5% by excess_corr"
 
@@ -141,16 +141,16 @@ def test_too_few_universal_neurons_suggests_top_percent(tmp_path):
 def test_models_without_correlations_are_skipped(tmp_path):
     run = make_run(tmp_path, {"ref": synthetic_table(9),
                               "partner": synthetic_table(10)[["layer", "neuron", "kurt"]]})
-    res = run_properties(PropertiesConfig(run=str(run), plots=False))
+    res = run_properties(PropertiesConfig(out=str(run), plots=False))
     assert set(res.claims.model) == {"ref"}
     with pytest.raises(ValueError, match="correlate"):
-        run_properties(PropertiesConfig(run=str(make_run(tmp_path / "b", {
+        run_properties(PropertiesConfig(out=str(make_run(tmp_path / "b", {
             "partner": synthetic_table(10)[["layer", "neuron", "kurt"]]})), plots=False))
 
 
 def test_missing_statistic_is_reported(tmp_path):
     run = make_run(tmp_path, {"m": synthetic_table(5).drop(columns=["kurt", "l2_penalty"])})
-    claims = run_properties(PropertiesConfig(run=str(run), plots=False)).claims
+    claims = run_properties(PropertiesConfig(out=str(run), plots=False)).claims
     miss = claims[claims.status == "missing"]
     assert set(miss.statistic) == {"kurt", "l2_penalty"}
     assert "universal-neurons weights" in miss[miss.statistic == "l2_penalty"].note.iloc[0]
@@ -174,7 +174,7 @@ def test_neuron_table_update_keeps_other_columns_and_orders(tmp_path):
 def test_plots_are_written(tmp_path):
     pytest.importorskip("matplotlib")
     run = make_run(tmp_path, {"m-a": synthetic_table(7), "m-b": synthetic_table(8)})
-    res = run_properties(PropertiesConfig(run=str(run)))
+    res = run_properties(PropertiesConfig(out=str(run)))
     pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert pngs == ["corr_vs_baseline_m-a.png", "corr_vs_baseline_m-b.png",
                     "properties_percentiles.png", "universal_by_layer.png"]
@@ -188,4 +188,4 @@ def test_missing_matplotlib_gives_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
     run = make_run(tmp_path, {"m": synthetic_table(11)})
     with pytest.raises(ValueError, match=r"universal-neurons\[plot\].*--no-plots"):
-        run_properties(PropertiesConfig(run=str(run)))
+        run_properties(PropertiesConfig(out=str(run)))

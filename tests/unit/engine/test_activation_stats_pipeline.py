@@ -142,3 +142,29 @@ def test_correlate_with_stats_writes_both(run_dir, tiny_suite, tmp_path):
     np.testing.assert_allclose(shared.mean, alone.mean, rtol=1e-9)
     table = pd.read_parquet(tmp_path / neuron_table(name))
     assert {"excess_corr", "mean", "sparsity"} <= set(table.columns)
+
+
+def test_token_filter_paper_keeps_what_the_paper_keeps(tiny_suite, tmp_path):
+    """``token_filter="paper"`` drops the pad/BOS token and the single newline token only:
+    the kept count equals a direct count over the dataset's ids, for stats and correlate."""
+    from universal_neurons.data.dataset import open_token_dataset
+    from universal_neurons.stages.correlate import CorrelateConfig, run_correlate
+    from universal_neurons.stages.stats import StatsConfig, run_stats
+
+    tok = tiny_suite["tokenizer"]
+    ds = open_token_dataset(tiny_suite["dataset"])
+    ids = np.asarray(ds.tokens[:], dtype=np.int64)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    newline = [i for i in range(len(tok)) if tok.decode([i]) == "\n"]
+    expected = int((~np.isin(ids, [pad, *newline])).sum())
+    a, b = tiny_suite["models"][:2]
+    paper = run_stats(StatsConfig(models=(a,), out=str(tmp_path / "s"), dataset=ds.path.as_posix(),
+                                  token_filter="paper", progress=False))
+    ours = run_stats(StatsConfig(models=(a,), out=str(tmp_path / "o"), dataset=ds.path.as_posix(),
+                                 progress=False))
+    assert paper.n_kept == expected and ours.n_kept <= paper.n_kept
+    corr = run_correlate(CorrelateConfig(models=(a, b), out=str(tmp_path / "c"),
+                                         dataset=ds.path.as_posix(), token_filter="paper",
+                                         progress=False))
+    manifest = json.loads((corr.rundir / "manifest.json").read_text())["stages"]["correlate"]
+    assert manifest["tokens"]["kept_tokens"] == expected

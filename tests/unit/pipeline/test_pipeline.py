@@ -28,13 +28,12 @@ class Recorder:
         self.run, self.fail_on, self.write = run, fail_on, write
         self.calls: list[str] = []
 
-    def __call__(self, argv: list[str]) -> int:
-        self.calls.append(argv[0])
-        if argv[0] == self.fail_on:
-            return 1
+    def __call__(self, name: str, config) -> None:
+        self.calls.append(name)
+        if name == self.fail_on:
+            raise UserError(f"{name} failed")
         if self.write:
-            write_outputs(self.run, argv[0])
-        return 0
+            write_outputs(self.run, name)
 
 
 def cfg(tmp_path, **kw) -> RunConfig:
@@ -64,7 +63,7 @@ def test_changed_stage_reruns_it_and_everything_after(tmp_path):
 
 
 def test_failed_stage_stops_and_resume_starts_there(tmp_path):
-    with pytest.raises(UserError, match="stage families failed"):
+    with pytest.raises(UserError, match="families failed"):
         run_pipeline(cfg(tmp_path), rec(tmp_path, fail_on="families"), quiet=True)
     r = rec(tmp_path)
     run_pipeline(cfg(tmp_path), r, quiet=True)
@@ -139,15 +138,15 @@ def test_toml_config(tmp_path):
     values = load_config_file(p)
     c = RunConfig(out=str(tmp_path / "run"), **values)
     assert c.models == ("tiny-gpt2-a", "tiny-gpt2-c") and c.tokens == 1000
-    rec_args: list[list[str]] = []
+    configs = {}
 
-    def invoke(argv):
-        rec_args.append(argv)
-        write_outputs(tmp_path / "run", argv[0])
-        return 0
+    def runner(name, config):
+        configs[name] = config
+        write_outputs(tmp_path / "run", name)
 
-    run_pipeline(c, invoke, quiet=True)
-    assert rec_args[0][-3:] == ["--batch-size", "4", "--quiet"]
+    run_pipeline(c, runner, quiet=True)
+    assert configs["correlate"].batch_size == 4 and configs["correlate"].max_tokens == 1000
+    assert configs["explain"].batch_size == 8 and not configs["correlate"].progress
     p.write_text("modls = 1\n")
     with pytest.raises(UserError, match="modls"):
         load_config_file(p)
@@ -209,14 +208,30 @@ def test_outputs_rewritten_outside_the_pipeline_rerun_their_stage(tmp_path, capl
 
 
 def test_memory_budget_and_precision_reach_the_stages_that_use_them(tmp_path):
-    from universal_neurons.pipeline import stage_commands
+    from universal_neurons.pipeline import stage_configs
 
-    argv = dict(stage_commands(cfg(tmp_path, max_memory="12G", precision="bf16"), "tiny-gpt2-a"))
-    corr = argv["correlate"]
-    assert corr[corr.index("--max-memory") + 1] == "12G"
-    assert corr[corr.index("--precision") + 1] == "bf16"
-    assert argv["explain"][argv["explain"].index("--max-memory") + 1] == "12G"
-    plain = dict(stage_commands(cfg(tmp_path), "tiny-gpt2-a"))
-    assert "--max-memory" not in plain["correlate"] and "--precision" not in plain["correlate"]
+    configs = dict(stage_configs(cfg(tmp_path, max_memory="12G", precision="bf16"),
+                                 "tiny-gpt2-a"))
+    assert configs["correlate"].max_memory == "12G"
+    assert configs["correlate"].precision == "bf16"
+    assert configs["explain"].max_memory == "12G"
+    plain = dict(stage_configs(cfg(tmp_path), "tiny-gpt2-a"))
+    assert plain["correlate"].max_memory is None and plain["correlate"].precision == "auto"
     with pytest.raises(UserError, match="bad memory size 'lots'"):
         cfg(tmp_path, max_memory="lots")
+
+
+def test_extra_arguments_are_parsed_by_the_stage_options(tmp_path):
+    from universal_neurons.pipeline import stage_configs
+
+    c = cfg(tmp_path, extra={"families": ["--unigram", "0.7", "--no-plots"],
+                             "report": ["--top-n", "3"], "entropy": ["--max-tokens", "64"],
+                             "correlate": ["--stats", "--batch-size", "2"]})
+    configs = dict(stage_configs(c, "tiny-gpt2-a"))
+    assert configs["families"].thresholds.unigram == 0.7 and not configs["families"].plots
+    assert configs["report"].settings.top_n == 3
+    assert configs["entropy"].tokens == 64  # the deprecated spelling still works
+    assert configs["correlate"].batch_size == 2 and configs["correlate"].max_tokens == 100_000
+    for bad in (["--no-such-option"], ["--batch-size", "many"]):
+        with pytest.raises(UserError, match="extra arguments of stage correlate"):
+            stage_configs(cfg(tmp_path, extra={"correlate": bad}), "tiny-gpt2-a")

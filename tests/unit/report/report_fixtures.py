@@ -157,6 +157,10 @@ def write_stats(path: Path, model: str, seed: int, n_vocab: int) -> None:
                      token_top_mean=np.where(top_ids >= 0, 2.0, np.nan).astype(np.float32))
     if seed == 0:  # a version-2 file: shown examples with their window activations
         known.update(window_examples(shape))
+        tops = [v for kind, _, _, v in EXAMPLES if kind == 0]  # the top candidates agree
+        known["top_values"][..., :len(tops)] = tops
+        known["top_values"][..., len(tops):] = np.minimum(known["top_values"][..., len(tops):],
+                                                          min(tops))
     # fields added to the format later than this fixture (without a default) get placeholders
     extra = {f.name: np.zeros(shape) for f in dataclasses.fields(ActivationStatsResult)
              if f.name not in known and f.default is dataclasses.MISSING

@@ -153,6 +153,13 @@ def test_neuron_pages_are_bounded_and_complete(built):
     top = df.nlargest(10, "excess_corr")  # listed under "Most universal neurons" (top_n=3)
     expected |= {f"L{a}.{b}" for a, b in zip(top.layer, top.neuron)}
     expected.add("L2.3")  # named by the entropy table (max_pages=0: nothing else)
+    other = pd.read_parquet(run / "neurons" / "org--toy-b.parquet")  # best partners of its
+    expected |= set(other[other.is_universal]["toy-a_best"])  # universal neurons
+    fams: dict[str, list] = {}  # the 3 best-scoring neurons of each family
+    for r in df.itertuples():
+        for f, score in json.loads(r.family_scores).items():
+            fams.setdefault(f, []).append((-score, -r.excess_corr, f"L{r.layer}.{r.neuron}"))
+    expected |= {name for v in fams.values() for _, _, name in sorted(v)[:3]}
     pages = {p.stem for p in (run / "report" / "neurons" / "toy-a").glob("*.html")}
     assert pages == expected
     text = (run / "report" / "neurons" / "toy-a" / f"{sorted(pages)[0]}.html").read_text()

@@ -41,10 +41,10 @@ def test_a_section_named_only_in_figure_sections_gets_its_own(tmp_path, monkeypa
     monkeypatch.setattr(constants, "_FIGURE_PATTERNS", patterns)
     monkeypatch.setattr(index_page, "FIGURE_SECTIONS", sections)
     run = make_fake_run(tmp_path / "run")
-    (run / "plots" / "paper_corr_distributions.png").write_bytes(png_bytes())
+    (run / "plots" / "paper_new_result.png").write_bytes(png_bytes())
     text = build_report(run, config=ReportConfig(top_n=0)).read_text(encoding="utf-8")
     block = re.search(r'<section id="paper"><h2>Figures of the paper</h2>(.*?)</section>', text, re.S)
-    assert block and 'src="plots/paper_corr_distributions.png"' in block.group(1)
-    assert "Corr distributions (paper)" in block.group(1) and 'href="#paper"' in text
+    assert block and 'src="plots/paper_new_result.png"' in block.group(1)
+    assert "New result (paper)" in block.group(1) and 'href="#paper"' in text
     other = re.search(r'<section id="figures">(.*?)</section>', text, re.S).group(1)
-    assert "paper_corr" not in other
+    assert "paper_new_result" not in other

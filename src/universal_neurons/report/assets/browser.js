@@ -12,57 +12,14 @@
   var cols = data.columns, n = data.n, idx = Object.create(null);
   cols.forEach(function (c, i) { idx[c.key] = i; });
 
-  // --- decoding (see report/packing.py). A cell reads its word straight from the packed
-  // string; a whole column is decoded only when it is sorted or filtered on. ---
-  var B64 = new Uint8Array(128), POW = new Float64Array(701);  // POW[350 + k] = 10^k
-  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".split("").forEach(
-    function (ch, i) { B64[ch.charCodeAt(0)] = i; });
-  for (var k0 = -350; k0 <= 350; k0++) {
-    POW[350 + k0] = Math.abs(k0) > 308 ? Math.pow(10, k0 >> 1) * Math.pow(10, k0 - (k0 >> 1)) : Number("1e" + k0);
-  }
-  // meta[i]: {s, w, float, lo, e0, missing} and, for text, {dict | span, lower}; null: name.
-  var meta = cols.map(function (c, i) {
-    var v = data.values[i];
-    if (v === null || v === undefined) { return null; }
-    var p = v.names || v.codes || v;
-    var m = { s: p.f !== undefined ? p.f : p.s, w: p.w, float: p.f !== undefined, lo: p.min - 1,
-              e0: p.e0 - 3, missing: c.type === "num" ? NaN : -1, dict: v.dict, span: v.span, lower: null };
-    return m;
-  });
-  function decode(m, x) {  // one word -> value (floats: ±m·10^(e-3), m in 1000..9999)
-    if (!m.float) { return x === 0 ? m.missing : x + m.lo; }
-    if (x < 2) { return x === 0 ? NaN : 0; }
-    x -= 2;
-    var q = x >>> 1, d = (q / 9000) | 0, mant = 1000 + q - d * 9000, e = m.e0 + d;
-    var v = e < 0 ? mant / POW[350 - e] : mant * POW[350 + e];
-    return (x & 1) ? -v : v;
-  }
-  function word(m, r) {
-    var pos = r * m.w, x = 0;
-    for (var k = 0; k < m.w; k++) { x = x * 64 + B64[m.s.charCodeAt(pos + k)]; }
-    return x;
-  }
-  // column(i): num -> Float64Array (NaN: missing); bool -> Int8Array and text codes ->
-  // Int32Array (-1: missing).
-  var colData = cols.map(function () { return null; });
-  function column(i) {
-    var m = meta[i];
-    if (colData[i] === null && m !== null) {
-      var out = cols[i].type === "num" ? new Float64Array(n) : cols[i].type === "bool" ? new Int8Array(n) : new Int32Array(n);
-      for (var r = 0, pos = 0, w = m.w, s = m.s; r < n; r++) {
-        var x = 0;
-        for (var k = 0; k < w; k++) { x = x * 64 + B64[s.charCodeAt(pos++)]; }
-        out[r] = decode(m, x);
-      }
-      colData[i] = out;
-    }
-    return colData[i];
-  }
-  function at(i, r) { return colData[i] !== null ? colData[i][r] : decode(meta[i], word(meta[i], r)); }
+  // decoding of the packed columns: packed-columns.js (loaded before this script)
+  var packed = window.packedColumns(data), meta = packed.meta, colData = packed.colData;
+  var column = packed.column, at = packed.at;
   var L = column(idx.layer), N = column(idx.neuron);
-  var hasPage = new Uint8Array(n);
+  var hasPage = new Uint8Array(n), hasCompare = new Uint8Array(n);
   data.pages.forEach(function (r) { hasPage[r] = 1; });
-  var pageDir = data.pageDir, defaultSort = data.sort in idx ? data.sort : null;
+  (data.compare || []).forEach(function (r) { hasCompare[r] = 1; });
+  var pageDir = data.pageDir, compareDir = data.compareDir, defaultSort = data.sort in idx ? data.sort : null;
   var univ = "is_universal" in idx ? column(idx.is_universal) : null;
   data = null;
   var maxL = 0, maxN = 0;
@@ -79,7 +36,7 @@
   var state = { sortKey: defaultSort, sortDir: -1, page: 0 };
 
   function entryText(m, k) {  // display text of code k of a str/list column
-    if (m.span) { return "L" + Math.floor(k / m.span) + "." + (k % m.span); }
+    if (m.span) { return (m.prefix || "") + "L" + Math.floor(k / m.span) + "." + (k % m.span); }
     var v = m.dict[k];
     return Array.isArray(v) ? v.join(", ") : String(v);
   }
@@ -182,26 +139,37 @@
   }
 
   // --- filtering: the rows of `order` that pass every control, in sorted order ---
-  var NEURON_TERM = /^l\d+(\.\d*)?$/;
+  // Terms: "l3.17" one neuron (exact), "l3." or "l3" one layer, "b:l3.152" the neurons whose
+  // best partner in model b (its label or full name) is L3.152; anything else is text.
+  var NEURON_TERM = /^l(\d+)(?:\.(\d+)?)?$/, PARTNER_TERM = /^(.+):l(\d+)\.(\d+)$/;
   var view = order;
   function textTest(t) {  // per text column: codes and which entries contain t
-    var nameLike = /^[l0-9.]+$/.test(t);  // else no neuron name ("L3.17") can contain it
+    var nameLike = /^[l0-9.]+$/.test(t) || t.indexOf(":") >= 0;  // else only a label can hold it
     return cols.filter(function (c) {
       var m = meta[idx[c.key]];
-      return (c.type === "str" || c.type === "list") && m && (nameLike || !m.span);
+      return (c.type === "str" || c.type === "list") && m &&
+        (nameLike || !m.span || (m.prefix && m.prefix.toLowerCase().indexOf(t) >= 0));
     }).map(function (c) {
       var lower = lowerTexts(idx[c.key]);
       return { codes: column(idx[c.key]),
                ok: Uint8Array.from(lower, function (s) { return s.indexOf(t) >= 0 ? 1 : 0; }) };
     });
   }
-  function nameTest(t) {  // "l3", "l3." or "l3.17": which layers and indices "L{l}.{i}" starts with t
-    var dot = t.indexOf("."), lp = dot < 0 ? t.slice(1) : t.slice(1, dot), np = dot < 0 ? "" : t.slice(dot + 1);
-    var ok = function (size, test) {
-      return Uint8Array.from({ length: size + 1 }, function (_, v) { return test(String(v)) ? 1 : 0; });
+  function nameTest(hit) {  // which layers and indices pass: exact layer, exact index if given
+    var ok = function (size, want) {
+      return Uint8Array.from({ length: size + 1 }, function (_, v) { return want === undefined || v === Number(want) ? 1 : 0; });
     };
-    return { layer: ok(maxL, function (s) { return dot < 0 ? s.lastIndexOf(lp, 0) === 0 : s === lp; }),
-             neuron: ok(maxN, function (s) { return s.lastIndexOf(np, 0) === 0; }) };
+    return { layer: ok(maxL, hit[1]), neuron: ok(maxN, hit[2]) };
+  }
+  function partnerTest(hit) {  // the partner columns of that model: codes and the code wanted
+    var who = hit[1];
+    return cols.filter(function (c) {
+      return c.partner && meta[idx[c.key]] && meta[idx[c.key]].span &&
+        (c.prefix.toLowerCase() === who + ":" || c.partner.toLowerCase() === who);
+    }).map(function (c) {
+      var m = meta[idx[c.key]], l = Number(hit[2]), i = Number(hit[3]);
+      return { codes: column(idx[c.key]), want: i < m.span ? l * m.span + i : -2 };
+    });
   }
   function filterRows() {
     var terms = search.value.toLowerCase().split(/\s+/).filter(Boolean);
@@ -212,7 +180,11 @@
       famCodes = column(idx.families);
       famOk = Uint8Array.from(meta[idx.families].dict, function (list) { return list.indexOf(want) >= 0 ? 1 : 0; });
     }
-    terms.forEach(function (t) { if (NEURON_TERM.test(t)) { names.push(nameTest(t)); } else { texts.push(textTest(t)); } });
+    var partners = [];
+    terms.forEach(function (t) {
+      var hit = NEURON_TERM.exec(t), ph = PARTNER_TERM.exec(t);
+      if (hit) { names.push(nameTest(hit)); } else if (ph) { partners.push(partnerTest(ph)); } else { texts.push(textTest(t)); }
+    });
     var out = new Int32Array(n), m = 0, j, t, q;
     rows: for (j = 0; j < n; j++) {
       var r = order[j];
@@ -220,6 +192,11 @@
       if (lay !== null && L[r] !== lay) { continue; }
       if (famOk && (famCodes[r] < 0 || !famOk[famCodes[r]])) { continue; }
       for (t = 0; t < names.length; t++) { if (!names[t].layer[L[r]] || !names[t].neuron[N[r]]) { continue rows; } }
+      for (t = 0; t < partners.length; t++) {
+        var found = false;
+        for (q = 0; q < partners[t].length && !found; q++) { found = partners[t][q].codes[r] === partners[t][q].want; }
+        if (!found) { continue rows; }
+      }
       for (t = 0; t < texts.length; t++) {
         var hit = false;
         for (q = 0; q < texts[t].length && !hit; q++) {
@@ -247,7 +224,7 @@
   });
   function widthCh(c, i) {  // from the dictionary, without decoding the column
     var w = c.label.length + 3, p = meta[i];
-    if (c.key === "name") { return Math.max(w, 9); }
+    if (c.key === "name") { return Math.max(w, 11); }
     if (c.type === "num") { return Math.max(w, c.key === "layer" || c.key === "neuron" ? 6 : 11); }
     if (c.type === "bool" || !p) { return Math.max(w, 5); }
     if (p.span) { return Math.max(w, 10); }
@@ -330,11 +307,17 @@
       for (var i = 0; i < cols.length; i++) {
         if (!visible[i]) { continue; }
         var td = tr.insertCell(), text = cellText(i, r), c = cols[i];
+        var pm = meta[i];
         if (c.key === "name" && hasPage[r]) {
-          var a = document.createElement("a");
-          a.href = pageDir + encodeURIComponent(text) + ".html";
-          a.textContent = text;
-          td.appendChild(a);
+          td.appendChild(anchor(pageDir + encodeURIComponent(text) + ".html", text));
+          if (hasCompare[r]) {  // the arrow is drawn by CSS, so the cell's text stays the name
+            var cmp = td.appendChild(anchor(compareDir + encodeURIComponent(text) + ".html", ""));
+            cmp.title = "compare with its best partners";
+            cmp.setAttribute("aria-label", "compare " + text + " with its best partners");
+            cmp.className = "cmp";
+          }
+        } else if (c.partner && pm && pm.pages && pm.pages.has(at(i, r))) {
+          td.appendChild(anchor(pm.pageDir + encodeURIComponent(text.slice(pm.prefix.length)) + ".html", text));
         } else {
           td.textContent = text;
         }
@@ -343,6 +326,13 @@
     }
     table.replaceChild(tbody, table.tBodies[0]);
     table.style.marginTop = (first * rowH) + "px";
+  }
+
+  function anchor(href, text) {
+    var a = document.createElement("a");
+    a.href = href;
+    a.textContent = text;
+    return a;
   }
 
   function update() {  // sort, filter or page changed
@@ -374,7 +364,14 @@
   [univBox, family, layer, pageSize].forEach(function (el) { el.addEventListener("change", reset); });
   $("prev").addEventListener("click", function () { state.page -= 1; update(); });
   $("next").addEventListener("click", function () { state.page += 1; update(); });
-  if (location.hash === "#universal" && !univBox.disabled) { univBox.checked = true; }
+  function fromHash() {  // #universal, #family=NAME and #q=TERMS in the address set the controls
+    var hash = decodeURIComponent(location.hash.slice(1));
+    if (hash === "universal" && !univBox.disabled) { univBox.checked = true; }
+    if (hash.lastIndexOf("family=", 0) === 0 && !family.disabled) { family.value = hash.slice(7); }
+    if (hash.lastIndexOf("q=", 0) === 0) { search.value = hash.slice(2); }
+  }
+  fromHash();
+  window.addEventListener("hashchange", function () { fromHash(); reset(); });
 
   header();
   measure();

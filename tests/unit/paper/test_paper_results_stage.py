@@ -1,0 +1,146 @@
+"""The ``paper-results`` stage on a small synthetic run of the bundled tiny-gpt2-a: every
+result written (table + figure), counts checked against the dataset, and skipped results
+that name their reason and write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from universal_neurons.constants import (
+    FIG_PAPER,
+    PAPER_RESULTS,
+    figure_section,
+)
+from universal_neurons.stages.paper_results import WRITTEN, PaperResultsConfig, run_paper_results
+
+MODEL = "tiny-gpt2-a"
+N_LAYERS, D_MLP = 4, 512
+
+
+def _neuron_table(rng: np.random.Generator, reference: bool) -> pd.DataFrame:
+    n = N_LAYERS * D_MLP
+    t = pd.DataFrame({"layer": np.repeat(np.arange(N_LAYERS), D_MLP),
+                      "neuron": np.tile(np.arange(D_MLP), N_LAYERS)})
+    for s in ("mean", "var", "skew", "kurt", "sparsity", "w_in_norm", "w_out_norm",
+              "vocab_var", "vocab_skew"):
+        t[s] = rng.normal(size=n)
+    t["vocab_kurt"] = rng.uniform(2.0, 6.0, n)
+    t.loc[[2000, 2001, 1500], "vocab_kurt"] = [30.0, 25.0, 12.0]
+    t.loc[[2000, 2001, 1500], "vocab_skew"] = [2.0, -1.5, 1.0]
+    if reference:
+        t["mean_corr"] = rng.uniform(0.2, 0.9, n)
+        t["mean_baseline"] = rng.uniform(0.1, 0.4, n)
+        t["excess_corr"] = t["mean_corr"] - t["mean_baseline"]
+        t["is_universal"] = t["excess_corr"] > 0.6
+        t["tiny-gpt2-b_best"] = [f"L{rng.integers(N_LAYERS)}.{rng.integers(D_MLP)}"
+                                 for _ in range(n)]
+    return t
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    from universal_neurons.data.dataset import build_token_dataset
+    from universal_neurons.models.loading import load_model
+
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("paper")
+    run = root / "run"
+    for d in ("neurons", "explanations", "entropy", "attention"):
+        (run / d).mkdir(parents=True)
+    _neuron_table(rng, True).to_parquet(run / "neurons" / f"{MODEL}.parquet")
+    _neuron_table(rng, False).to_parquet(run / "neurons" / "tiny-gpt2-b.parquet")
+    vr = pd.DataFrame({"layer": np.repeat(np.arange(N_LAYERS), D_MLP),
+                       "neuron": np.tile(np.arange(D_MLP), N_LAYERS)})
+    for f in ("the", "(", "of"):
+        vr[f"current/unigram:{f}"] = rng.uniform(0, 0.4, len(vr)).astype(np.float32)
+    vr.loc[5, "current/unigram:the"] = 0.8
+    vr.to_parquet(run / "explanations" / f"{MODEL}_vr.parquet")
+    cand = pd.DataFrame({"model": MODEL, "layer": 3, "neuron": np.arange(D_MLP),
+                         "w_out_norm": rng.uniform(size=D_MLP), "vocab_var": rng.uniform(size=D_MLP),
+                         "null_frac": rng.uniform(size=D_MLP)})
+    cand["neuron_name"] = [f"L3.{i}" for i in range(D_MLP)]
+    cand.to_parquet(run / "entropy" / "candidates.parquet")
+    pd.DataFrame({"group": ["clean", "target", "target"], "neuron": ["", "L3.7", "L3.7"],
+                  "value": [np.nan, -0.17, 1.0], "entropy": [4.0, 4.5, 3.0],
+                  "loss": [3.0, 3.1, 3.2]}).to_parquet(run / "entropy" / "sweep.parquet")
+    pd.DataFrame({"pair": ["L1.2->L2.H0"] * 50, "act": rng.normal(size=50),
+                  "delta_bos_attn": rng.normal(size=50), "delta_out_norm": rng.normal(size=50)}
+                 ).to_parquet(run / "attention" / "path_ablation_points.parquet")
+    pd.DataFrame({"pair": ["L1.2->L2.H0"], "mean_bos_attn": [0.3], "norm_measure": ["head_pct"]}
+                 ).to_parquet(run / "attention" / "path_ablation.parquet")
+    tok = load_model(MODEL).tokenizer
+    ds = build_token_dataset("bundled:test", tok, root / "ds", n_ctx=64, tokens=64 * 12,
+                             show_progress=False)
+    return run, ds, tok
+
+
+def test_every_result_written(synthetic_run):
+    from universal_neurons.data.tokens import keep_mask
+
+    run, ds, tok = synthetic_run
+    status = run_paper_results(PaperResultsConfig(out=str(run), dataset=str(ds.path),
+                                                  tokens=64 * 10, top_neurons=3,
+                                                  progress=False))
+    assert status == dict.fromkeys(PAPER_RESULTS, WRITTEN)
+    for result in PAPER_RESULTS:
+        assert (run / "paper" / f"{result}.parquet").is_file()
+        assert (run / "plots" / FIG_PAPER.format(result=result)).is_file()
+    kept = keep_mask(np.asarray(ds.tokens[:10], dtype=np.int64), tok)
+    src = pd.read_parquet(run / "paper" / "source_neurons.parquet")
+    one = src[(src["layer"] == 0) & (src["neuron"] == 0)]
+    assert one["n"].sum() == kept.sum()  # every kept token has a source
+    cond = pd.read_parquet(run / "paper" / "prediction_conditional.parquet")
+    assert cond["neuron_name"].tolist() == ["L3.464", "L3.465", "L2.476"]  # by vocab kurtosis
+    assert cond["prediction_class"].tolist() == ["prediction", "suppression", "prediction"]
+    n_known = (kept[:, :-1]).sum()  # rows whose next token is in the window
+    assert ((cond["n_in"] + cond["n_out"]) == n_known).all()
+    roles = pd.read_parquet(run / "paper" / "unigram_roles.parquet")
+    assert set(roles["neuron_name"]) == {"L0.5"} and roles["n"].sum() == kept.sum()
+    split = pd.read_parquet(run / "paper" / "prediction_class_split.parquet")
+    assert (split["vr"].between(0, 1)).all() and set(split["rank"]) == {0, 1, 2, 3, 4}
+    ent = pd.read_parquet(run / "paper" / "entropy_weights.parquet").set_index("neuron_name")
+    assert ent["is_entropy"].sum() == 1 and abs(ent.loc["L3.7", "d_entropy_at_min"] - 0.5) < 1e-12
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["paper_results"]["results"] == status
+
+
+def test_missing_inputs_are_skipped_with_reasons(tmp_path):
+    run = tmp_path / "run"
+    (run / "neurons").mkdir(parents=True)
+    t = _neuron_table(np.random.default_rng(1), False)
+    t.to_parquet(run / "neurons" / "m.parquet")
+    (run / "attention").mkdir()
+    for name in ("path_ablation_points", "path_ablation"):  # damaged: no measurement columns
+        pd.DataFrame({"pair": ["x"]}).to_parquet(run / "attention" / f"{name}.parquet")
+    status = run_paper_results(PaperResultsConfig(out=str(run), model="no-such-model",
+                                                  progress=False))
+    assert status["prediction_skew_late"] == WRITTEN
+    skipped = {r: s for r, s in status.items() if s != WRITTEN}
+    assert set(skipped) == set(PAPER_RESULTS) - {"prediction_skew_late"}
+    assert "correlation" in skipped["corr_distributions"]
+    assert "entropy" in skipped["entropy_weights"]
+    assert "no-such-model" in skipped["source_neurons"]
+    assert skipped["attention_panel"].startswith("failed: KeyError")
+    for result in skipped:
+        assert not (run / "paper" / f"{result}.parquet").exists()
+        assert not (run / "plots" / FIG_PAPER.format(result=result)).exists()
+
+
+def test_paper_figures_have_report_sections():
+    for result, section in PAPER_RESULTS.items():
+        assert figure_section(FIG_PAPER.format(result=result)) == section
+
+
+def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from universal_neurons.cli import main
+
+    assert main(["paper-results", "--out", str(tmp_path / "none")]) == 2
+    assert "neurons/" in capsys.readouterr().err
+    (tmp_path / "run" / "neurons").mkdir(parents=True)
+    assert main(["paper-results", "--out", str(tmp_path / "run"), "--top-neurons", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "top_neurons" in err and len(err.strip().splitlines()) == 1
