@@ -16,7 +16,10 @@ A run directory (``RUN/``) holds::
     entropy/                            ENTROPY_DIR: candidates, candidate pairs, sweeps
     attention/                          ATTENTION_DIR: heuristic, path ablation, value norms
     paper/<result>.parquet (or .json)   PAPER_DIR: the paper's results (PAPER_RESULTS)
+    trajectory/                         TRAJECTORY_DIR: neurons.parquet, summary.parquet and one
+                                        correlate run per training checkpoint (<checkpoint>/)
     plots/*.png                         PLOTS_DIR: the figures of FIGURE_SECTIONS
+    paper/index.json (+ index.md)       PAPER_DIR: the paper index (PAPER_INDEX_JSON, _MD)
     report/index.html                   REPORT_DIR, REPORT_INDEX
 """
 
@@ -47,6 +50,8 @@ DATASET_DIR = "dataset"
 """A token dataset kept inside the run (the report looks here for token text)."""
 TOKENIZER_DIR = "tokenizer"
 """A tokenizer kept inside the run (the report looks here for token text)."""
+TRAJECTORY_DIR = "trajectory"
+"""Universality over training: tables at its top, one correlate run per checkpoint below."""
 WEIGHTS_DIR = "weights"
 """Flat ``weights/<model>.safetensors``, also read by the report."""
 
@@ -102,6 +107,14 @@ PAPER_RESULTS: dict[str, str] = {
 """Results written by the ``paper-results`` stage -> the report section of their figure:
 ``paper/<result>.parquet`` and ``plots/paper_<result>.png``."""
 
+TRAJECTORY_NEURONS = "neurons.parquet"
+"""``trajectory/``: one row per (neuron of member a, checkpoint)."""
+TRAJECTORY_SUMMARY = "summary.parquet"
+"""``trajectory/``: one row per checkpoint (share universal, emergence, persistence, ...)."""
+TRAJECTORY_CHECKPOINT_RECORD = "trajectory.json"
+"""``trajectory/<checkpoint>/``: what the checkpoint's correlate run was asked (written after
+it finished; a checkpoint whose record matches is not recomputed)."""
+
 # ---- figures (in plots/) and the report section that shows each -------------------------------
 FIG_PROPERTIES_PERCENTILES = "properties_percentiles.png"
 FIG_UNIVERSAL_BY_LAYER = "universal_by_layer.png"
@@ -114,6 +127,9 @@ FIG_ATTENTION_PATH_ABLATION = "attention_path_ablation.png"
 FIG_ATTENTION_BOS_VALUE_NORMS = "attention_bos_value_norms.png"
 FIG_PAPER = "paper_{result}.png"
 """The figure of one result of ``PAPER_RESULTS``."""
+FIG_TRAJECTORY_UNIVERSALITY = "trajectory_universality.png"
+FIG_TRAJECTORY_PREDICTION = "trajectory_prediction.png"
+FIG_TRAJECTORY_SCATTER = "trajectory_scatter.png"
 
 FIGURE_SECTIONS: dict[str, str] = {
     FIG_PROPERTIES_PERCENTILES: "properties",
@@ -126,6 +142,9 @@ FIGURE_SECTIONS: dict[str, str] = {
     FIG_ATTENTION_PATH_ABLATION: "attention",
     FIG_ATTENTION_BOS_VALUE_NORMS: "attention",
     **{FIG_PAPER.format(result=r): section for r, section in PAPER_RESULTS.items()},
+    FIG_TRAJECTORY_UNIVERSALITY: "trajectory",
+    FIG_TRAJECTORY_PREDICTION: "trajectory",
+    FIG_TRAJECTORY_SCATTER: "trajectory",
 }
 """Figure file (``{field}`` = any text) -> the report section that shows it; figures not
 listed go under "Other figures"."""
@@ -149,6 +168,16 @@ def correlations_file(model: str, partner: str) -> str:
 # Hook names follow TransformerLens.
 HOOK_POST = "blocks.{layer}.mlp.hook_post"
 HOOK_PRE = "blocks.{layer}.mlp.hook_pre"
+
+
+def trajectory_file(name: str) -> str:
+    """Relative path of a trajectory table (``trajectory/<name>``)."""
+    return f"{TRAJECTORY_DIR}/{name}"
+
+
+def trajectory_checkpoint_dir(label: str) -> str:
+    """Relative path of one checkpoint's correlate run (``trajectory/<label>``)."""
+    return f"{TRAJECTORY_DIR}/{safe_name(label)}"
 
 
 def neuron_table(model: str, ext: str = "parquet") -> str:
@@ -176,3 +205,21 @@ def parse_neuron_name(name: str) -> tuple[int, int]:
         return int(layer), int(neuron)
     except ValueError:
         raise ValueError(f"bad neuron name {name!r}; expected L<layer>.<neuron>, e.g. L3.17") from None
+
+
+# ---- the paper index (stages.paper) ----------------------------------------------------------
+PAPER_INDEX_JSON = "index.json"
+"""``paper/``: one entry per result of the paper (``analysis.paper_index``)."""
+PAPER_INDEX_MD = "index.md"
+"""``paper/``: the same as a Markdown table."""
+PAPER_SCALAR = "{result}.json"
+"""``paper/``: a scalar result of the paper: ``{"value": number or text, "text": "..."}``."""
+REPORT_PAPER_PAGE = "paper.html"
+"""``report/``: the paper index as a page of the report."""
+
+
+def paper_result_files(result: str) -> tuple[str, str, str]:
+    """``(table, scalar JSON, figure)`` paths of one result of the paper, relative to the run."""
+    return (f"{PAPER_DIR}/{PAPER_TABLE.format(result=result)}",
+            f"{PAPER_DIR}/{PAPER_SCALAR.format(result=result)}",
+            f"{PLOTS_DIR}/{FIG_PAPER.format(result=result)}")

@@ -15,6 +15,9 @@ from universal_neurons.constants import (
     CORRELATIONS_DIR,
     MANIFEST,
     NEURONS_DIR,
+    PAPER_DIR,
+    PAPER_INDEX_JSON,
+    PAPER_INDEX_MD,
     REPORT_DIR,
     STATS_DIR,
 )
@@ -29,6 +32,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "entropy": ("entropy/sweep.parquet",),
     "attention": ("attention/heuristic_summary.json",),
     "paper-results": ("paper/corr_distributions.parquet",),
+    "paper": (f"{PAPER_DIR}/{PAPER_INDEX_JSON}", f"{PAPER_DIR}/{PAPER_INDEX_MD}"),
     "report": (f"{REPORT_DIR}/index.html",),
 }
 """Stage name -> glob patterns relative to the run directory; each must match a file."""

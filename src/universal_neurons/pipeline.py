@@ -108,7 +108,7 @@ class RunConfig:
 
 
 STAGE_NAMES = ("correlate", "weights", "properties", "explain", "families", "entropy",
-               "attention", "paper-results", "report")
+               "attention", "paper-results", "paper", "report")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -200,6 +200,7 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
     from universal_neurons.stages.entropy import EntropyConfig
     from universal_neurons.stages.explain import ExplainConfig
     from universal_neurons.stages.families import FamiliesConfig
+    from universal_neurons.stages.paper import PaperConfig
     from universal_neurons.stages.paper_results import PaperResultsConfig
     from universal_neurons.stages.properties import PropertiesConfig
     from universal_neurons.stages.report import ReportStageConfig
@@ -231,6 +232,7 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
         ("paper-results", PaperResultsConfig, dict(out=out, model=reference, dataset=ds,
                                                    tokens=cfg.explain_tokens,
                                                    device=cfg.device)),
+        ("paper", PaperConfig, dict(out=out)),  # before report, whose front page links it
         ("report", ReportStageConfig, dict(out=out)),
     ]
     return [(name, cls(**{**base, **extra_settings(name, cfg.extra.get(name, []))}))
@@ -272,6 +274,7 @@ def run_stage(name: str, config: Any) -> Any:
         entropy,
         explain,
         families,
+        paper,
         paper_results,
         properties,
         report,
@@ -284,7 +287,8 @@ def run_stage(name: str, config: Any) -> Any:
         "properties": properties.run_properties, "explain": explain.run_explain,
         "families": families.run_families, "entropy": entropy.run_entropy,
         "attention": attention.run_attention,
-        "paper-results": paper_results.run_paper_results, "report": report.run_report,
+        "paper-results": paper_results.run_paper_results, "paper": paper.run_paper,
+        "report": report.run_report,
     }
     return runners[name](config)
 

@@ -13,6 +13,7 @@ from universal_neurons import constants as c
     ("prediction_curves.png", "prediction"), ("entropy_L3.17.png", "entropy"),
     ("attention_heuristic.png", "attention"), ("attention_path_ablation.png", "attention"),
     ("attention_bos_value_norms.png", "attention"),
+    ("trajectory_universality.png", "trajectory"), ("trajectory_scatter.png", "trajectory"),
     ("universality.png", None), ("my_attn_plot.png", None), ("families_.png", None),
 ])
 def test_figure_section(name, section):
@@ -28,3 +29,5 @@ def test_every_figure_template_resolves_to_its_section():
 def test_path_helpers():
     assert c.neuron_table("org/m") == "neurons/org--m.parquet"
     assert c.correlations_file("a", "org/b") == "correlations/a__org--b.safetensors"
+    assert c.trajectory_file(c.TRAJECTORY_SUMMARY) == "trajectory/summary.parquet"
+    assert c.trajectory_checkpoint_dir("org/rev") == "trajectory/org--rev"

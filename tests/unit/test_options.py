@@ -135,11 +135,12 @@ def test_every_stage_command_takes_its_options_from_the_config():
     from universal_neurons.stages.entropy import EntropyConfig
     from universal_neurons.stages.explain import ExplainConfig
     from universal_neurons.stages.stats import StatsConfig
+    from universal_neurons.stages.trajectory import TrajectoryConfig
     from universal_neurons.stages.weights import WeightsConfig
 
     for name, cls in (("correlate", CorrelateConfig), ("stats", StatsConfig),
                       ("weights", WeightsConfig), ("explain", ExplainConfig),
-                      ("entropy", EntropyConfig)):
+                      ("entropy", EntropyConfig), ("trajectory", TrajectoryConfig)):
         actions = _subparser(name)._actions
         dests = {a.dest for a in actions}
         assert {f.name for f in fields(cls)} - {"progress"} <= dests, name

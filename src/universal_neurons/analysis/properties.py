@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from universal_neurons.analysis.selection import FALLBACK_PERCENT, top_percent_mask
 from universal_neurons.errors import UserError
 from universal_neurons.options import opt, run_opt, threshold_arg
 
@@ -70,12 +71,18 @@ class PropertiesConfig:
     """Values the tests compare: within-layer percentiles (default) or raw values."""
     plots: bool = opt(True, "--no-plots", help="skip the plots")
     """Write the plots."""
+    fallback_percent: float | None = opt(FALLBACK_PERCENT, metavar="P")
+    """When fewer than min_universal neurons are universal (and top_percent is not given),
+    also test the claims on the top P% by excess_corr, labelled in a selection column
+    (0: do not)."""
 
     def __post_init__(self) -> None:
         if self.top_percent is not None and not 0 < self.top_percent < 100:
             raise ValueError(f"--top-percent must be in (0, 100), got {self.top_percent}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.fallback_percent is not None and not 0 <= self.fallback_percent < 100:
+            raise ValueError(f"--fallback-percent must be in [0, 100), got {self.fallback_percent}")
         if self.on not in ("percentile", "raw"):
             raise ValueError(f"on must be 'percentile' or 'raw', got {self.on!r}")
 
@@ -87,11 +94,7 @@ def universal_mask(df, threshold: float = 0.5, top_percent: float | None = None
         raise UserError("the neuron table has no excess_corr column; run `universal-neurons "
                         "correlate` on this run directory first")
     if top_percent is not None:
-        excess = df["excess_corr"].to_numpy(dtype=np.float64)
-        valid = np.flatnonzero(~np.isnan(excess))
-        n = math.ceil(top_percent / 100 * len(valid))
-        mask = np.zeros(len(df), dtype=bool)
-        mask[valid[np.argsort(-excess[valid], kind="stable")[:n]]] = True
+        mask = top_percent_mask(df["excess_corr"].to_numpy(dtype=np.float64), top_percent)
         return mask, f"top {top_percent:g}% by excess_corr"
     if "is_universal" in df.columns:
         return df["is_universal"].fillna(False).to_numpy(dtype=bool), "is_universal (correlate)"
@@ -180,7 +183,10 @@ def _claim_row(model: str, claim: Claim, stats: dict | None, rule: str, n_univer
     sign = 1 if claim.direction == "higher" else -1
     held = bool(stats["p_value"] < config.alpha and sign * stats["rank_biserial"] > 0)
     if n_universal < config.min_universal:
-        hint = "" if config.top_percent else "; rerun with --top-percent, e.g. 1"
+        hint = ("" if config.top_percent else
+                f"; also tested on the top {config.fallback_percent:g}% by excess_corr (rows "
+                "labelled so in the selection column)" if config.fallback_percent else
+                "; rerun with --top-percent, e.g. 1")
         return {**row, "status": "too few", "held": None,
                 "note": f"only {n_universal} universal neurons (< {config.min_universal}){hint}"}
     return {**row, "status": "held" if held else "not held", "held": held,
@@ -189,8 +195,12 @@ def _claim_row(model: str, claim: Claim, stats: dict | None, rule: str, n_univer
 
 def claims_text(claims) -> str:
     """Plain-text lines for the CLI: one per model and claim."""
-    lines = []
+    lines, shown = [], None
     for r in claims.to_dict("records"):
+        if r.get("selection") != shown:  # the neurons compared, when the table says
+            shown = r.get("selection")
+            if isinstance(shown, str):
+                lines.append(f"-- universal = {shown}")
         nums = ""
         if r["status"] != "missing":
             nums = (f" (medians: within-layer percentile {r['pct_median_universal']:.0f} vs "

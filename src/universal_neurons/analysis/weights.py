@@ -24,9 +24,10 @@ TL's gated MLP has no gate bias (its ``b_in`` is added after the product), so
 ``input_bias`` is 0 for gated models.
 
 Norms, ``in_out_sim``, ``l2_penalty`` and ``vocab_mean`` (= ``w_out_hat . mean_v(W_U_hat[:, v])``)
-are float64. The cosine matrix products run in ``matmul_dtype``, float32 by default, in row
-chunks; the vocabulary moments are then central sums about the exact mean in float32 (torch's
-cascade sums, error <= 2e-7 of the sum of |terms|). Measured against float64 (tests and a
+are float64. The cosine matrix products run in ``matmul_dtype``, float32 by default, in tiles
+of rows x ``VOCAB_TILE`` columns written into one reused buffer; per tile, the top/bottom-k
+candidates and the central sums about the exact mean in float32 (torch's cascade sums, error
+<= 2e-7 of the sum of |terms|), added over the tiles in float64. Measured against float64 (tests and a
 GPT-2-small-shaped model, docs/scale.md): cosines within 1.3e-7 absolute, ``vocab_var`` and
 ``vocab_kurt`` within 1e-5 relative (measured 2e-7 / 5e-7), ``vocab_skew`` within 1e-6
 absolute (measured 2.5e-7); near-ties in the top-k lists may swap order.
@@ -197,6 +198,15 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
     return a @ b
 
 
+def _mm_into(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out = a @ b`` (``out`` contiguous), on the CPU through numpy's BLAS as :func:`_mm`;
+    ``b`` may be a column slice (the BLAS reads it with its row stride)."""
+    if out.device.type == "cpu":
+        np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+    else:
+        torch.mm(a, b, out=out)
+
+
 def _topk_both(x: Tensor, k: int, block: int | None = None) -> dict[str, Tensor]:
     """Per row of ``x [rows, V]``: ``{top,bottom}_{ids,cos}``, the ``k`` largest and smallest
     values in order (as ``torch.topk``).
@@ -230,33 +240,66 @@ def _topk_both(x: Tensor, k: int, block: int | None = None) -> dict[str, Tensor]
     return out
 
 
+VOCAB_TILE = 4096
+"""Columns of one product tile: the tile and its temporaries stay in cache for the passes
+that follow the product (top-k, central sums); ``chunk_elements`` sets its rows."""
+
+
 def _top_bottom(a_hat: Tensor, b_hat: Tensor, k: int, chunk_elements: int,
                 mean: Tensor | None = None, moments: bool = False) -> dict[str, Tensor]:
     """Per row of ``cos = a_hat [N, d] @ b_hat [d, V]``: ``{top,bottom}_{ids,cos}`` (k each)
     and, given the rows' exact float64 ``mean`` over the ``V`` columns (or with ``moments``,
     which computes it), ``mean, var, skew, kurt`` over them (central sums about that mean,
-    in the dtype of the product)."""
+    in the dtype of the product, per tile, added in float64).
+
+    The product runs in tiles of ``rows x VOCAB_TILE`` columns written into one reused
+    buffer (no fresh pages per tile); each tile's top/bottom-k are merged at the end."""
     if moments and mean is None:
         mean = a_hat.double() @ b_hat.double().mean(1)
-    k = min(k, b_hat.shape[1])
-    V = b_hat.shape[1]
+    N, V = a_hat.shape[0], b_hat.shape[1]
+    k = min(k, V)
+    tile = min(V, VOCAB_TILE)
+    step = min(N, _rows(tile, chunk_elements))
+    buf = torch.empty(2, step * tile, dtype=a_hat.dtype, device=a_hat.device)
     out: dict[str, list[Tensor]] = {}
-    step = _rows(V, chunk_elements)
-    for s in range(0, a_hat.shape[0], step):
-        cos = _mm(a_hat[s:s + step], b_hat)  # [rows, V]
-        parts = _topk_both(cos, k)
-        if mean is not None:
-            mu = mean[s:s + step]
-            # torch's cascade sums: error <= 2e-7 of the sum of |terms| in float32
-            d = cos.sub_(mu.to(cos.dtype)[:, None])  # cos is not needed any more
-            d2 = d * d
-            var = d2.sum(1).double() / V
-            m3 = torch.mul(d2, d, out=d).sum(1).double() / V
-            m4 = d2.square_().sum(1).double() / V
-            parts.update(mean=mu, var=var, skew=m3 / var**1.5, kurt=m4 / var**2)
+    for s in range(0, N, step):
+        rows = a_hat[s:s + step]
+        mu = None if mean is None else mean[s:s + step]
+        parts = _tiles(rows, b_hat, k, tile, buf, mu)
         for name, part in parts.items():
             out.setdefault(name, []).append(part)
     return {n: torch.cat(v) for n, v in out.items()}
+
+
+def _tiles(rows: Tensor, b_hat: Tensor, k: int, tile: int, buf: Tensor,
+           mu: Tensor | None) -> dict[str, Tensor]:
+    """:func:`_top_bottom` of ``rows [r, d]``, tile by tile of ``b_hat``'s columns."""
+    r, V = rows.shape[0], b_hat.shape[1]
+    cand: dict[str, list[Tensor]] = {}
+    sums = torch.zeros(3, r, dtype=torch.float64, device=rows.device)
+    mu_c = None if mu is None else mu.to(rows.dtype)[:, None]
+    for v0 in range(0, V, tile):
+        w = min(tile, V - v0)
+        cos, d2 = buf[0, :r * w].view(r, w), buf[1, :r * w].view(r, w)
+        _mm_into(rows, b_hat[:, v0:v0 + w], cos)
+        for name, t in _topk_both(cos, min(k, w)).items():
+            cand.setdefault(name, []).append(t + v0 if name.endswith("_ids") else t)
+        if mu_c is not None:
+            # torch's cascade sums: error <= 2e-7 of the sum of |terms| in float32
+            d = cos.sub_(mu_c)  # cos is not needed any more
+            torch.mul(d, d, out=d2)
+            sums[0] += d2.sum(1).double()
+            sums[1] += torch.mul(d2, d, out=d).sum(1).double()
+            sums[2] += d2.square_().sum(1).double()
+    out = {}
+    for name, largest in (("top", True), ("bottom", False)):
+        vals, ids = torch.cat(cand[f"{name}_cos"], 1), torch.cat(cand[f"{name}_ids"], 1)
+        best, pos = vals.topk(k, dim=1, largest=largest)
+        out[f"{name}_ids"], out[f"{name}_cos"] = ids.gather(1, pos), best
+    if mu is not None:
+        var, m3, m4 = (sums / V).unbind(0)
+        out.update(mean=mu, var=var, skew=m3 / var**1.5, kurt=m4 / var**2)
+    return out
 
 
 def _neuron_composition(w_in_hat: Tensor, w_out_hat: Tensor, n_layers: int, k: int,

@@ -25,7 +25,9 @@ _ORDER: list[str] = [
     "universal_neurons.commands.report",
     "universal_neurons.commands.entropy",
     "universal_neurons.commands.attention",
+    "universal_neurons.commands.paper",
     "universal_neurons.commands.paper_results",
+    "universal_neurons.commands.trajectory",
 ]
 """The order of the commands in ``--help``."""
 

@@ -29,6 +29,10 @@ Writes the columns families, family_scores, family_features into RUN/neurons/<mo
 RUN/families/<model>_counts.csv, RUN/families/<model>_prediction_tokens.parquet (the tokens
 prediction/suppression/partition neurons promote or suppress), RUN/plots/families_<model>.png
 and RUN/plots/prediction_curves.png (per-layer percentiles of vocab kurtosis and skew).
+When fewer than 10 neurons of a model are universal, the counts also give the families of
+the top 5% by excess correlation (position family: those with kurtosis < 2), in the
+columns n_selected, frac_selected and selection (the label, e.g. "top 5% by excess
+correlation: 103 neurons (only 4 pass 0.5)").
 
 examples:
   universal-neurons families runs/tiny

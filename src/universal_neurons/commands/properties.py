@@ -14,6 +14,8 @@ Checks the paper's claims that universal neurons have lower activation frequency
 (sparsity), higher pre-activation skew and kurtosis, a more negative input bias and a
 larger L2 penalty. Writes
   RUN/properties/claims.csv, claims.json     each claim per model: held / not held / too few
+                                             (with fewer than 10 universal neurons, also for
+                                             the top 5% by excess_corr: see `selection`)
   RUN/properties/comparison.csv              every statistic, universal vs other
   RUN/properties/percentiles.parquet         within-layer percentiles per neuron
   RUN/plots/properties_percentiles.png, universal_by_layer.png,

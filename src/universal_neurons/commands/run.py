@@ -13,7 +13,8 @@ DESCRIPTION = """\
 Run every stage in order on one run directory:
 
   correlate (+ activation statistics in the same pass) -> weights -> properties ->
-  explain -> families -> entropy -> attention -> paper-results -> report
+  explain -> families -> entropy -> attention -> paper-results -> paper (RUN/paper/index.md)
+  -> report
 
 With no arguments it studies the bundled suite tiny-gpt2 (tiny-gpt2-a against b..e) on the
 bundled test split and writes runs/default/report/index.html. A finished stage is skipped

@@ -16,6 +16,7 @@ Re-create the bundled study material from scratch, offline:
   universal-neurons zoo train --work W         # five seeds, resumable, one process each
   universal-neurons zoo export --work W        # fp16 HF folders into zoo/bundled/
   universal-neurons zoo curve --work W         # universality per training snapshot + suite card
+                                               # (the trajectory stage; its run in W/curve)
   universal-neurons zoo build --work W         # corpus, tokenizer, train, export in order
 
 Same seeds on the same machine give the same weights. See docs/zoo.md.

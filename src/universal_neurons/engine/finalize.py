@@ -197,9 +197,8 @@ def summarize_moments(moments: CoMoments, stats: ModelStats,
                     c0 = layout.offsets[b] - col_base
                     c = cross[r0:r0 + da, c0 + rows_b.start:c0 + rows_b.stop].float()  # [d_a, n_b]
                     ib = inv[b][rows_b]
-                    rho = c * ia[:, None] * ib[None, :]
-                    s_ab.add(rho, rows_a, rows_b.start)
-                    s_ba.add(rho.t(), rows_b, la * da)
+                    rho = torch.mul(c, ia[:, None]).mul_(ib[None, :])
+                    s_ab.add_pair(rho, rows_a, rows_b.start, s_ba)  # and rho.t() into s_ba
                     del rho
                     if baselines is None:
                         continue

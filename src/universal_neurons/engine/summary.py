@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from universal_neurons.engine.summary_fold import Extremes, fold_chunk
+
 _F64 = torch.float64
 
 
@@ -50,33 +52,51 @@ class NeuronSummary:
     # ---- chunks -------------------------------------------------------------------------
     def add(self, rho: torch.Tensor, rows: slice, col_offset: int) -> None:
         """Fold in ``rho: Float[r, c]``: rows ``rows`` of this model against partner neurons
-        ``col_offset .. col_offset + c - 1`` (NaN = missing)."""
-        rho = rho.float().contiguous()
+        ``col_offset .. col_offset + c - 1`` (NaN = missing). A transposed view (``x.t()``
+        of a contiguous ``x``) is read in place, without a transposed copy."""
+        rho = rho.float()
         r, c = rho.shape
-        if math.isfinite(rho.sum().item()):  # the common case: nothing missing
-            valid, hi, lo, x = None, rho, rho, rho
+        rows = slice(*rows.indices(self.n))
+        cols = slice(col_offset, col_offset + c)
+        if not rho.is_contiguous() and rho.t().is_contiguous():
+            fold_chunk(rho.t(), None, cols, self, rows)
         else:
-            valid = ~torch.isnan(rho)
-            hi = torch.where(valid, rho, -math.inf)
-            lo = torch.where(valid, rho, math.inf)
-            x = torch.where(valid, rho, 0.0)
-        self._extreme(hi, rows, col_offset, largest=True)
-        self._extreme(lo, rows, col_offset, largest=False)
-        del hi, lo
-        # histogram: bins of width 2/bins on [-1, 1]; rho = 1 falls in the last bin
-        idx = torch.add(x, 1.0).mul_(self.bins / 2.0).floor_().clamp_(0, self.bins - 1).long()
-        idx += torch.arange(r, device=rho.device)[:, None] * self.bins
-        idx = idx.view(-1) if valid is None else idx[valid]
-        self.hist[rows] += torch.bincount(idx, minlength=r * self.bins).view(r, self.bins)
-        del idx
-        # power sums: float32 row sums (cascade summation), accumulated in float64
-        x2 = x * x
-        sums = (x.sum(1), x2.sum(1), torch.einsum("ij,ij->i", x2, x),
-                torch.einsum("ij,ij->i", x2, x2))
-        for j, sj in enumerate(sums):
-            self.power[j, rows] += sj.to(_F64)
-        del x2
-        self.count[rows] += c if valid is None else valid.sum(1)
+            fold_chunk(rho.contiguous(), self, rows, None, cols)
+
+    def add_pair(self, rho: torch.Tensor, rows: slice, col_offset: int,
+                 other: NeuronSummary) -> None:
+        """:meth:`add` of ``rho: Float[r, c]`` here and of ``rho.t()`` into ``other``
+        (partner neurons ``col_offset ..`` against this model's ``rows``), sharing the
+        passes over the chunk."""
+        rho = rho.float().contiguous()
+        rows = slice(*rows.indices(self.n))
+        fold_chunk(rho, self, rows, other, slice(col_offset, col_offset + rho.shape[1]))
+
+    def fold_parts(self, rows: slice, col_offset: int, ext: Extremes, hist: torch.Tensor,
+                   power: torch.Tensor, count: torch.Tensor) -> None:
+        """Fold in a chunk's per-row results (:func:`fold_chunk`): extremes ``[r, k']``
+        with chunk column indices, ``hist: Long[r, bins]``, ``power: Float64[4, r]``,
+        ``count: Long[r]``."""
+        self._merge_extremes(rows, ext, col_offset)
+        self.hist[rows] += hist
+        self.power[:, rows] += power
+        self.count[rows] += count
+
+    def _merge_extremes(self, rows: slice, ext: Extremes, col_offset: int) -> None:
+        for largest, v, i in ((True, ext.top_val, ext.top_idx),
+                              (False, ext.bot_val, ext.bot_idx)):
+            tv, ti = (self.top_val, self.top_idx) if largest else (self.bot_val, self.bot_idx)
+            cv = torch.cat([tv[rows], v], 1)
+            ci = torch.cat([ti[rows], i + col_offset], 1)
+            mv, mi = cv.topk(self.k, dim=1, largest=largest, sorted=True)
+            tv[rows] = mv
+            ti[rows] = ci.gather(1, mi)
+        self._sync_extremes(rows)
+
+    def _sync_extremes(self, rows: slice) -> None:
+        """max/min are the first of the sorted top/bottom-k."""
+        self.max_val[rows], self.max_idx[rows] = self.top_val[rows, 0], self.top_idx[rows, 0]
+        self.min_val[rows], self.min_idx[rows] = self.bot_val[rows, 0], self.bot_idx[rows, 0]
 
     def add_baseline(self, rho_bar: torch.Tensor, rows: slice) -> None:
         """Fold in baseline correlations ``rho_bar: Float[r, c]`` of rows ``rows``."""
@@ -90,40 +110,14 @@ class NeuronSummary:
         self.base_max[rows] = torch.maximum(self.base_max[rows], hi)
         self.base_min[rows] = torch.minimum(self.base_min[rows], lo)
 
-    def _extreme(self, x: torch.Tensor, rows: slice, col_offset: int, largest: bool) -> None:
-        kk = min(self.k, x.shape[1])
-        v, i = x.topk(kk, dim=1, largest=largest, sorted=True)  # [r, kk]
-        i = i + col_offset
-        val, idx = (self.max_val, self.max_idx) if largest else (self.min_val, self.min_idx)
-        tv, ti = (self.top_val, self.top_idx) if largest else (self.bot_val, self.bot_idx)
-        better = v[:, 0] > val[rows] if largest else v[:, 0] < val[rows]
-        val[rows] = torch.where(better, v[:, 0], val[rows])
-        idx[rows] = torch.where(better, i[:, 0], idx[rows])
-        cv = torch.cat([tv[rows], v], 1)
-        ci = torch.cat([ti[rows], i], 1)
-        mv, mi = cv.topk(self.k, dim=1, largest=largest, sorted=True)
-        tv[rows] = mv
-        ti[rows] = ci.gather(1, mi)
-
     # ---- merging ------------------------------------------------------------------------
     def merge(self, other: NeuronSummary) -> None:
         """Combine with a summary of disjoint chunks of the same matrix."""
         if (other.n, other.n_partner, other.k, other.bins) != (self.n, self.n_partner, self.k,
                                                                 self.bins):
             raise ValueError("cannot merge summaries of different shapes")
-        rows = slice(0, self.n)
-        for largest in (True, False):
-            v, i = (other.top_val, other.top_idx) if largest else (other.bot_val, other.bot_idx)
-            val, idx = (self.max_val, self.max_idx) if largest else (self.min_val, self.min_idx)
-            ov, oi = (other.max_val, other.max_idx) if largest else (other.min_val, other.min_idx)
-            better = ov > val if largest else ov < val
-            val.copy_(torch.where(better, ov, val))
-            idx.copy_(torch.where(better, oi, idx))
-            tv, ti = (self.top_val, self.top_idx) if largest else (self.bot_val, self.bot_idx)
-            cv, ci = torch.cat([tv[rows], v], 1), torch.cat([ti[rows], i], 1)
-            mv, mi = cv.topk(self.k, dim=1, largest=largest, sorted=True)
-            tv.copy_(mv)
-            ti.copy_(ci.gather(1, mi))
+        self._merge_extremes(slice(0, self.n), Extremes(other.top_val, other.top_idx,
+                                                        other.bot_val, other.bot_idx), 0)
         self.hist += other.hist
         self.count += other.count
         self.power += other.power

@@ -57,18 +57,19 @@ class LoadedModel:
         return f"LoadedModel({self.name!r}, {self.source}: {self.location}{rev}, {self.adapter!r})"
 
 
-def _check_folder(path: Path, what: str) -> None:
-    """Refuse a folder that cannot hold an HF model, naming what is missing."""
+def _check_folder(path: Path, what: str, tokenizer: bool = True) -> None:
+    """Refuse a folder that cannot hold an HF model, naming what is missing (its tokenizer
+    files too, unless ``tokenizer`` is False)."""
     if not (path / "config.json").is_file():
         raise UserError(f"{what} {str(path)!r} has no config.json; pass a folder saved with "
                         "save_pretrained() (config.json, model.safetensors, tokenizer files)")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise UserError(f"{what} {str(path)!r} has no weights (model.safetensors); save the "
                         "model with save_pretrained(folder, safe_serialization=True)")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise UserError(f"{what} {str(path)!r} has no tokenizer files (tokenizer.json or "
                         "vocab.json); save the tokenizer into it with "
-                        "tokenizer.save_pretrained(folder)")
+                        "tokenizer.save_pretrained(folder), or name a tokenizer folder")
 
 
 def _first_line(err: BaseException) -> str:
@@ -107,19 +108,26 @@ def _load_error(ref: ResolvedSpec, err: Exception) -> UserError:
     return UserError(f"cannot load model {where!r}{origin}: {_first_line(err)}")
 
 
-def _from_pretrained(ref: ResolvedSpec, location: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _from_pretrained(ref: ResolvedSpec, location: str, dtype: torch.dtype,
+                     tokenizer_dir: str | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"revision": ref.revision} if ref.revision else {}
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=False,
                                                  weights_only=True, **kwargs)
+    if tokenizer_dir is not None:
+        return model, AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **kwargs)
     return model, tokenizer
 
 
 def load_model(spec: str, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
+               dtype: torch.dtype = torch.float32, tokenizer_dir: str | None = None
+               ) -> LoadedModel:
     """Load one model (see the module docstring for what ``spec`` may be).
+
+    ``tokenizer_dir``: a local folder to read the tokenizer from, for a model folder saved
+    without one (e.g. the zoo's training snapshots); the model's own is used when it has one.
 
     Raises ``UserError`` with the offending value and a fix for unknown names, missing
     files, unbuilt bundled models, hub failures and unsupported architectures.
@@ -132,12 +140,18 @@ def load_model(spec: str, device: str | torch.device = "cpu",
             raise UserError(f"bundled model {ref.name!r} is not built (no {location}); "
                             f"{BUILD_HINT}")
         _check_folder(Path(location), f"bundled model {ref.name!r} folder")
-    elif ref.kind == "local":
-        _check_folder(Path(location), "model folder")
+    own_tokenizer = True
+    if ref.kind == "local":
+        own_tokenizer = any((Path(location) / f).is_file() for f in TOKENIZER_FILES)
+        _check_folder(Path(location), "model folder", tokenizer=tokenizer_dir is None)
+    if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
+        raise UserError(f"tokenizer folder {tokenizer_dir!r} does not exist; pass a folder "
+                        "saved with tokenizer.save_pretrained()")
     from safetensors import SafetensorError
 
     try:
-        model, tokenizer = _from_pretrained(ref, location, dtype)
+        model, tokenizer = _from_pretrained(
+            ref, location, dtype, None if own_tokenizer else tokenizer_dir)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         raise _load_error(ref, err) from err  # transformers wraps hub errors in OSError
     model.eval().requires_grad_(False)

@@ -3,6 +3,7 @@
 Layout::
 
     report/index.html                      summary, figures, claims, families, entropy, attention
+    report/paper.html                      the paper index (RUN/paper/index.json), when there
     report/browser-<model>.html            neuron browser of one model (all neurons)
     report/neurons/<model>/L{l}.{n}.html   neuron pages (a bounded set, see selection.py)
     report/compare/<model>/L{l}.{n}.html   a neuron beside its best partners (compare.py)
@@ -23,7 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from universal_neurons.constants import PLOTS_DIR, REPORT_DIR, REPORT_INDEX, parse_neuron_name
+from universal_neurons.constants import (
+    PLOTS_DIR,
+    REPORT_DIR,
+    REPORT_INDEX,
+    REPORT_PAPER_PAGE,
+    parse_neuron_name,
+)
 from universal_neurons.errors import UserError
 from universal_neurons.report.browser import browser_data, browser_file, browser_page
 from universal_neurons.report.compare import compare_file
@@ -35,6 +42,7 @@ from universal_neurons.report.index_page import TOP_LISTED, render_index, summar
 from universal_neurons.report.navigation import build_navigation
 from universal_neurons.report.neuron_page import neuron_file
 from universal_neurons.report.page_writer import PageWriter
+from universal_neurons.report.paper_page import read_paper_index, render_paper_page
 from universal_neurons.report.partners import add_partner_columns, best_partners, model_labels
 from universal_neurons.report.rundata import RunData
 from universal_neurons.report.selection import RANK_COLUMNS, select_report_pages
@@ -157,6 +165,9 @@ def _write_site(run: RunData, out: Path, config: ReportConfig, progress) -> None
             _write(out / compare_file(m, layer, neuron), pages_html.compare(m, layer, neuron))
 
     _write(out / STYLESHEET, asset(STYLESHEET))
+    paper_index = read_paper_index(run.path)
+    if paper_index is not None:
+        _write(out / REPORT_PAPER_PAGE, render_paper_page(paper_index))
     _write(out / GLOSSARY_FILE, glossary_page())
     _write(out / REPORT_INDEX, render_index(run, summaries, plots, page_sets, run.problems,
                                             tables=tables, token_text=source.text))

@@ -19,6 +19,7 @@ from universal_neurons.constants import (
     FIG_PROPERTIES_PERCENTILES,
     FIG_UNIVERSAL_BY_LAYER,
     FIGURE_SECTIONS,
+    REPORT_PAPER_PAGE,
     figure_section,
 )
 from universal_neurons.report.browser import browser_file
@@ -39,14 +40,16 @@ from universal_neurons.report.html import (
     table,
 )
 from universal_neurons.report.neuron_page import neuron_href
+from universal_neurons.report.paper_page import read_paper_index, selection_note
 from universal_neurons.report.rundata import RunData, paper_reference
 from universal_neurons.report.svg import hbar_svg
 from universal_neurons.report.tokens import LEGEND
+from universal_neurons.report.trajectory_section import trajectory_section
 
 # Figures are shown in the section ``constants.FIGURE_SECTIONS`` gives their file; the rest
 # under "Other figures". Stage tables: see ``front``.
 MAX_PROBLEMS = 20
-SECTIONS = ("properties", "families", "prediction", "entropy", "attention")
+SECTIONS = ("properties", "families", "prediction", "entropy", "attention", "trajectory")
 """The report's own sections, in order; a section named only in ``constants.FIGURE_SECTIONS``
 gets one of its own after them (so new figures need no change here)."""
 SECTION_TITLES = {"properties": "Properties of universal neurons", "families": "Neuron families",
@@ -231,12 +234,22 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
     claims_html = None
     if claims is not None:
         claims_html = f'<div class="scroll"><h3>Claims of the paper, tested</h3>{frame_table(claims)}</div>'
+        claims_html = _join(selection_note([claims]), claims_html)
+    families_note = selection_note([t.table.frame for t in tables.get("families", ())])
 
     def body_of(sec: str) -> str | None:  # figures first, then the tables
         figures = _figures(groups[sec])
         if sec == "properties":
             return _join(figures, claims_html, front("claims"))
+        if sec == "families":
+            return _join(figures, families_note, front("families"))
         return _join(figures, front(sec))
+
+    def section_of(sec: str) -> str:
+        if sec == "trajectory":  # a section of its own making (report.trajectory_section)
+            return trajectory_section(run.path, groups["trajectory"], run.problems)
+        return section(ids.get(sec, sec), SECTION_TITLES.get(sec, sec.replace("_", " ").capitalize()),
+                       body_of(sec))
 
     def front(sec: str) -> str | None:
         return _front(sec, tables, run, pages, token_text)
@@ -246,9 +259,7 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
         section("summary", "Summary", _summary_html(run, models)),
         section("top", "Most universal neurons", _top_html(models, pages),
                 missing="not computed (no excess_corr column)"),
-        *(section(ids.get(sec, sec), SECTION_TITLES.get(sec, sec.replace("_", " ").capitalize()),
-                  body_of(sec)) for sec in secs
-          if sec in SECTIONS or groups[sec]),
+        *(section_of(sec) for sec in secs if sec in SECTIONS or groups[sec]),
         section("figures", "Other figures", _figures(groups["other"]),
                 missing="no other figures in plots/"),
     ]
@@ -262,6 +273,8 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
            ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention")]
     nav += [(f"#{sec}", sec.replace("_", " ")) for sec in secs if sec not in SECTIONS and groups[sec]]
     nav.append(("#figures", "other figures"))
+    if read_paper_index(run.path) is not None:
+        nav.append((REPORT_PAPER_PAGE, "the paper's results"))
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]
     nav.append(("glossary.html", "glossary"))
     body = "".join(sections) + f'<p class="note">{LEGEND}</p>'

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from universal_neurons.analysis.families import (
@@ -23,6 +24,11 @@ from universal_neurons.analysis.families import (
     merge_into_neuron_table,
 )
 from universal_neurons.analysis.prediction import classify
+from universal_neurons.analysis.selection import (
+    FALLBACK_PERCENT,
+    MIN_UNIVERSAL,
+    recorded_threshold,
+)
 from universal_neurons.options import opt, run_opt
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,11 @@ class FamiliesConfig:
     """Write the plots."""
     device: str = "cpu"
     """Where to compute (cpu or cuda)."""
+    fallback_percent: float | None = opt(FALLBACK_PERCENT, metavar="P")
+    """When fewer than min_universal neurons are universal, also count the families of the
+    top P% by excess_corr (columns n_selected, frac_selected, selection; 0: do not)."""
+    min_universal: int = MIN_UNIVERSAL
+    """Fewest universal neurons for the universal-family counts to stand alone."""
 
 
 def _models_in_run(run: Path) -> list[str]:
@@ -87,6 +98,8 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
                         "run `universal-neurons explain --model M --out RUN` first")
     rd = RunDir(run)
     result, moment_frames = {}, {}
+    selections: dict[str, str] = {}
+    threshold = recorded_threshold(rd.manifest())
     for name in models:
         safe = safe_name(name)
         vr_path = explanation_paths(run, name)["vr"]
@@ -105,6 +118,9 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
         merged = merge_into_neuron_table(table_path, fam)
         considered = fam if vr is None else fam.merge(vr[["layer", "neuron"]])
         counts = family_counts(considered, merged)
+        counts = fallback_counts(counts, vr, neurons, config, threshold)
+        if "selection" in counts.columns:
+            selections[name] = str(counts["selection"].iloc[0])
         with atomic_path(run / FAMILIES_DIR / FAMILY_COUNTS.format(model=safe)) as tmp:
             counts.to_csv(tmp, index=False)
         if neurons is not None and "vocab_kurt" in neurons.columns:
@@ -133,8 +149,38 @@ def run_families(config: FamiliesConfig) -> dict[str, pd.DataFrame]:
         plot_prediction_curves(moment_frames, run / PLOTS_DIR / FIG_PREDICTION_CURVES)
     rd.record_stage(STAGE, _jsonable(config), models=models,
                     counts={m: dict(zip(c["family"], c["n_neurons"].tolist()))
-                            for m, c in result.items()})
+                            for m, c in result.items()}, selection=selections)
     return result
+
+
+def fallback_counts(counts: pd.DataFrame, vr: pd.DataFrame | None,
+                    neurons: pd.DataFrame | None, config: FamiliesConfig,
+                    threshold: float | None) -> pd.DataFrame:
+    """``counts`` plus ``n_selected``, ``frac_selected`` and ``selection`` (the label) when
+    the neuron table has ``excess_corr`` and fewer than ``config.min_universal`` neurons are
+    universal: the families (the position family's candidates included) of the top
+    ``config.fallback_percent`` % by excess correlation; else ``counts`` unchanged."""
+    from universal_neurons.analysis.selection import (
+        fallback_label,
+        needs_fallback,
+        top_percent_mask,
+    )
+
+    if (not config.fallback_percent or neurons is None
+            or not {"excess_corr", "is_universal"} <= set(neurons.columns)):
+        return counts
+    n_universal = int(neurons["is_universal"].fillna(False).astype(bool).sum())
+    if not needs_fallback(n_universal, config.min_universal):
+        return counts
+    top = top_percent_mask(neurons["excess_corr"].to_numpy(np.float64), config.fallback_percent)
+    alt = neurons.assign(is_universal=top)
+    fam = assign_families(vr, alt, config.thresholds)
+    considered = fam if vr is None else fam.merge(vr[["layer", "neuron"]])
+    n_selected = family_counts(considered, alt)["n_universal"].to_numpy()
+    label = fallback_label(config.fallback_percent, int(top.sum()), n_universal, threshold)
+    log.info("only %d universal neurons; families also counted for the %s", n_universal, label)
+    return counts.assign(n_selected=n_selected, frac_selected=n_selected / max(int(top.sum()), 1),
+                         selection=label)
 
 
 def _jsonable(config: FamiliesConfig) -> dict[str, Any]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from universal_neurons.analysis.properties import CLAIMS, PropertiesConfig, analyse_table
+from universal_neurons.analysis.selection import SELECTION, recorded_threshold
 from universal_neurons.constants import (
     PROPERTIES_CLAIMS,
     PROPERTIES_CLAIMS_JSON,
@@ -64,8 +65,9 @@ def run_properties(config: PropertiesConfig) -> PropertiesResult:
                         f"`universal-neurons correlate --out {config.out}` (and `weights`, "
                         "`stats`) first")
     comparison, claims, frames = [], [], []
+    threshold = recorded_threshold(run.manifest())
     for model, df in tables.items():
-        c, cl, f = analyse_table(model, df, config)
+        c, cl, f = _analyse_with_fallback(model, df, config, threshold)
         comparison += c
         claims += cl
         frames.append(f)
@@ -90,12 +92,57 @@ def run_properties(config: PropertiesConfig) -> PropertiesResult:
     return res
 
 
+def _analyse_with_fallback(model: str, df, config: PropertiesConfig, threshold: float | None):
+    """:func:`analyse_table`, every row labelled with its ``selection``; when too few
+    neurons are universal (``analysis.selection``), the comparison and claims rows of the
+    top ``fallback_percent`` % are appended and the percentile frame gets a
+    ``fallback_universal`` column."""
+    from universal_neurons.analysis.selection import fallback_label, threshold_label
+
+    comparison, claims, frame = analyse_table(model, df, config)
+    n_universal = int(frame["universal"].sum())
+    if config.top_percent is not None:
+        label = f"top {config.top_percent:g}% by excess correlation: {n_universal} neurons"
+    else:
+        label = threshold_label(n_universal, threshold if "is_universal" in df.columns
+                                else config.threshold)
+    for row in (*comparison, *claims):
+        row[SELECTION] = label
+    if (config.top_percent is not None or not config.fallback_percent
+            or n_universal >= config.min_universal or "excess_corr" not in df.columns):
+        return comparison, claims, frame
+    alt = replace(config, top_percent=config.fallback_percent)
+    c2, cl2, f2 = analyse_table(model, df, alt)
+    label = fallback_label(config.fallback_percent, int(f2["universal"].sum()), n_universal,
+                           threshold if "is_universal" in df.columns else config.threshold)
+    log.info("%s: only %d universal neurons; claims also tested on the %s", model,
+             n_universal, label)
+    for row in (*c2, *cl2):
+        row[SELECTION] = label
+    return comparison + c2, claims + cl2, frame.assign(fallback_universal=f2["universal"])
+
+
 def _csv(parquet_name: str) -> str:
     """The CSV copy ``write_table`` writes beside a parquet file."""
     return parquet_name.removesuffix(".parquet") + ".csv"
 
 
 def _summary(claims, config: PropertiesConfig) -> dict[str, Any]:
+    """Per claim: models where it held / was tested, over the ordinary selection; the
+    fallback's rows (``selection`` starting "top", when ``top_percent`` was not given)
+    are counted apart under ``fallback``."""
+    fallback = (claims[SELECTION].str.startswith("top") if config.top_percent is None
+                and SELECTION in claims.columns else claims["statistic"].isna())
+    out: dict[str, Any] = _counts(claims[~fallback])
+    out["universal_set"] = (f"top {config.top_percent:g}% by excess_corr" if config.top_percent
+                            else "is_universal (excess_corr > threshold)")
+    if fallback.any():
+        out["fallback"] = {"selection": sorted(set(claims.loc[fallback, SELECTION])),
+                           **_counts(claims[fallback])}
+    return out
+
+
+def _counts(claims) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in CLAIMS:
         rows = claims[claims.statistic == c.statistic]
@@ -103,8 +150,6 @@ def _summary(claims, config: PropertiesConfig) -> dict[str, Any]:
                             "held_in": int((rows.status == "held").sum()),
                             "tested_in": int(rows.status.isin(["held", "not held"]).sum()),
                             "models": int(len(rows))}
-    out["universal_set"] = (f"top {config.top_percent:g}% by excess_corr" if config.top_percent
-                            else "is_universal (excess_corr > threshold)")
     return out
 
 

@@ -130,7 +130,7 @@ def test_claims_on_synthetic_runs(tmp_path, effect, alpha, expect):
 
 def test_too_few_universal_neurons_suggests_top_percent(tmp_path):
     run = make_run(tmp_path, {"m": synthetic_table(4, n_universal=5)})
-    res = run_properties(PropertiesConfig(out=str(run), plots=False))
+    res = run_properties(PropertiesConfig(out=str(run), plots=False, fallback_percent=None))
     assert set(res.claims.status) == {"too few"}
     assert "--top-percent" in res.claims.note.iloc[0]
     res = run_properties(PropertiesConfig(out=str(run), top_percent=5, plots=False))

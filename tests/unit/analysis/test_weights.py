@@ -164,10 +164,15 @@ def test_default_is_float32_without_compositions(models, tl_stats):
     assert a["vocab_top_ids"].dtype == np.int32 and a["vocab_top_cos"].dtype == np.float32
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_large_vocab_equals_float64_oracle(dtype):
+@pytest.mark.parametrize(("dtype", "tile"), [(torch.float32, 4096), (torch.float64, 4096),
+                                             (torch.float32, 1250)])
+def test_large_vocab_equals_float64_oracle(dtype, tile, monkeypatch):
     """A vocabulary large enough for the blocked top-k, against numpy/scipy in float64;
-    float32 products: vocab moments within 2e-5 relative, cosines within 1e-6."""
+    float32 products: vocab moments within 2e-5 relative, cosines within 1e-6. Tiles of
+    1,250 columns: the last one (3 columns) has fewer than k."""
+    from universal_neurons.analysis import weights
+
+    monkeypatch.setattr(weights, "VOCAB_TILE", tile)
     rng = np.random.default_rng(3)
     d, m, v, k = 64, 24, 5003, 7
     W_U = rng.normal(size=(d, v)) * rng.uniform(0.2, 2, size=v)  # unequal token norms

@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -166,6 +167,11 @@ def test_universality_curve_ends_with_the_finished_members(tmp_path, tokenizer_d
     for r in rows:
         assert 0 <= r["share_0.5"] <= r["share_0.3"] <= 1
         assert r["median_excess"] <= r["max_excess"] <= 1
+    # the curve is the trajectory stage's run in WORK/curve: a rerun reads it back
+    summary = pd.read_parquet(tmp_path / "curve" / "trajectory" / "summary.parquet")
+    assert list(summary["tokens"]) == [r["tokens"] for r in rows]
+    assert list(summary["max_excess"]) == [r["max_excess"] for r in rows]
+    assert universality_curve(cfg, tmp_path, max_tokens=2_000) == rows
 
 
 def test_suite_card_lists_every_member_and_curve_row():
