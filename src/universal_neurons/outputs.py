@@ -105,10 +105,18 @@ def model_neurons(spec: str) -> int | None:
 
 
 def run_output_bytes(specs: Sequence[str], all_pairs: bool) -> int:
-    """Rough size of a whole study's outputs: twice the correlate stage's (activation
-    statistics, explanations and the report are of the same order), when every model's
+    """Rough size of a whole study's outputs: twice the correlate stage's (explanations and
+    the report are of the same order) plus the activation statistics, when every model's
     size can be read locally; else :data:`MIN_FREE_BYTES`."""
     n = [model_neurons(s) for s in specs]
     if not n or any(x is None for x in n):
         return MIN_FREE_BYTES
-    return 2 * correlate_output_bytes([int(x or 0) for x in n], all_pairs, top_k=10, bins=100)
+    n_int = [int(x or 0) for x in n]
+    return (2 * correlate_output_bytes(n_int, all_pairs, top_k=10, bins=100)
+            + STATS_BYTES_PER_NEURON * sum(n_int))
+
+
+STATS_BYTES_PER_NEURON = 4 * 1024
+"""About what ``stats/<model>/activation_stats.safetensors`` holds per neuron by default:
+histogram (66 int64), top/bottom/sample candidates (80 x 20 bytes), 24 shown examples with
+11-token windows (about 1.6 KB)."""

@@ -157,8 +157,8 @@ def test_neuron_page(driver, site, tmp_path):
     link.click()
     assert driver.title == f"toy-a {name}"
     assert driver.find_element(By.CSS_SELECTOR, "#histogram svg path")  # the bars, one path
-    shaded = driver.find_elements(By.CSS_SELECTOR, "#examples .tok.max")
-    assert shaded and all("--a" in s.get_attribute("style") for s in shaded)
+    shaded = driver.find_elements(By.CSS_SELECTOR, "#examples .example b")  # own tokens
+    assert shaded and all(s.get_attribute("title") for s in shaded)
     examples = driver.find_element(By.ID, "examples").text
     assert XSS_SCRIPT in examples  # the hostile token is displayed as text
     partners = driver.find_elements(By.CSS_SELECTOR, "#partners td")
@@ -168,3 +168,36 @@ def test_neuron_page(driver, site, tmp_path):
     _no_xss(driver)
     driver.find_element(By.LINK_TEXT, "report").click()
     assert driver.title == "Universal neurons report"
+
+
+SHADING_JS = """
+return [...document.querySelectorAll('#examples .example')].map(ex => {
+  const nodes = [...ex.childNodes].filter(n => !(n.classList && n.classList.contains('meta')));
+  return nodes.map(n => n.nodeType === 1 && (n.tagName === 'I' || n.tagName === 'B')
+    ? [n.title, getComputedStyle(n).backgroundColor] : null);
+});
+"""
+
+
+def test_every_example_token_is_shaded(driver, site):
+    """On a page of a version-2 stats file every token of every example window is a shaded
+    element with its value as the title (the hover text), drawn with a visible background
+    (its alpha, |value| / scale, is checked in tests/unit/report/test_report_examples.py)."""
+    import re
+
+    from report_fixtures import EXAMPLES
+
+    from universal_neurons.report.neuron_page import neuron_file
+
+    run, _ = site
+    page = run / "report" / neuron_file("toy-a", 0, 0)
+    driver.get(page.as_uri())
+    examples = driver.execute_script(SHADING_JS)
+    assert len(examples) == len(EXAMPLES)
+    for tokens in examples:
+        assert tokens and all(t is not None for t in tokens)  # no unshaded text
+        for title, background in tokens:
+            value = float(title)
+            alpha = re.fullmatch(r"rgba?\((\d+), (\d+), (\d+)(?:, ([0-9.]+))?\)", background)
+            assert alpha is not None
+            assert value != 0 and float(alpha.group(4) or 1) > 0  # drawn shaded

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", type=int, default=d.max_examples,
                    help=f"top activating examples per neuron page (default {d.max_examples})")
     p.add_argument("--context", type=int, default=d.context_before,
-                   help=f"tokens of context before an example's token (default {d.context_before})")
+                   help="tokens of context before an example's token, at most the recorded "
+                        f"window (7) for stats files of version 2 (default {d.context_before})")
 
 
 def _settings(args: argparse.Namespace) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "stats"
-HELP = "per-neuron activation statistics: moments, sparsity, histograms, top examples, tokens"
+HELP = "per-neuron activation statistics: moments, sparsity, histograms, examples, tokens"
 DESCRIPTION = """\
 Stream a token dataset once through each model (BOS/pad and newline tokens dropped unless
 --keep-tokens) and keep, for every neuron, exactly and mergeably:
@@ -13,9 +13,13 @@ Stream a token dataset once through each model (BOS/pad and newline tokens dropp
   sparsity                fraction of tokens where the neuron is active (--sparsity-rule;
                           default post>0, the paper's code used e.g. pre>-0.1)
   histogram               of the pre-activation, a range fitted per neuron + overflow bins
-  top-k examples          largest post-activations (sequence, position, value)
+  example candidates      largest and smallest post-activations and a uniform sample of
+                          positive ones (sequence, position, value)
   per-token table         mean/max post-activation on the most frequent tokens (bounded
                           by --token-table-mb)
+Then it runs each model once more over only the sequences of the examples a report shows
+(top, quantile bands of the positive activations, most negative; one per text window) and
+records the activation at every token of their windows (7 tokens before to 3 after).
 Writes RUN/stats/<model>/activation_stats.safetensors and joins the columns mean, var,
 skew, kurt, sparsity into RUN/neurons/<model>.parquet.
 

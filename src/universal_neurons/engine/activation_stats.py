@@ -21,8 +21,11 @@ the sites ``("pre", "post")``. Per neuron it keeps, exactly and mergeably:
   merged exactly: both are coarsened to the larger width (aligned grids nest, so whole bins
   map to whole bins) and the interior is the intersection of their ranges; counts outside
   it move to the overflow bins. Every count is therefore exact for the edges it reports.
-- **top-k examples** of the post-activation: value, sequence index and position of the k
-  largest activations (exact, merged with ``torch.topk``; ties may pick either token).
+- **candidate examples** of the post-activation (:class:`~universal_neurons.engine.
+  example_candidates.ExampleCandidates`): value, sequence index and position of the
+  ``top_k`` largest and the ``bottom_k`` smallest activations (exact, merged with
+  ``torch.topk``; ties may pick either token) and a uniform sample of ``sample_k`` tokens
+  with a positive activation (for the report's quantile bands).
 - **per-token table** of the post-activation for a fixed set of token ids, normally the
   most frequent ones (:func:`frequent_token_ids`, from the token array before the pass):
   count, mean and max when the token is the current one, count and mean when it is the
@@ -45,100 +48,33 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
+from universal_neurons.engine.activation_stats_config import (
+    ActivationStatsConfig,
+    merge_moments,
+    parse_sparsity_rule,
+)
 from universal_neurons.engine.activation_stats_result import ActivationStatsResult
 from universal_neurons.engine.batch import ActivationBatch
+from universal_neurons.engine.example_candidates import ExampleCandidates
 from universal_neurons.engine.frequent_tokens import (
     FrequentTokens,
     empty_token_arrays,
     frequent_token_ids,
     plan_token_table,
 )
+from universal_neurons.engine.pre_histogram import bin_counts, init_grid, merge_grids
 from universal_neurons.engine.vocab_means import VocabMeans
 
 log = logging.getLogger(__name__)
 
-_RULE = re.compile(r"^\s*(pre|post)\s*(>=|>)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
-
-
-@dataclass(frozen=True)
-class ActivationStatsConfig:
-    """Settings of :class:`ActivationStats`."""
-
-    n_bins: int = 64
-    """Interior histogram bins per neuron (plus one underflow and one overflow bin)."""
-    hist_quantile: float = 1e-3
-    """The histogram range is fixed from the ``[q, 1-q]`` quantiles of the first batch..."""
-    hist_margin: float = 0.25
-    """...widened by this fraction of that span on each side."""
-    hist_init_tokens: int = 4096
-    """At most this many rows of the first batch fix the ranges."""
-    top_k: int = 16
-    """Top activating examples kept per neuron."""
-    sparsity_rule: str = "post>0"
-    """``site>threshold`` or ``site>=threshold``; the paper's code used e.g. ``pre>-0.1``."""
-    chunk_elements: int = 1 << 24
-    """Rows are processed in chunks of at most this many activations (bounds temporaries)."""
-
-    def __post_init__(self) -> None:
-        if self.n_bins < 2:
-            raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
-        if not 0 <= self.hist_quantile < 0.5:
-            raise ValueError(f"hist_quantile must be in [0, 0.5), got {self.hist_quantile}")
-        if self.hist_margin < 0:
-            raise ValueError(f"hist_margin must be >= 0, got {self.hist_margin}")
-        if self.hist_init_tokens < 1:
-            raise ValueError(f"hist_init_tokens must be >= 1, got {self.hist_init_tokens}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        parse_sparsity_rule(self.sparsity_rule)
-
-
-def parse_sparsity_rule(rule: str) -> tuple[str, str, float]:
-    """``"pre>-0.1"`` -> ``("pre", ">", -0.1)``."""
-    m = _RULE.match(rule)
-    if m is None:
-        raise ValueError(f"bad sparsity rule {rule!r}; expected SITE>THRESHOLD with SITE "
-                         "pre or post, e.g. 'post>0' (default) or 'pre>-0.1' (paper code)")
-    return m.group(1), m.group(2), float(m.group(3))
-
-
-# ----------------------------------------------------------------------------- pieces
-def _merge_moments(a: tuple, b: tuple) -> tuple:
-    """Pébay's pairwise update of ``(n, mean, M2, M3, M4)``; ``n`` a float, rest ``[N]``."""
-    na, ma, m2a, m3a, m4a = a
-    nb, mb, m2b, m3b, m4b = b
-    if nb == 0:
-        return a
-    if na == 0:
-        return b
-    n = na + nb
-    d = mb - ma
-    d2 = d * d
-    mean = ma + d * (nb / n)
-    m2 = m2a + m2b + d2 * (na * nb / n)
-    m3 = (m3a + m3b + d * d2 * (na * nb * (na - nb) / n**2)
-          + 3 * d * (na * m2b - nb * m2a) / n)
-    m4 = (m4a + m4b + d2 * d2 * (na * nb * (na * na - na * nb + nb * nb) / n**3)
-          + 6 * d2 * (na * na * m2b + nb * nb * m2a) / n**2
-          + 4 * d * (na * m3b - nb * m3a) / n)
-    return n, mean, m2, m3, m4
-
-
-def _floor_div(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return torch.div(a, torch.pow(2, shift), rounding_mode="floor")
-
-
-def _ceil_div(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return -_floor_div(-a, shift)
-
-
+__all__ = ["ActivationStats", "ActivationStatsConfig", "activation_stats_for",
+           "parse_sparsity_rule"]
 class ActivationStats:
     """Moments, sparsity, histogram, top-k examples and per-token table of one model.
 
@@ -183,9 +119,8 @@ class ActivationStats:
         self.hist_hi = torch.zeros(n, **i64)
         self.hist = torch.zeros(n, nb + 2, **i64)  # [under, bins..., over]
         self.hist_ready = False
-        self.top_values = torch.full((k, n), -math.inf, dtype=torch.float32, device=dev)
-        self.top_seq = torch.full((k, n), -1, **i64)
-        self.top_pos = torch.full((k, n), -1, **i64)
+        c = self.config
+        self.examples = ExampleCandidates(n, k, c.bottom_k, c.sample_k, dev)
         ids = torch.as_tensor(np.asarray([] if token_ids is None else token_ids, np.int64))
         self.tokens = FrequentTokens(model, ids, n, dev) if ids.numel() else None
         if vocab_top_k < 1 or vocab_min_count < 1:
@@ -216,11 +151,13 @@ class ActivationStats:
         state = sum(getattr(self, k).numel() * getattr(self, k).element_size()
                     for k in self._STATE)
         vocab = self.vocab.nbytes if self.vocab is not None else 0
-        return state + self.token_table_nbytes + vocab + self.scratch_nbytes()
+        return (state + self.examples.nbytes + self.token_table_nbytes + vocab
+                + self.scratch_nbytes())
 
     def scratch_nbytes(self) -> int:
         """Temporaries of one update (freed before the next accumulator runs)."""
-        return 6 * 8 * min(self.config.chunk_elements, self.n_neurons * 8192)
+        elements = min(self.config.chunk_elements, self.n_neurons * 8192)
+        return 6 * 8 * elements + self.examples.scratch_nbytes(elements // self.n_neurons)
 
     # ------------------------------------------------------------------ update
     def update(self, batch: ActivationBatch) -> None:
@@ -256,14 +193,14 @@ class ActivationStats:
         d = x - mb
         d2 = d * d
         batch = (float(x.shape[0]), mb, d2.sum(0), (d2 * d).sum(0), (d2 * d2).sum(0))
-        self._set_moments(_merge_moments(self._moments(), batch))
+        self._set_moments(merge_moments(self._moments(), batch))
         site, op, thr = self._rule
         v = pre if site == "pre" else post
         self.active += (v > thr if op == ">" else v >= thr).sum(0)
         torch.minimum(self.pre_min, x.amin(0), out=self.pre_min)
         torch.maximum(self.pre_max, x.amax(0), out=self.pre_max)
         self._bin(x)
-        self._topk_update(post.float(), seq, pos)
+        self.examples.update(post.float(), seq, pos)
 
     def _moments(self) -> tuple:
         return float(self.n), self.mean, self.m2, self.m3, self.m4
@@ -272,43 +209,13 @@ class ActivationStats:
         self.n, self.mean, self.m2, self.m3, self.m4 = int(m[0]), *m[1:]
 
     def _init_hist(self, x: torch.Tensor) -> None:
-        """Fix each neuron's aligned grid from robust quantiles of ``x [rows, N]``."""
         c = self.config
-        rows = x.shape[0]
-        if rows < 256:
-            log.warning("%s: histogram ranges fixed from only %d tokens", self.model, rows)
-        k_lo = math.floor(c.hist_quantile * (rows - 1)) + 1  # kthvalue is 1-based
-        k_hi = math.ceil((1 - c.hist_quantile) * (rows - 1)) + 1
-        step = max(1, c.chunk_elements // rows)
-        lo_v, hi_v = (torch.cat([x[:, s:s + step].kthvalue(k, dim=0).values
-                                 for s in range(0, x.shape[1], step)]).double()
-                      for k in (k_lo, k_hi))
-        span = (hi_v - lo_v).clamp_min(2.0**-20)
-        lo_v, hi_v = lo_v - c.hist_margin * span, hi_v + c.hist_margin * span
-        self.hist_exp = torch.ceil(torch.log2((hi_v - lo_v) / (c.n_bins - 1))).long()
-        self.hist_lo = torch.floor(lo_v / torch.exp2(self.hist_exp.double())).long()
-        self.hist_hi = self.hist_lo + c.n_bins
+        self.hist_exp, self.hist_lo, self.hist_hi = init_grid(
+            x, c.n_bins, c.hist_quantile, c.hist_margin, c.chunk_elements, self.model)
         self.hist_ready = True
 
     def _bin(self, x: torch.Tensor) -> None:
-        nb, n = self.config.n_bins, self.n_neurons
-        t = torch.floor(x / torch.exp2(self.hist_exp.double())) - self.hist_lo  # [rows, N]
-        width = (self.hist_hi - self.hist_lo).double()
-        over = t >= width
-        col = (torch.minimum(t.clamp_(min=-1.0), width) + 1).long().masked_fill_(over, nb + 1)
-        flat = (col + torch.arange(n, device=x.device) * (nb + 2)).flatten()
-        self.hist += torch.bincount(flat, minlength=n * (nb + 2)).view(n, nb + 2)
-
-    def _topk_update(self, post: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
-        k = self.config.top_k
-        vals = torch.cat([self.top_values, post])  # [k + rows, N]
-        top = vals.topk(k, dim=0)
-        idx = top.indices
-        old = idx < k
-        new = (idx - k).clamp_min(0)
-        self.top_seq = torch.where(old, self.top_seq.gather(0, idx.clamp_max(k - 1)), seq[new])
-        self.top_pos = torch.where(old, self.top_pos.gather(0, idx.clamp_max(k - 1)), pos[new])
-        self.top_values = top.values
+        self.hist += bin_counts(x, self.hist_exp, self.hist_lo, self.hist_hi, self.config.n_bins)
 
     # ------------------------------------------------------------------ merge
     def merge(self, other: ActivationStats) -> None:
@@ -323,18 +230,13 @@ class ActivationStats:
                              "whole-vocabulary table")
         o = {k: v.to(self.device) if torch.is_tensor(v) else v
              for k, v in other.state_dict().items()}
-        self._set_moments(_merge_moments(
+        self._set_moments(merge_moments(
             self._moments(), (float(o["n"]), o["mean"], o["m2"], o["m3"], o["m4"])))
         self.active += o["active"]
         torch.minimum(self.pre_min, o["pre_min"], out=self.pre_min)
         torch.maximum(self.pre_max, o["pre_max"], out=self.pre_max)
         self._merge_hist(o)
-        k = self.config.top_k
-        vals = torch.cat([self.top_values, o["top_values"]])
-        idx = vals.topk(k, dim=0).indices
-        self.top_values = vals.gather(0, idx)
-        self.top_seq = torch.cat([self.top_seq, o["top_seq"]]).gather(0, idx)
-        self.top_pos = torch.cat([self.top_pos, o["top_pos"]]).gather(0, idx)
+        self.examples.merge({k: o[k] for k in ExampleCandidates.STATE})
         if self.tokens is not None and other.tokens is not None:
             self.tokens.table.merge(other.tokens.table)
         if self.vocab is not None and other.vocab is not None:
@@ -348,29 +250,17 @@ class ActivationStats:
                 o["hist_exp"].clone(), o["hist_lo"].clone(), o["hist_hi"].clone(), o["hist"].clone())
             self.hist_ready = True
             return
-        parts = [(self.hist_exp, self.hist_lo, self.hist_hi, self.hist),
-                 (o["hist_exp"], o["hist_lo"], o["hist_hi"], o["hist"])]
-        exp = torch.maximum(parts[0][0], parts[1][0])
-        lo = torch.maximum(*[_ceil_div(p[1], exp - p[0]) for p in parts])
-        hi = torch.minimum(*[_floor_div(p[2], exp - p[0]) for p in parts])
-        hi = torch.maximum(hi, lo)
-        nb = self.config.n_bins
-        j = torch.arange(nb, device=self.device)
-        out = torch.zeros_like(self.hist)
-        for e, plo, _, counts in parts:
-            coarse = _floor_div(plo[:, None] + j, (exp - e)[:, None]) - lo[:, None]  # [N, nb]
-            col = (coarse + 1).clamp(0, nb + 1)
-            col = torch.where(coarse >= (hi - lo)[:, None], torch.full_like(col, nb + 1), col)
-            col = torch.cat([torch.zeros_like(col[:, :1]), col, torch.full_like(col[:, :1], nb + 1)], 1)
-            out.scatter_add_(1, col, counts)
-        self.hist_exp, self.hist_lo, self.hist_hi, self.hist = exp, lo, hi, out
+        self.hist_exp, self.hist_lo, self.hist_hi, self.hist = merge_grids(
+            (self.hist_exp, self.hist_lo, self.hist_hi, self.hist),
+            (o["hist_exp"], o["hist_lo"], o["hist_hi"], o["hist"]), self.config.n_bins)
 
     # ------------------------------------------------------------------ state
     _STATE = ("mean", "m2", "m3", "m4", "active", "pre_min", "pre_max", "hist_exp", "hist_lo",
-              "hist_hi", "hist", "top_values", "top_seq", "top_pos")
+              "hist_hi", "hist")
 
     def state_dict(self) -> dict[str, Any]:
         sd: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE}
+        sd.update(self.examples.state_dict())
         sd.update(n=int(self.n), hist_ready=bool(self.hist_ready), model=self.model,
                   n_layers=self.n_layers, d_mlp=self.d_mlp, config=asdict(self.config),
                   token_ids=self.token_ids.clone(),
@@ -384,8 +274,14 @@ class ActivationStats:
                              f"loaded into {self.n_layers}x{self.d_mlp}")
         self.config = ActivationStatsConfig(**state["config"])
         self._rule = parse_sparsity_rule(self.config.sparsity_rule)
+        c = self.config
+        self.examples = ExampleCandidates(self.n_neurons, c.top_k, c.bottom_k, c.sample_k,
+                                          self.device)
         for k in self._STATE:
             setattr(self, k, state[k].to(self.device).clone())
+        if not self.examples.load_state_dict(state, self.device) and int(state["n"]) > 0:
+            log.warning("%s: the checkpoint has no negative or sampled examples; they cover "
+                        "only the tokens after it", self.model)
         ids = state["token_ids"]
         self.tokens = FrequentTokens(self.model, ids, self.n_neurons, self.device) if ids.numel() else None
         if self.tokens is not None:
@@ -412,6 +308,10 @@ class ActivationStats:
             skew = np.sqrt(n) * self.m3.cpu().numpy() / m2**1.5
             kurt = n * self.m4.cpu().numpy() / m2**2
         w = np.exp2(self.hist_exp.cpu().numpy().astype(np.float64))
+        arrays: dict[str, Any] = {
+            **{k: per_neuron(v) for k, v in self.examples.arrays().items()},
+            **(self.tokens.finalize(shape) if self.tokens else empty_token_arrays(0, shape)),
+            **self._vocab_arrays(shape)}
         return ActivationStatsResult(
             model=self.model, n_tokens=n, sparsity_rule=self.config.sparsity_rule,
             mean=per_neuron(self.mean), var=var.reshape(shape), skew=skew.reshape(shape),
@@ -421,12 +321,7 @@ class ActivationStats:
             hist=per_neuron(self.hist),
             hist_lo=(self.hist_lo.cpu().numpy() * w).reshape(shape),
             hist_hi=(self.hist_hi.cpu().numpy() * w).reshape(shape), hist_width=w.reshape(shape),
-            top_values=per_neuron(self.top_values.T.contiguous()),
-            top_seq=per_neuron(self.top_seq.T.contiguous()),
-            top_pos=per_neuron(self.top_pos.T.contiguous()),
-            token_ids=self.token_ids.numpy(),
-            **(self.tokens.finalize(shape) if self.tokens else empty_token_arrays(0, shape)),
-            **self._vocab_arrays(shape))
+            token_ids=self.token_ids.numpy(), **arrays)
 
     def _vocab_arrays(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         if self.vocab is None:

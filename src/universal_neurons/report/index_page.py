@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from universal_neurons.constants import REPORT_PAPER_PAGE, figure_section
+from universal_neurons.constants import (
+    FIG_ATTENTION_BOS_VALUE_NORMS,
+    FIG_ATTENTION_HEURISTIC,
+    FIG_ATTENTION_PATH_ABLATION,
+    FIG_CORR_VS_BASELINE,
+    FIG_ENTROPY,
+    FIG_FAMILIES,
+    FIG_PREDICTION_CURVES,
+    FIG_PROPERTIES_PERCENTILES,
+    FIG_UNIVERSAL_BY_LAYER,
+    FIGURE_SECTIONS,
+    REPORT_PAPER_PAGE,
+    figure_section,
+)
 from universal_neurons.report.browser import browser_file
 from universal_neurons.report.front import (
     FrontTable,
@@ -36,7 +50,51 @@ from universal_neurons.report.trajectory_section import trajectory_section
 # under "Other figures". Stage tables: see ``front``.
 MAX_PROBLEMS = 20
 SECTIONS = ("properties", "families", "prediction", "entropy", "attention", "trajectory")
-"""Report sections that show figures (the values of ``constants.FIGURE_SECTIONS``)."""
+"""The report's own sections, in order; a section named only in ``constants.FIGURE_SECTIONS``
+gets one of its own after them (so new figures need no change here)."""
+SECTION_TITLES = {"properties": "Properties of universal neurons", "families": "Neuron families",
+                  "prediction": "Prediction and suppression neurons",
+                  "entropy": "Entropy neurons", "attention": "Attention (de)activation neurons",
+                  "paper": "Figures of the paper"}
+FIGURE_TITLES = {
+    FIG_CORR_VS_BASELINE: "Excess correlation against the rotated baseline: {model}",
+    FIG_UNIVERSAL_BY_LAYER: "Universal neurons by layer",
+    FIG_PROPERTIES_PERCENTILES: "Properties of universal neurons (percentiles among all neurons)",
+    FIG_FAMILIES: "Neurons per family: {model}",
+    FIG_PREDICTION_CURVES: "Prediction and suppression neurons by layer",
+    FIG_ENTROPY: "Entropy neuron {neuron}: effect of its activation",
+    FIG_ATTENTION_HEURISTIC: "Deactivation heuristic of neuron -> head pairs",
+    FIG_ATTENTION_PATH_ABLATION: "Path ablation of neuron -> head pairs",
+    FIG_ATTENTION_BOS_VALUE_NORMS: "Value norms of BOS vs other tokens",
+}
+"""Captions of figure files (``{field}`` filled from the name); others get one from the name."""
+
+
+def figure_sections() -> list[str]:
+    """:data:`SECTIONS`, then any other section ``constants.FIGURE_SECTIONS`` names."""
+    return list(dict.fromkeys((*SECTIONS, *FIGURE_SECTIONS.values())))
+
+
+def _template_regex(template: str) -> str:
+    return "".join(f"(?P<{p[1:-1]}>.+)" if p.startswith("{") else re.escape(p)
+                   for p in re.split(r"(\{[a-z_]+\})", template))
+
+
+def figure_title(name: str) -> str:
+    """A caption for a figure file: ``corr_vs_baseline_tiny-a.png`` -> "Excess correlation
+    against the rotated baseline: tiny-a"; ``paper_raw_by_layer.png`` -> "Raw by layer
+    (paper)"."""
+    base = Path(name).name
+    if base in FIGURE_TITLES:
+        return FIGURE_TITLES[base]
+    for template, title in FIGURE_TITLES.items():
+        m = re.fullmatch(_template_regex(template), base) if "{" in template else None
+        if m:
+            return title.format(**m.groupdict())
+    stem = Path(base).stem
+    if stem.startswith("paper_"):
+        return stem[len("paper_"):].replace("_", " ").capitalize() + " (paper)"
+    return stem.replace("_", " ").capitalize()
 
 
 @dataclass
@@ -74,12 +132,15 @@ def summarize(name: str, df, pages, n_top: int = TOP_LISTED) -> ModelSummary:
 
 
 def _figure(rel: str, name: str) -> str:
-    return (f'<figure><a href="{esc(rel)}"><img src="{esc(rel)}" alt="{esc(name)}" loading="lazy">'
-            f"</a><figcaption>{esc(name)}</figcaption></figure>")
+    title = figure_title(name)
+    return (f'<figure><a href="{esc(rel)}" title="{esc(name)}"><img src="{esc(rel)}" '
+            f'alt="{esc(title)}" loading="lazy"></a><figcaption>{esc(title)}</figcaption></figure>')
 
 
 def _figures(plots: Sequence[tuple[str, str]]) -> str | None:
-    return "".join(_figure(rel, name) for rel, name in plots) or None
+    if not plots:
+        return None
+    return f'<div class="figures">{"".join(_figure(rel, name) for rel, name in plots)}</div>'
 
 
 def _join(*parts: str | None) -> str | None:
@@ -164,7 +225,8 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
     decodes a token id (the tables' ``token`` cells are re-decoded with it)."""
     if tables is None:
         tables = front_tables(run)
-    groups: dict[str, list[tuple[str, str]]] = {k: [] for k in (*SECTIONS, "other")}
+    secs = figure_sections()
+    groups: dict[str, list[tuple[str, str]]] = {k: [] for k in (*secs, "other")}
     for rel, name in plots:
         key = figure_section(Path(name).name)
         groups[key if key in groups else "other"].append((rel, name))
@@ -175,23 +237,29 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
         claims_html = _join(selection_note([claims]), claims_html)
     families_note = selection_note([t.table.frame for t in tables.get("families", ())])
 
+    def body_of(sec: str) -> str | None:  # figures first, then the tables
+        figures = _figures(groups[sec])
+        if sec == "properties":
+            return _join(figures, claims_html, front("claims"))
+        if sec == "families":
+            return _join(figures, families_note, front("families"))
+        return _join(figures, front(sec))
+
+    def section_of(sec: str) -> str:
+        if sec == "trajectory":  # a section of its own making (report.trajectory_section)
+            return trajectory_section(run.path, groups["trajectory"], run.problems)
+        return section(ids.get(sec, sec), SECTION_TITLES.get(sec, sec.replace("_", " ").capitalize()),
+                       body_of(sec))
+
     def front(sec: str) -> str | None:
         return _front(sec, tables, run, pages, token_text)
 
+    ids = {"properties": "claims"}  # the properties section's HTML id
     sections = [
         section("summary", "Summary", _summary_html(run, models)),
         section("top", "Most universal neurons", _top_html(models, pages),
                 missing="not computed (no excess_corr column)"),
-        section("claims", "Properties of universal neurons",
-                _join(claims_html, front("claims"), _figures(groups["properties"]))),
-        section("families", "Neuron families",
-                _join(families_note, front("families"), _figures(groups["families"]))),
-        section("prediction", "Prediction and suppression neurons",
-                _join(front("prediction"), _figures(groups["prediction"]))),
-        section("entropy", "Entropy neurons", _join(front("entropy"), _figures(groups["entropy"]))),
-        section("attention", "Attention (de)activation neurons",
-                _join(front("attention"), _figures(groups["attention"]))),
-        trajectory_section(run.path, groups["trajectory"], run.problems),
+        *(section_of(sec) for sec in secs if sec in SECTIONS or groups[sec]),
         section("figures", "Other figures", _figures(groups["other"]),
                 missing="no other figures in plots/"),
     ]
@@ -202,8 +270,9 @@ def render_index(run: RunData, models: Sequence[ModelSummary], plots: Sequence[t
             items += f"<li>… {len(problems) - len(shown):,} more (see the log)</li>"
         sections.append(section("problems", "Problems while building this report", f"<ul>{items}</ul>"))
     nav = [("#summary", "summary"), ("#claims", "properties"), ("#families", "families"),
-           ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention"),
-           ("#figures", "other figures")]
+           ("#prediction", "prediction"), ("#entropy", "entropy"), ("#attention", "attention")]
+    nav += [(f"#{sec}", sec.replace("_", " ")) for sec in secs if sec not in SECTIONS and groups[sec]]
+    nav.append(("#figures", "other figures"))
     if read_paper_index(run.path) is not None:
         nav.append((REPORT_PAPER_PAGE, "the paper's results"))
     nav += [(quote(browser_file(s.name)), f"browser: {s.name}") for s in models if s.n_neurons]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Collection, Mapping, Sequence
 from urllib.parse import quote
 
 from universal_neurons.constants import neuron_name, safe_name
 from universal_neurons.report.browser import browser_file, families_of
-from universal_neurons.report.details import Example, NeuronDetail
+from universal_neurons.report.details import NeuronDetail
+from universal_neurons.report.examples import example_html, examples_html, token_span
 from universal_neurons.report.glossary import GLOSSARY_FILE, term_html
 from universal_neurons.report.html import STYLESHEET, esc, fmt, page, section, table
 from universal_neurons.report.partners import neuron_ref_html
 from universal_neurons.report.svg import histogram_svg
 from universal_neurons.report.tokens import LEGEND, token_html
+
+__all__ = ["example_html", "neuron_file", "neuron_href", "render_neuron_page", "token_code",
+           "token_span"]
 
 FAMILY_COLUMNS = ("families", "family_scores", "family_features")
 STAT_GROUPS = {
@@ -35,25 +38,6 @@ def neuron_href(model: str, layer: int, neuron: int, *, from_neuron_page: bool) 
     """URL of a neuron page, from another neuron page or from ``report/``."""
     rel = f"{quote(safe_name(model))}/{neuron_name(layer, neuron)}.html"
     return f"../{rel}" if from_neuron_page else f"neurons/{rel}"
-
-
-def token_span(token: str, act: float | None, scale: float, *, focus: bool = False) -> str:
-    """A token of running text as a ``<span>`` (see ``report.tokens``); background opacity
-    = |act| / scale (blue if negative)."""
-    if act is None or not math.isfinite(act) or scale <= 0:  # unshaded: plain text
-        return token_html(token, spaces=False)
-    shown = token_html(token, spaces=False, isolate=False)  # .tok isolates (report.css)
-    alpha = min(abs(act) / scale, 1.0)
-    cls = "tok" + (" neg" if act < 0 else "") + (" max" if focus else "")
-    return f'<span class="{cls}" style="--a:{alpha:.2f}" title="{esc(fmt(act, 3))}">{shown}</span>'
-
-
-def example_html(ex: Example, scale: float) -> str:
-    where = "" if ex.seq_index is None else f"seq {ex.seq_index}, pos {ex.position}: "
-    toks = "".join(token_span(t, a, scale, focus=(i == ex.focus))
-                   for i, (t, a) in enumerate(zip(ex.tokens, ex.acts)))
-    return (f'<div class="example"><span class="meta">{esc(where)}{esc(fmt(ex.activation))}</span>'
-            f"{toks}</div>")
 
 
 def _stats_html(row: Mapping, skip: Collection[str] = ()) -> str | None:
@@ -120,18 +104,7 @@ def _histogram_html(detail: NeuronDetail) -> str | None:
 
 
 def _examples_html(detail: NeuronDetail) -> str | None:
-    if detail.examples is None:
-        return None
-    if not detail.examples:
-        return '<p class="missing">no examples recorded</p>'
-    scale = max((abs(e.activation) for e in detail.examples if math.isfinite(e.activation)),
-                default=0.0)
-    note = ('<p class="note">Background opacity is proportional to the activation (relative '
-            f"to the largest, {esc(fmt(scale))}); the outlined token is the example's maximum. "
-            "Tokens without a recorded activation are not shaded. A character split over "
-            "several tokens is shown whole on the last of them, the others show their bytes. "
-            f"{LEGEND}</p>")
-    return note + "".join(example_html(e, scale) for e in detail.examples)
+    return examples_html(detail.examples)
 
 
 def token_code(token: str) -> str:
@@ -157,7 +130,8 @@ def _vocab_html(detail: NeuronDetail) -> str | None:
                      f"{table(rows, ['token', 'mean', 'count'], raw_columns=(0, 1, 2))}</div>")
     if not parts:
         return None
-    return f'<div class="grid">{"".join(parts)}</div><p class="note">{LEGEND}</p>'
+    legend = "" if detail.examples else f'<p class="note">{LEGEND}</p>'  # else under the examples
+    return f'<div class="grid">{"".join(parts)}</div>{legend}'
 
 
 def _float(v) -> float:
@@ -235,7 +209,7 @@ def render_neuron_page(model: str, layer: int, neuron: int, row: Mapping, detail
         section("statistics", "Statistics", _stats_html(row, explanation_columns)),
         section("partners", "Best match in each sibling model", _partners_html(detail, pages, labels)),
         section("histogram", "Activation histogram", _histogram_html(detail)),
-        section("examples", "Top activating examples", _examples_html(detail)),
+        section("examples", "Examples", _examples_html(detail)),
         section("tokens", "Tokens", _vocab_html(detail)),
         section("explanations", "Explanations",
                 _explanations_html(row, explanation_columns, explanation_rows)),

@@ -108,7 +108,10 @@ def run_stats(config: StatsConfig) -> StatsResult:
                keep_rule=config.token_filter,
                device=config.device, progress=config.progress, desc=STAGE)
     run_dir = RunDir(config.out)
-    files = write_activation_stats(run_dir.path, accs)
+    t1 = time.perf_counter()
+    results = with_examples(accs, models, ds, config.device, config.batch_size)
+    examples_s = time.perf_counter() - t1
+    files = write_activation_stats(run_dir.path, results)
     run_dir.record_stage(
         STAGE, {**dataclasses.asdict(acc_config), "models": list(config.models),
                 "dataset": str(ds.path), "keep_tokens": config.keep_tokens,
@@ -117,7 +120,7 @@ def run_stats(config: StatsConfig) -> StatsResult:
         models=[m.name for m in models], outputs=files,
         tokens={"sequences": n_seq, "tokens": s.tokens, "kept_tokens": s.kept_tokens},
         timings={"forward_s": s.forward_s, "accumulate_s": s.accumulate_s,
-                 "total_s": time.perf_counter() - t0})
+                 "examples_s": examples_s, "total_s": time.perf_counter() - t0})
     return StatsResult(run_dir.path, [m.name for m in models], files, n_seq, s.tokens,
                        s.kept_tokens)
 
@@ -136,5 +139,21 @@ def run_correlate_with_stats(config: CorrelateConfig) -> CorrelateResult:
                                 keep_rule=config.token_filter, device=config.device)
     result = run_correlate(config, extra_accumulators=accs, models=models)
     if result.tables:  # rank 0
-        write_activation_stats(result.rundir, accs)
+        write_activation_stats(result.rundir, with_examples(accs, models, dataset, config.device))
     return result
+
+
+def with_examples(accs, models, dataset, device: str, batch_size: int = 8) -> list:
+    """Finalize each model's statistics and add the examples a report shows, with the
+    activation at every token of their windows (``engine.example_windows``: one more
+    forward per sequence an example comes from)."""
+    from universal_neurons.engine.example_windows import ExampleConfig, add_examples
+
+    by_name = {m.name: m for m in models}
+    out = []
+    for acc in accs:
+        res = acc.finalize()
+        add_examples(res, by_name[res.model].adapter, dataset.tokens,
+                     ExampleConfig(batch_size=batch_size), device)
+        out.append(res)
+    return out

@@ -155,10 +155,51 @@ def write_stats(path: Path, model: str, seed: int, n_vocab: int) -> None:
         known.update(vocab_token_count=np.arange(n_vocab, dtype=np.int64) + 5,
                      token_top_ids=top_ids,
                      token_top_mean=np.where(top_ids >= 0, 2.0, np.nan).astype(np.float32))
-    # fields added to the format later than this fixture get neutral placeholders
+    if seed == 0:  # a version-2 file: shown examples with their window activations
+        known.update(window_examples(shape))
+        tops = [v for kind, _, _, v in EXAMPLES if kind == 0]  # the top candidates agree
+        known["top_values"][..., :len(tops)] = tops
+        known["top_values"][..., len(tops):] = np.minimum(known["top_values"][..., len(tops):],
+                                                          min(tops))
+    # fields added to the format later than this fixture (without a default) get placeholders
     extra = {f.name: np.zeros(shape) for f in dataclasses.fields(ActivationStatsResult)
-             if f.name not in known}
+             if f.name not in known and f.default is dataclasses.MISSING
+             and f.default_factory is dataclasses.MISSING}
     ActivationStatsResult(**known, **extra).save(path)
+
+
+EX_BEFORE, EX_AFTER = 3, 2
+EXAMPLES = [(0, 0, 5, 2.0), (0, 1, 6, 1.5), (2, 2, 4, 0.8), (1, 3, 1, -0.2)]
+"""``(kind, seq, pos, value)`` of every neuron's shown examples in the version-2 fixture:
+two top, one from the band 50-100 %, one negative (window reaching before the sequence)."""
+
+
+def window_acts(value: float, pos: int) -> np.ndarray:
+    """The fixture's window: ``value * (w + 1) / width`` at offset ``w``, NaN before pos 0;
+    a negative example's last token is +1 (a positive value in a negative window)."""
+    w = EX_BEFORE + 1 + EX_AFTER
+    acts = value * np.arange(1, w + 1, dtype=np.float32) / w
+    acts[EX_BEFORE] = value
+    if value < 0:
+        acts[-1] = 1.0
+    acts[pos - EX_BEFORE + np.arange(w) < 0] = np.nan
+    return acts
+
+
+def window_examples(shape) -> dict:
+    e, w = len(EXAMPLES), EX_BEFORE + 1 + EX_AFTER
+    out = dict(example_seq=np.zeros((*shape, e), np.int64), example_pos=np.zeros((*shape, e), np.int64),
+               example_value=np.zeros((*shape, e), np.float32),
+               example_kind=np.zeros((*shape, e), np.int8),
+               example_acts=np.zeros((*shape, e, w), np.float32),
+               band_edges=np.tile(np.array([[0.5, 1.0]], np.float32), (*shape, 1, 1)),
+               examples={"before": EX_BEFORE, "after": EX_AFTER, "n_top": 2, "n_negative": 1,
+                         "per_band": 1, "bands": [[0.5, 1.0]]})
+    for i, (kind, seq, pos, value) in enumerate(EXAMPLES):
+        out["example_kind"][..., i], out["example_seq"][..., i] = kind, seq
+        out["example_pos"][..., i], out["example_value"][..., i] = pos, value
+        out["example_acts"][..., i, :] = window_acts(value, pos)
+    return out
 
 
 def write_weights(directory: Path, seed: int, k: int = 3) -> None:
