@@ -54,3 +54,48 @@ def test_analysis_loads_no_model_and_draws_nothing(path):
     io = {m for m in mods if m.startswith(("universal_neurons.rundir",
                                            "universal_neurons.data.dataset"))}
     assert not io or path.name in ANALYSIS_WRITERS, f"analysis/{path.name} imports {sorted(io)}"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere except under ``TYPE_CHECKING``."""
+    names = {}
+    for p in ROOT.rglob("*.py"):
+        parts = p.relative_to(ROOT.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {}
+    for name, p in names.items():
+        tree = ast.parse(p.read_text())
+        hidden = {id(x) for n in ast.walk(tree) if isinstance(n, ast.If)
+                  and "TYPE_CHECKING" in ast.dump(n.test) for x in ast.walk(n)}
+        deps = set()
+        for n in ast.walk(tree):
+            if id(n) not in hidden and isinstance(n, ast.ImportFrom) and n.module in names:
+                deps.add(n.module)
+                deps.update(f"{n.module}.{a.name}" for a in n.names
+                            if f"{n.module}.{a.name}" in names)
+        graph[name] = deps - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(u: str) -> list[str] | None:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                return stack[stack.index(v):] + [v]
+            if v not in state and (found := visit(v)):
+                return found
+        stack.pop()
+        state[u] = 2
+        return None
+
+    return next((c for u in sorted(graph) if u not in state and (c := visit(u))), None)
+
+
+def test_no_import_cycles():
+    assert _cycle(_package_imports()) is None
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -195,16 +195,14 @@ def summarize_blocks(parts: Sequence[CoMoments], stats: BlockStats,
 
 
 def plan_blocks(fixed: dict[str, int], shapes: Sequence[ModelShape], mode: Any,
-                n_blocks: int, draws: int) -> None:
+                n_blocks: int, draws: int, union_summary_bytes: int) -> None:
     """Scale the planner's ``fixed`` parts for ``n_blocks`` token blocks: ``B`` within-layer
     co-moments, ``B + 1`` cross co-moment sets (``cross_copies``), per-block and per-union
-    statistics, and the unions' one-bin top-1 summaries."""
-    from universal_neurons.engine.planner import _summaries_bytes
-
+    statistics, and the unions' one-bin top-1 summaries (``union_summary_bytes`` each)."""
     total = Layout(shapes).total
     unions = len(subsets(n_blocks))
     fixed["layer_cov"] *= n_blocks
     fixed["cross_copies"] = n_blocks + 1
     fixed["stats"] = (fixed["stats"] * unions           # every union's ModelStats
                       + n_blocks * total * 8 * (2 + 2 * draws))  # mean, M_ii, rot. var/mean
-    fixed["summaries"] += (unions - 1) * _summaries_bytes(shapes, mode, 1, 1, draws)
+    fixed["summaries"] += (unions - 1) * union_summary_bytes

@@ -183,7 +183,8 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     }
     if blocks > 1:
         from universal_neurons.engine.blocks import plan_blocks
-        plan_blocks(fixed, shapes, mode, blocks, draws)
+        plan_blocks(fixed, shapes, mode, blocks, draws,
+                    union_summary_bytes=_summaries_bytes(shapes, mode, 1, 1, draws))
     atoms = _atoms(shapes, mode)
     # GEMM scratch of the widest block the run could have: an upper bound for every pass
     widest = _blocks(layout, mode, atoms)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from universal_neurons.report.plots_properties import _colors, _figure, _save
+from universal_neurons.report.figure_io import colors as _colors
+from universal_neurons.report.figure_io import new_figure as _figure
+from universal_neurons.report.figure_io import save_png as _save
 
 
 def plot_threshold_curve(curve, path: Path, threshold: float | None = None) -> bool:

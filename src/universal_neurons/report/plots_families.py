@@ -10,24 +10,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from universal_neurons.errors import UserError
-
-
-def _figure(**kw: Any):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UserError("plots need matplotlib: pip install 'universal-neurons[plot]' "
-                        "(or pass --no-plots)") from None
-    return Figure(**kw)
-
-
-def _save(fig: Any, path: str | os.PathLike) -> None:
-    from universal_neurons.rundir import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+from universal_neurons.report.figure_io import new_figure as _figure
+from universal_neurons.report.figure_io import save_png as _save
 
 
 def plot_family_counts(counts: Any, path: str | os.PathLike, model: str) -> None:

@@ -20,7 +20,9 @@ from universal_neurons.constants import (
     PLOTS_DIR,
     safe_name,
 )
-from universal_neurons.errors import UserError
+from universal_neurons.report.figure_io import colors as _colors
+from universal_neurons.report.figure_io import new_figure as _figure
+from universal_neurons.report.figure_io import save_png as _save
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +31,7 @@ PAPER_STATISTICS = ("sparsity", "skew", "kurt", "input_bias", "l2_penalty", "w_i
 MAX_POINTS_PER_LAYER = 4000
 
 
-def _figure(**kw):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UserError("plots need matplotlib: pip install 'universal-neurons[plot]' "
-                        "(or pass --no-plots)") from None
-    return Figure(**kw)
 
-
-def _save(fig, path: Path) -> None:
-    from universal_neurons.rundir import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-
-
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
 
 
 def plot_percentiles(percentiles, path: Path, statistics: Sequence[str] = PAPER_STATISTICS) -> bool:
