@@ -110,13 +110,9 @@ class RunData:
     def universal_threshold(self) -> float | None:
         """The excess-correlation threshold of ``is_universal``, as the correlate stage
         recorded it (``stages.correlate.config.threshold``), or None if not recorded."""
-        stages = self.manifest.get("stages")
-        stage = stages.get("correlate") if isinstance(stages, dict) else None
-        config = stage.get("config") if isinstance(stage, dict) else None
-        value = config.get("threshold") if isinstance(config, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        return None
+        from universal_neurons.analysis.selection import recorded_threshold
+
+        return recorded_threshold(self.manifest)
 
     def _token_record(self) -> Any:
         stages = self.manifest.get("stages")
