@@ -163,8 +163,9 @@ class _Deprecated(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        print(f"universal-neurons: {option_string} is deprecated, use {self.new_flag}",
-              file=sys.stderr)
+        # a command-line message, written while parsing as argparse writes its own
+        sys.stderr.write(f"universal-neurons: {option_string} is deprecated, use "
+                         f"{self.new_flag}\n")
         value = {"store_true": True, "store_false": False}.get(self.inner, values)
         setattr(namespace, self.dest, value)
 
