@@ -172,7 +172,7 @@ def _summary_html(run: RunData, models: Sequence[ModelSummary]) -> str:
         dash = "\u2013"  # not computed (e.g. a non-reference model) / not in the paper
         rows.append((esc(s.name), fmt(s.n_layers), fmt(s.n_neurons),
                      dash if s.n_universal is None else fmt(s.n_universal),
-                     dash if pct is None else f"{pct:.2f}%",
+                     dash if pct is None else share_text(pct, _recorded_share(run, s.name)),
                      dash if ref is None else f"{ref:.2f}%", browse))
         if pct is not None:
             bars.append((s.name, pct, ref))
@@ -187,6 +187,27 @@ def _summary_html(run: RunData, models: Sequence[ModelSummary]) -> str:
     if bars:
         out += hbar_svg(bars)
     return out
+
+
+def share_text(pct: float, recorded: Mapping | None) -> str:
+    """``"4.16%"``, with the correlate stage's 95% block-jackknife interval (``--blocks``) and
+    the count significant at q < 0.05 (``--rotations``) when it recorded them."""
+    text = f"{pct:.2f}%"
+    if not isinstance(recorded, Mapping):
+        return text
+    lo, hi = recorded.get("fraction_ci_low"), recorded.get("fraction_ci_high")
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+        text += f" (95% CI {100 * lo:.2f}\u2013{100 * hi:.2f}%)"
+    if isinstance(recorded.get("n_significant"), int):
+        text += f"; {recorded['n_significant']:,} with q &lt; 0.05"
+    return text
+
+
+def _recorded_share(run: RunData, model: str) -> Mapping | None:
+    stages = run.manifest.get("stages")
+    stage = stages.get("correlate") if isinstance(stages, dict) else None
+    universal = stage.get("universal") if isinstance(stage, dict) else None
+    return universal.get(model) if isinstance(universal, dict) else None
 
 
 def _top_html(models: Sequence[ModelSummary], pages: Mapping[str, set]) -> str | None:
