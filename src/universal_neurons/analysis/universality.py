@@ -10,8 +10,8 @@ With ``K`` baseline draws (``--rotations K``) each partner's baseline is the mea
 ``K`` draws; the null of neuron ``i`` is the ``K`` draw values of the mean baseline over
 partners; ``baseline_std`` is their standard deviation, ``p_value`` the empirical p-value of
 ``mean_corr`` against them and ``q_value`` its Benjamini-Hochberg q-value over the model's
-neurons (``analysis/calibration.py``). With one draw, ``p_value`` is 0.5 or 1 and
-``baseline_std`` NaN.
+neurons (``analysis/calibration.py``). With one draw (the default) all three are NaN: the
+smallest p-value one draw can give is 0.5.
 
 Missing values (dead neurons) are NaN and never universal. Without a baseline
 (``--baseline none``) the baseline columns are NaN and ``excess_corr = mean_corr``.
@@ -67,7 +67,9 @@ def universality_table(n_layers: int, d_mlp: int, partners: Mapping[str, Mapping
         excess = mean_corr - mean_base if baseline else mean_corr.copy()
         null = draws.mean(2).T  # [n, K]: the mean baseline over partners, per draw
         std = null.std(1, ddof=1) if len(draws) > 1 else np.full(n, np.nan)
-    p_value = (empirical_pvalues(mean_corr, null) if baseline else np.full(n, np.nan))
+    # one draw gives p in {0.5, 1}: no evidence either way, so no p-value is reported
+    p_value = (empirical_pvalues(mean_corr, null) if baseline and len(draws) > 1
+               else np.full(n, np.nan))
     cols: dict[str, Any] = {
         "layer": np.repeat(np.arange(n_layers), d_mlp),
         "neuron": np.tile(np.arange(d_mlp), n_layers),
