@@ -238,22 +238,28 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> A
     return cls(**kwargs)
 
 
-def config_from_argv(cls: type, argv: Sequence[str], prog: str = "",
-                     add: Callable[[argparse.ArgumentParser], None] | None = None,
-                     **overrides: Any) -> Any:
-    """Parse ``argv`` with the options of ``cls`` (``add`` adds them, default
-    :func:`add_config_options`) and build the config, e.g. the pipeline's per-stage extra
-    arguments. Bad arguments are a ``ValueError`` naming them."""
-    parser = argparse.ArgumentParser(prog=prog or cls.__name__, add_help=False,
-                                     exit_on_error=False)
-    parser.add_argument("--quiet", action="store_true")
-    (add or functools.partial(add_config_options, cls=cls))(parser)
-    for action in parser._actions:  # fields may come from overrides instead
-        action.required = False
+def given_arguments(add: Callable[[argparse.ArgumentParser], None], argv: Sequence[str],
+                    prog: str) -> dict[str, Any]:
+    """Parse ``argv`` with the options ``add`` puts on a parser and return only the options
+    given (``{dest: value}``, lists as tuples; no defaults, nothing required). Unknown or bad
+    arguments are a ``ValueError`` starting with ``prog``."""
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, exit_on_error=False)
+    add(parser)
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
     try:
         args, rest = parser.parse_known_args(list(argv))
     except argparse.ArgumentError as e:
         raise ValueError(f"{prog}: {e}") from None
     if rest:
         raise ValueError(f"{prog}: unknown arguments {rest}")
-    return config_from_args(cls, args, **overrides)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+            if not k.startswith("_")}
+
+
+def config_from_argv(cls: type, argv: Sequence[str], prog: str = "", **overrides: Any) -> Any:
+    """Build ``cls`` from ``overrides`` and, on top, the options of ``cls`` given in
+    ``argv``. Bad arguments are a ``ValueError`` naming them."""
+    given = given_arguments(functools.partial(add_config_options, cls=cls), argv,
+                            prog or cls.__name__)
+    return cls(**{**overrides, **given})

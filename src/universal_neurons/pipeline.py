@@ -105,25 +105,17 @@ def extra_settings(stage: str, argv: list[str]) -> dict[str, Any]:
     import argparse
     import importlib
 
+    from universal_neurons.options import given_arguments
+
     if not argv:
         return {}
     mod = importlib.import_module(f"universal_neurons.commands.{stage.replace('-', '_')}")
-    parser = argparse.ArgumentParser(prog=f"[extra] {stage}", add_help=False,
-                                     exit_on_error=False)
-    mod.add_arguments(parser)
-    for action in parser._actions:  # report only what was given
-        action.default, action.required = argparse.SUPPRESS, False
     try:
-        args, rest = parser.parse_known_args(argv)
-    except argparse.ArgumentError as e:
-        raise UserError(f"extra arguments of stage {stage}: {e}") from None
-    if rest:
-        raise UserError(f"extra arguments of stage {stage}: unknown {rest}; see "
-                        f"`universal-neurons {stage} --help`")
+        given = given_arguments(mod.add_arguments, argv, f"extra arguments of stage {stage}")
+    except ValueError as e:
+        raise UserError(f"{e}; see `universal-neurons {stage} --help`") from None
     convert = getattr(mod, "config_settings", None)
-    given = convert(args) if convert else vars(args)
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()
-            if not k.startswith("_")}
+    return convert(argparse.Namespace(**given)) if convert else given
 
 
 def run_stage(name: str, config: Any) -> Any:
