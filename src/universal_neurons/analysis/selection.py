@@ -12,6 +12,7 @@ such row with :func:`fallback_label`, e.g. ``"top 5% by excess correlation: 103 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -53,11 +54,16 @@ def fallback_label(percent: float, n_selected: int, n_universal: int,
             f"(only {n_universal} pass {cut})")
 
 
-def recorded_threshold(manifest: dict) -> float | None:
-    """The excess-correlation threshold the correlate stage recorded, or None."""
+def correlate_record(manifest: dict, key: str) -> Any:
+    """``manifest["stages"]["correlate"][key]`` if every level is there, else None."""
     stages = manifest.get("stages") if isinstance(manifest, dict) else None
     stage = stages.get("correlate") if isinstance(stages, dict) else None
-    config = stage.get("config") if isinstance(stage, dict) else None
+    return stage.get(key) if isinstance(stage, dict) else None
+
+
+def recorded_threshold(manifest: dict) -> float | None:
+    """The excess-correlation threshold the correlate stage recorded, or None."""
+    config = correlate_record(manifest, "config")
     value = config.get("threshold") if isinstance(config, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

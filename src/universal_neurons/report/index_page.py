@@ -204,9 +204,9 @@ def share_text(pct: float, recorded: Mapping | None) -> str:
 
 
 def _recorded_share(run: RunData, model: str) -> Mapping | None:
-    stages = run.manifest.get("stages")
-    stage = stages.get("correlate") if isinstance(stages, dict) else None
-    universal = stage.get("universal") if isinstance(stage, dict) else None
+    from universal_neurons.analysis.selection import correlate_record
+
+    universal = correlate_record(run.manifest, "universal")
     return universal.get(model) if isinstance(universal, dict) else None
 
 
