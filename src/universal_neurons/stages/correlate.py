@@ -105,8 +105,8 @@ class CorrelateConfig:
     sums: Literal["fp64", "fp32"] = "fp64"
     """Dtype of the co-moment sums: fp64 (exact at any token count) or fp32 (half the
     memory, so fewer passes: GPT-2 medium x 5 in 3 passes on an 80 GB GPU instead of 7;
-    adds a worst-case correlation error of ~2 x 2^-24 per rows-per-GEMM tokens, 1.5e-3 at
-    100M tokens, typically ~1e-5: docs/engine.md)."""
+    adds a worst-case correlation error of ~2 x 2^-24 per rows-per-GEMM tokens, 2.9e-3 at
+    100M tokens and 4,096 rows, typically ~4e-5: docs/engine.md)."""
     precision_strict: bool = False
     """Refuse a precision the device does not run natively (instead of using fp32)."""
     precision_tolerance: float | None = opt(None, metavar="BOUND")
