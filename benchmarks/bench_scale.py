@@ -158,7 +158,8 @@ def correlate_figures(run: Path, peak: float) -> dict:
     plan, t, kept = m["plan"], m["timings"], m["tokens"]["kept_tokens"]
     shapes = [ModelShape(*s) for s in _shapes(m)]
     layout = Layout(shapes)
-    rates = []
+    rates, whole = [], []
+    fwd_per_token = sum(d.forward_flops_per_token for d in _dims(m))
     for p, blocks in enumerate(plan["passes"]):
         elems = 0
         for b in blocks:
@@ -176,9 +177,18 @@ def correlate_figures(run: Path, peak: float) -> dict:
         acc_s = t.get(f"pass{p}_stream_s", 0.0) - t.get(f"pass{p}_forward_s", 0.0)
         if acc_s > 0 and p > 0:  # pass 0 also feeds the activation statistics
             rates.append(flops / acc_s)
+            # the whole pass: accumulation and forward passes over its streaming time
+            whole.append((flops + kept * fwd_per_token) / t[f"pass{p}_stream_s"])
     return {"plan": plan, "kept": kept, "timings": t, "shapes": shapes,
             "accumulate_flops_s": sum(rates) / len(rates) if rates else None,
+            "pass_flops_s": sum(whole) / len(whole) if whole else None,
             "peak_flops_s": peak}
+
+
+def _dims(manifest: dict) -> list:
+    from universal_neurons.models.dims import model_dims
+
+    return [model_dims(path) for path in manifest["config"]["models"]]
 
 
 def _shapes(manifest: dict) -> list[tuple[str, int, int]]:
@@ -353,6 +363,9 @@ def _report_correlate(run: Path, peak: float, r: dict, gpu_s: float, gpu_tf: flo
         print(f"  accumulate step (passes after the first): "
               f"{f['accumulate_flops_s'] / 1e9:.0f} GFLOP/s = "
               f"{f['accumulate_flops_s'] / peak:.0%} of the matmul peak above")
+    if f["pass_flops_s"]:
+        print(f"  whole passes after the first, forward passes included: "
+              f"{f['pass_flops_s'] / 1e9:.0f} GFLOP/s = {f['pass_flops_s'] / peak:.0%} of peak")
     stream = sum(v for k, v in t.items() if k.endswith("_stream_s"))
     summ = sum(v for k, v in t.items() if k.endswith("_summarize_s"))
     fixed = t.get("total_s", r["wall_s"]) - stream
