@@ -137,8 +137,15 @@ def test_values_match_the_synthetic_tables(tmp_path):
     assert f"{pos.n_selected} among the {LABEL}" in ix["position"]["text"]
     best_prev = t["vr"]["prev/unigram:x"].max()
     assert f"best VR {best_prev:.3f}" in ix["previous_token"]["text"]
-    letters = sum(t["vr"][f"current/alpha:{c}"].max() > 0.37 for c in string.ascii_lowercase)
+    # 3 universal neurons: the alphabet count is over the top 5% by excess (39 of 768)
+    table = pd.read_parquet(tmp_path / "neurons/m-a.parquet")
+    top = table.sort_values("excess_corr", ascending=False, kind="stable").head(39)
+    sel = t["vr"].merge(top[["layer", "neuron"]], on=["layer", "neuron"])
+    letters = sum(sel[f"current/alpha:{c}"].max() > 0.37 for c in string.ascii_lowercase)
+    every = sum(t["vr"][f"current/alpha:{c}"].max() > 0.37 for c in string.ascii_lowercase)
     assert ix["alphabet"]["value"] == letters and ix["alphabet"]["paper_value"] == 18
+    assert ix["alphabet"]["selection"].startswith("top 5% by excess correlation: 39 neurons")
+    assert ix["alphabet"]["text"].endswith(f"among all explained neurons {every}")
     sw = t["sweep"]
     want = sw.entropy[(sw.neuron == "L2.1") & (sw.value == 6)].iloc[0] - sw.entropy.iloc[0]
     assert ix["entropy_sweep"]["value"] == pytest.approx(want, abs=1e-6)
@@ -204,3 +211,27 @@ def test_stage_writes_json_and_markdown(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["stages"]["paper"]["outputs"] == ["paper/index.json", "paper/index.md"]
     assert math.isclose(js["results"][0]["value"], 100 * 3 / 768, abs_tol=1e-4)
+
+
+def test_alphabet_counts_universal_neurons_only(tmp_path):
+    """The paper's 18 of 26: letters with a *universal* neuron above the VR cut."""
+    t = make_run(tmp_path, np.random.default_rng(1))
+    table = pd.read_parquet(tmp_path / "neurons/m-a.parquet")
+    uni = np.zeros(len(table), dtype=bool)
+    uni[np.arange(0, len(table), 50)] = True  # 16 universal neurons: no fallback
+    table["is_universal"] = uni
+    table.to_parquet(tmp_path / "neurons/m-a.parquet")
+    vr = t["vr"].copy()
+    rng = np.random.default_rng(2)
+    for c in string.ascii_lowercase:  # below the cut, but for a few universal neurons
+        vr[f"current/alpha:{c}"] = rng.uniform(0, 0.3, len(vr))
+    vr.loc[rng.choice(np.flatnonzero(uni), 5), "current/alpha:e"] = 0.5
+    vr.loc[1, "current/alpha:q"] = 0.9  # a strong non-universal q neuron does not count
+    vr.loc[50, "current/alpha:z"] = 0.8  # a universal z neuron does
+    vr.to_parquet(tmp_path / "explanations/m-a_vr.parquet")
+    ix = _index(tmp_path)
+    sel = vr[uni]
+    want = [c for c in string.ascii_lowercase if sel[f"current/alpha:{c}"].max() > 0.37]
+    assert want == ["e", "z"]
+    assert ix["alphabet"]["value"] == len(want) and ix["alphabet"]["selection"] is None
+    assert f"({''.join(want)})" in ix["alphabet"]["text"]
