@@ -107,6 +107,7 @@ PAPER_RESULTS: dict[str, str] = {
     "raw_by_layer": "properties",
     "unigram_roles": "families",
     "source_neurons": "families",
+    "topic_neurons": "families",
     "prediction_skew_late": "prediction",
     "prediction_class_split": "prediction",
     "prediction_conditional": "prediction",

@@ -142,6 +142,11 @@ RESULTS: tuple[PaperResult, ...] = (
     _new("source_neurons", "§4.3",
          "neurons that fire on one data source (the Pile subsets; here the corpus's "
          "sources)"),
+    _new("topic_neurons", "§4.3, appendix (topic_neurons.ipynb)",
+         "topic (semantic) neurons: neurons best explained by a topic's token set (the paper's "
+         "is_<topic>_topic features); the place-neuron figure shows each one's top-10 tokens "
+         "by mean activation (GPT2-medium L17.2896 Canada, L17.944 Japan, L14.3820 Latin "
+         "America)"),
     PaperResult("prediction_curves", "§5.1, Fig. 5",
                 "vocabulary kurtosis and skew of W_U w_out by layer: prediction neurons "
                 "(high kurtosis, positive skew) grow in later layers, suppression neurons "

@@ -58,6 +58,10 @@ def synthetic_run(tmp_path_factory):
     for f in ("the", "(", "of"):
         vr[f"current/unigram:{f}"] = rng.uniform(0, 0.4, len(vr)).astype(np.float32)
     vr.loc[5, "current/unigram:the"] = 0.8
+    for f in ("lord_god_israel", "python_module_class"):
+        vr[f"current/topic:{f}"] = rng.uniform(0, 0.05, len(vr)).astype(np.float32)
+    vr.loc[[700, 9], "current/topic:python_module_class"] = [0.7, 0.45]  # topic neurons
+    vr.loc[5, "current/topic:lord_god_israel"] = 0.6  # below its unigram: not a topic neuron
     vr.to_parquet(run / "explanations" / f"{MODEL}_vr.parquet")
     cand = pd.DataFrame({"model": MODEL, "layer": 3, "neuron": np.arange(D_MLP),
                          "w_out_norm": rng.uniform(size=D_MLP), "vocab_var": rng.uniform(size=D_MLP),
@@ -102,10 +106,42 @@ def test_every_result_written(synthetic_run):
     assert set(roles["neuron_name"]) == {"L0.5"} and roles["n"].sum() == kept.sum()
     split = pd.read_parquet(run / "paper" / "prediction_class_split.parquet")
     assert (split["vr"].between(0, 1)).all() and set(split["rank"]) == {0, 1, 2, 3, 4}
+    _check_topic_neurons(run, ds, tok, kept)
     ent = pd.read_parquet(run / "paper" / "entropy_weights.parquet").set_index("neuron_name")
     assert ent["is_entropy"].sum() == 1 and abs(ent.loc["L3.7", "d_entropy_at_min"] - 0.5) < 1e-12
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["paper_results"]["results"] == status
+
+
+def _check_topic_neurons(run, ds, tok, kept) -> None:
+    """The topic table against activations captured directly, grouped by token id."""
+    import torch
+
+    from universal_neurons.analysis.features import surface_strings
+    from universal_neurons.models.loading import load_model
+
+    top = pd.read_parquet(run / "paper" / "topic_neurons.parquet")
+    first = top.drop_duplicates("neuron_name")
+    assert first["neuron_name"].tolist() == ["L1.188", "L0.9"]  # by topic VR; L0.5: unigram
+    assert first["is_topic"].all() and first["feature"].tolist() == ["topic:python_module_class"] * 2
+    table = pd.read_parquet(run / "neurons" / f"{MODEL}.parquet").set_index(["layer", "neuron"])
+    for r in first.itertuples():
+        assert r.excess_corr == pytest.approx(table.loc[(r.layer, r.neuron), "excess_corr"])
+    model = load_model(MODEL)
+    tokens = np.asarray(ds.tokens[:10], dtype=np.int64)
+    acts = model.adapter.capture(torch.from_numpy(tokens))["post"]  # [L, n, ctx, d_mlp]
+    strings = surface_strings(tok)
+    for (layer, neuron), rows in top.groupby(["layer", "neuron"], sort=False):
+        a = acts[layer, :, :, neuron].double().numpy()[kept]
+        g = pd.DataFrame({"t": tokens[kept], "a": a}).groupby("t")["a"].agg(["size", "mean"])
+        g = g[g["size"] >= 20].sort_values(["mean"], ascending=False).head(10)
+        assert rows["token_id"].tolist() == g.index.tolist()
+        np.testing.assert_allclose(rows["mean"], g["mean"], rtol=0, atol=1e-5)
+        peak = g["mean"].max()  # the paper's colour; undefined when no mean is positive
+        want = g["mean"] / peak if peak > 0 else np.full(len(g), np.nan)
+        np.testing.assert_allclose(rows["mean_norm"], want, atol=1e-5)
+        assert rows["count"].tolist() == g["size"].tolist()
+        assert rows["token"].tolist() == [strings[t] for t in g.index]
 
 
 def test_missing_inputs_are_skipped_with_reasons(tmp_path):
