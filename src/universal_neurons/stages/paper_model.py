@@ -80,6 +80,8 @@ class ModelContext:
     topic: pd.DataFrame
     """Chosen topic neurons (``analysis.paper_topics.topic_candidates``)."""
     samples: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """The dataset windows the pass streamed."""
     sources: list[str] = field(default_factory=list)
     source_reason: str = ""
 
@@ -133,17 +135,24 @@ class ModelContext:
     # ---- the streaming pass --------------------------------------------------------------
     def stream(self) -> None:
         """One pass over at most ``config.tokens`` tokens: chosen neurons' activations and
-        per-source moments of every neuron."""
+        per-source moments of every neuron. The windows are spread evenly over the whole
+        dataset (``data.dataset.spread_rows``), so that a source whose documents sit late in
+        the shuffled corpus is still seen."""
+        from types import SimpleNamespace
+
         from universal_neurons.analysis.interventions import open_dataset
+        from universal_neurons.data.dataset import spread_rows
         from universal_neurons.data.token_sources import token_sources
         from universal_neurons.engine.neuron_samples import NeuronSamples
         from universal_neurons.engine.runner import batch_ranges, stream
 
         c = self.config
         ds, n_seq = open_dataset(self.model, c.dataset, c.tokens, c.n_ctx, c.progress)
+        self.rows = spread_rows(ds.n_seq, n_seq)
+        windows = np.asarray(ds.tokens[self.rows])  # [n_seq, n_ctx]
         groups = None
         try:
-            groups, self.sources = token_sources(ds, self.model.tokenizer, n_seq)
+            groups, self.sources = token_sources(ds, self.model.tokenizer, self.rows)
         except UserError as e:
             self.source_reason = str(e)
         a = self.model.adapter
@@ -151,11 +160,11 @@ class ModelContext:
                             self.topic[["layer", "neuron"]]])
         flat = (chosen["layer"].to_numpy(np.int64) * self.d_mlp
                 + chosen["neuron"].to_numpy(np.int64))
-        acc = NeuronSamples(self.model.name, ds.tokens, flat.tolist(), a.n_layers * self.d_mlp,
+        acc = NeuronSamples(self.model.name, windows, flat.tolist(), a.n_layers * self.d_mlp,
                             groups, len(self.sources))
-        stream(ds, [self.model], [acc], batch_ranges(n_seq, c.batch_size),
-               tokenizer=self.model.tokenizer, device=c.device, progress=c.progress,
-               desc="paper results")
+        stream(SimpleNamespace(tokens=windows), [self.model], [acc],
+               batch_ranges(len(self.rows), c.batch_size), tokenizer=self.model.tokenizer,
+               device=c.device, progress=c.progress, desc="paper results")
         self.samples = acc.finalize()
 
     def source_neurons(self) -> Any:
