@@ -192,8 +192,7 @@ class ModelContext:
         no_space = self.props["start_w_no_space"].to_numpy(bool)
         no_space_alpha = no_space & self.props["all_alpha"].to_numpy(bool)
         roles = pa.unigram_roles(s["acts"][:, self._columns("unigram")], s["token_ids"],
-                                 s["next_ids"], feats,
-                                 no_space, no_space_alpha)
+                                 s["next_ids"], feats, no_space, no_space_alpha)
         info = self.unigram.reset_index(drop=True)
         out = pd.concat([info.iloc[roles["index"].to_numpy()].reset_index(drop=True),
                          roles.drop(columns="index")], axis=1)
@@ -220,7 +219,6 @@ class ModelContext:
         titles = [f"{n} ({c or 'below cut'})" for n, c in
                   zip(info["neuron_name"], info["prediction_class"])]
         return out, lambda p: plot_prediction_conditional(acts[known], inside, titles, p)
-
 
     def topic_neurons(self) -> Any:
         from universal_neurons.analysis.paper_topics import top_token_table
