@@ -69,7 +69,8 @@ def gpu_matmul_peak(device: str, precision: str, n: int = 8192) -> tuple[float, 
 
 
 def _stage_in_child(name: str, config, log: str) -> None:
-    """Child process body: run one stage with its output in ``log``."""
+    """Child process body: run one stage with its output in ``log`` and its resident set
+    sampled by phase into ``<log>.rss.json`` (:class:`RssSampler`)."""
     import logging
 
     with open(log, "w") as f:
@@ -78,7 +79,60 @@ def _stage_in_child(name: str, config, log: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         from universal_neurons.pipeline import run_stage
 
-        run_stage(name, config)
+        with RssSampler(log + ".rss.json"):
+            run_stage(name, config)
+
+
+class RssSampler:
+    """Samples this process's resident set every ``interval`` seconds from a thread and
+    attributes each sample to the phase the main thread is in: its innermost three frames
+    inside the package (``module.function``). Writes, per phase, the peak RSS and the
+    sample count, and the stack of the overall peak, as JSON on exit."""
+
+    def __init__(self, path: str, interval: float = 0.1):
+        import threading
+
+        self.path, self.interval = path, interval
+        self.peaks: dict[str, list[float]] = {}
+        self.peak: tuple[int, list[str]] = (0, [])
+        self._stop = threading.Event()
+        self._main = threading.main_thread().ident
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        phases = sorted(self.peaks.items(), key=lambda kv: -kv[1][0])
+        with open(self.path, "w") as f:
+            json.dump({"peak_rss": self.peak[0], "peak_stack": self.peak[1],
+                       "phases": [{"phase": k, "peak_rss": int(v[0]), "samples": int(v[1])}
+                                  for k, v in phases]}, f, indent=1)
+
+    def _run(self) -> None:
+        import sys
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.wait(self.interval):
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * page
+            frame = sys._current_frames().get(self._main)
+            stack = []
+            while frame is not None:
+                mod = frame.f_globals.get("__name__", "")
+                if mod.startswith("universal_neurons"):
+                    stack.append(f"{mod.removeprefix('universal_neurons.')}."
+                                 f"{frame.f_code.co_name}:{frame.f_lineno}")
+                frame = frame.f_back
+            stack.reverse()  # outermost first
+            phase = " > ".join(s.rsplit(":", 1)[0] for s in stack[-3:]) or "(outside)"
+            entry = self.peaks.setdefault(phase, [0, 0])
+            entry[0], entry[1] = max(entry[0], rss), entry[1] + 1
+            if rss > self.peak[0]:
+                self.peak = (rss, stack)
 
 
 def run_stage_process(name: str, config, log: Path) -> dict:
@@ -104,7 +158,8 @@ def correlate_figures(run: Path, peak: float) -> dict:
     plan, t, kept = m["plan"], m["timings"], m["tokens"]["kept_tokens"]
     shapes = [ModelShape(*s) for s in _shapes(m)]
     layout = Layout(shapes)
-    rates = []
+    rates, whole = [], []
+    fwd_per_token = sum(d.forward_flops_per_token for d in _dims(m))
     for p, blocks in enumerate(plan["passes"]):
         elems = 0
         for b in blocks:
@@ -115,15 +170,25 @@ def correlate_figures(run: Path, peak: float) -> dict:
             elems += (rows.stop - rows.start) * (cols.stop - cols.start)
         if p == 0:
             elems += sum(s.n_layers * s.d_mlp ** 2 for s in shapes)
-        flops = kept * elems * (2 + FLOAT64_ADD_FLOPS / plan["rows_per_gemm"])
+        fold = FLOAT64_ADD_FLOPS if plan.get("sums", "fp64") == "fp64" else 0
+        flops = kept * elems * (2 + fold / plan["rows_per_gemm"])
         # streaming minus forward: the accumulate steps plus the last flush of the buffer
         # (with fewer kept tokens than rows_per_gemm that flush is all of the GEMM work)
         acc_s = t.get(f"pass{p}_stream_s", 0.0) - t.get(f"pass{p}_forward_s", 0.0)
         if acc_s > 0 and p > 0:  # pass 0 also feeds the activation statistics
             rates.append(flops / acc_s)
+            # the whole pass: accumulation and forward passes over its streaming time
+            whole.append((flops + kept * fwd_per_token) / t[f"pass{p}_stream_s"])
     return {"plan": plan, "kept": kept, "timings": t, "shapes": shapes,
             "accumulate_flops_s": sum(rates) / len(rates) if rates else None,
+            "pass_flops_s": sum(whole) / len(whole) if whole else None,
             "peak_flops_s": peak}
+
+
+def _dims(manifest: dict) -> list:
+    from universal_neurons.models.dims import model_dims
+
+    return [model_dims(path) for path in manifest["config"]["models"]]
 
 
 def _shapes(manifest: dict) -> list[tuple[str, int, int]]:
@@ -149,6 +214,8 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], help="stages not to run")
     p.add_argument("--device", default="cpu", help="cpu or cuda, handed to the stages")
     p.add_argument("--precision", default=None, help="correlate GEMM inputs (as `run`)")
+    p.add_argument("--sums", default=None, choices=("fp64", "fp32"),
+                   help="correlate co-moment sums (as `run`)")
     p.add_argument("--plan-only", action="store_true", help="print the plans and stop")
     p.add_argument("--gpu-memory", default="80GB", help="GPU for the projection (80GB)")
     p.add_argument("--gpu-precision", default="bf16", choices=("fp32", "tf32", "bf16"))
@@ -182,7 +249,7 @@ def main() -> None:
                     explain_tokens=parse_count(args.explain_tokens),
                     intervention_tokens=parse_count(args.intervention_tokens),
                     max_memory=args.max_memory, skip=tuple(args.skip), device=args.device,
-                    precision=args.precision)
+                    precision=args.precision, sums=args.sums)
     rows = []
     for name, config in stage_configs(cfg, specs[0]):
         config = dataclasses.replace(config, progress=False)
@@ -296,6 +363,9 @@ def _report_correlate(run: Path, peak: float, r: dict, gpu_s: float, gpu_tf: flo
         print(f"  accumulate step (passes after the first): "
               f"{f['accumulate_flops_s'] / 1e9:.0f} GFLOP/s = "
               f"{f['accumulate_flops_s'] / peak:.0%} of the matmul peak above")
+    if f["pass_flops_s"]:
+        print(f"  whole passes after the first, forward passes included: "
+              f"{f['pass_flops_s'] / 1e9:.0f} GFLOP/s = {f['pass_flops_s'] / peak:.0%} of peak")
     stream = sum(v for k, v in t.items() if k.endswith("_stream_s"))
     summ = sum(v for k, v in t.items() if k.endswith("_summarize_s"))
     fixed = t.get("total_s", r["wall_s"]) - stream
@@ -304,6 +374,20 @@ def _report_correlate(run: Path, peak: float, r: dict, gpu_s: float, gpu_tf: flo
           f"passes), summarising {summ:.0f} s, other fixed costs {fixed - summ:.0f} s")
     print(f"  projected 100M-token correlate here: {fmt(fixed + per_tok * 1e8)}; on one GPU "
           f"({gpu_tf} TFLOP/s {gpu_prec}): {fmt(gpu_s)}")
+    _report_rss(run.parent / "correlate.log.rss.json", plan)
+
+
+def _report_rss(path: Path, plan: dict) -> None:
+    """The sampled resident set by phase (``RssSampler``) against the plan's terms."""
+    if not path.is_file():
+        return
+    rss = json.loads(path.read_text())
+    print(f"  sampled peak RSS {rss['peak_rss'] / 2**30:.2f} GiB in "
+          f"{' > '.join(rss['peak_stack'][-4:])}")
+    for ph in rss["phases"][:8]:
+        print(f"    {ph['peak_rss'] / 2**30:6.2f} GiB  {ph['samples']:>6} samples  {ph['phase']}")
+    b = plan["bytes"]
+    print("  plan terms (GiB): " + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in b.items()))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,8 @@ def stage_configs(cfg: RunConfig, reference: str) -> list[tuple[str, Any]]:
         correlate["checkpoint_every"] = cfg.tokens // 10
     if cfg.precision:
         correlate["precision"] = cfg.precision
+    if cfg.sums:
+        correlate["sums"] = cfg.sums
     one = dict(model=reference, out=out, dataset=ds)
     stages: list[tuple[str, type, dict[str, Any]]] = [
         ("correlate", CorrelateConfig, correlate),

@@ -48,6 +48,8 @@ class RunConfig:
     ``16G`` (default: each stage's own, 70% of available RAM)."""
     precision: str | None = None
     """GEMM inputs of the correlate pass (``fp32``, ``tf32``, ``bf16``; default: correlate's)."""
+    sums: str | None = None
+    """Co-moment sums of the correlate pass (``fp64``, ``fp32``; default: correlate's)."""
     skip: tuple[str, ...] = ()
     """Stages not to run."""
     extra: dict[str, list[str]] = field(default_factory=dict)
@@ -68,6 +70,8 @@ class RunConfig:
             from universal_neurons.engine.sizes import parse_bytes
 
             parse_bytes(self.max_memory)  # UserError naming the value
+        if self.sums is not None and self.sums not in ("fp64", "fp32"):
+            raise UserError(f"sums must be fp64 or fp32, got {self.sums!r}")
         if self.token_filter not in ("ours", "paper"):
             raise UserError(f"token_filter must be ours or paper, got {self.token_filter!r}")
         unknown = set(self.skip) - set(STAGE_NAMES)

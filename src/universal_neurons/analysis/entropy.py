@@ -16,7 +16,7 @@ distribution gets flatter or sharper. Two tools:
   The cosine between candidates' ``w_out`` finds entropy/anti-entropy pairs (paper: −0.886).
 * :func:`entropy_sweep` fixes each target neuron (and, as a baseline, random neurons of
   the last layers) to each of several values at every position and measures the final
-  norm's scale, entropy, loss and reciprocal rank (paper Fig. 6).
+  norm's scale, entropy, loss and reciprocal rank (paper Fig. 7).
 
 As in the paper (``slurm/entropy_intervention.sh``, ``analysis/entropy_neurons.py``):
 

@@ -96,15 +96,17 @@ RESULTS: tuple[PaperResult, ...] = (
                 "share of neurons with excess correlation > 0.5: GPT2-small-a 4.16%, "
                 "GPT2-medium-a 1.23%, Pythia-160m 1.26%", "correlate",
                 _fixed(NEURONS), _fixed(), pv.universal_share, 4.16),
-    _new("corr_distributions", "§4.1",
+    _new("corr_distributions", "§4.1, Fig. 2a; §6.3, Fig. 11",
          "distributions of the mean max correlation, its random-rotation baseline and the "
-         "excess correlation; universal neurons are the right tail of the excess"),
-    PaperResult("universal_by_layer", "§4.1",
-                "share of universal neurons in each layer", "properties",
+         "excess correlation (Fig. 2a: GPT2-medium-a; Fig. 11: the three models); universal "
+         "neurons are the right tail of the excess"),
+    PaperResult("universal_by_layer", "App. B, Fig. 14 (nearest)",
+                "no per-layer share of universal neurons is given; Fig. 14 sets universal "
+                "against other neurons layer by layer (GPT2-medium-a)", "properties",
                 _fixed(NEURONS), _plots(FIG_UNIVERSAL_BY_LAYER), pv.universal_by_layer),
-    _new("depth_specialisation", "§4.1, appendix",
-         "the best-correlated partner of a neuron in another seed is mostly in the same "
-         "(relative) layer"),
+    _new("depth_specialisation", "§4.1, Fig. 2c",
+         "depth specialisation: a neuron's most correlated neuron in another seed tends to "
+         "sit at the same depth (GPT2-small-a, Pythia-160m: Figs. 12c, 13c)"),
     PaperResult("property_percentiles", "§4.2, Fig. 3",
                 "universal neurons sit at high within-layer percentiles of activation "
                 "skew and kurtosis and of the weight norm, low ones of activation "
@@ -116,76 +118,84 @@ RESULTS: tuple[PaperResult, ...] = (
                 "and kurtosis, more negative input bias, larger L2 weight penalty",
                 "properties", _fixed((pv.CLAIMS_FILE,)),
                 _fixed(), pv.property_claims, 5),
-    _new("raw_by_layer", "appendix",
-         "the raw neuron statistics per layer, universal vs not"),
-    PaperResult("families", "§4.3",
+    _new("raw_by_layer", "App. B, Fig. 14",
+         "the raw neuron statistics per layer, universal vs not (GPT2-medium-a)"),
+    PaperResult("families", "§4.3, Figs. 1, 4",
                 "universal neurons fall into a few families: unigram, alphabet, previous "
-                "token, position, syntax, semantic/topic (and, by their weights, "
+                "token, position, syntax, semantic/context (and, by their weights, "
                 "prediction, suppression and partition neurons, §5.1)", "families",
                 _fixed(COUNTS), _plots(FIG_FAMILIES), pv.families),
-    _new("unigram_roles", "§4.3",
+    _new("unigram_roles", "§4.3, Figs. 4a, 15",
          "unigram neurons split by the token's role: whole word, word start, word middle"),
-    PaperResult("alphabet", "§4.3",
-                "18 of 26 letters have a neuron whose VR for the letter's token is > 0.37",
+    PaperResult("alphabet", "§4.3, Fig. 17",
+                "18 of 26 letters have a universal alphabet neuron (GPT2-medium-a); the "
+                "paper's notebook keeps each letter's best-VR universal neuron if VR > 0.37",
                 "explain", _fixed(VR), _fixed(), pv.alphabet, 18),
-    PaperResult("position", "§4.3",
-                "universal neurons with activation kurtosis < 2 ranked by the mutual "
-                "information between position and firing", "families",
+    PaperResult("position", "§4.3, Figs. 1c, 19",
+                "neurons firing as a function of absolute position, found by the mutual "
+                "information of activation and position, mostly in layers 0-2 (the "
+                "notebook scores universal neurons with kurtosis < 2)", "families",
                 _fixed(COUNTS, VR), _fixed(), pv.position),
-    PaperResult("previous_token", "§4.3",
-                "neurons explained by the previous token (high VR)", "families",
+    PaperResult("previous_token", "§4.3, Figs. 1b, 18",
+                "neurons explained by the previous token (the unigram tests shifted by "
+                "one), mostly in layers 4-6", "families",
                 _fixed(COUNTS), _fixed(VR), pv.family_count("previous_token", ("prev/",))),
-    PaperResult("syntax", "§4.3",
-                "neurons explained by part of speech or dependency labels", "families",
+    PaperResult("syntax", "§4.3, Figs. 4b, 20",
+                "neurons explained by part-of-speech, dependency or morphology labels, "
+                "found in every part of the network", "families",
                 _fixed(COUNTS), _fixed(VR),
                 pv.family_count("syntax", ("sequence/pos:", "sequence/dep:"))),
-    _new("source_neurons", "§4.3",
-         "neurons that fire on one data source (the Pile subsets; here the corpus's "
-         "sources)"),
-    _new("topic_neurons", "§4.3, appendix (topic_neurons.ipynb)",
-         "topic (semantic) neurons: neurons best explained by a topic's token set (the paper's "
-         "is_<topic>_topic features); the place-neuron figure shows each one's top-10 tokens "
-         "by mean activation (GPT2-medium L17.2896 Canada, L17.944 Japan, L14.3820 Latin "
-         "America)"),
-    PaperResult("prediction_curves", "§5.1, Fig. 5",
+    _new("source_neurons", "§4.3, Figs. 1d, 21",
+         "context neurons that fire on one data source (the Pile subsets; here the "
+         "corpus's sources)"),
+    _new("topic_neurons", "§4.3; code: topic_neurons.ipynb",
+         "topic (semantic) neurons: neurons best explained by a topic's token set (the "
+         "code's is_<topic>_topic features); the notebook's place-neuron figure shows each "
+         "one's top-10 tokens by mean activation (GPT2-medium L17.2896 Canada, L17.944 "
+         "Japan, L14.3820 Latin America)"),
+    PaperResult("prediction_curves", "§5.1, Fig. 6a-b",
                 "vocabulary kurtosis and skew of W_U w_out by layer: prediction neurons "
-                "(high kurtosis, positive skew) grow in later layers, suppression neurons "
-                "(negative skew) dominate the last ones", "families",
+                "(high kurtosis, positive skew) grow after mid-depth, then the very last "
+                "layers shift to many suppression neurons (negative skew)", "families",
                 _plots(FIG_PREDICTION_CURVES), _fixed(COUNTS), pv.prediction_curves),
-    _new("prediction_skew_late", "§5.1, Fig. 5c",
-         "in the last layers the skew turns negative: more suppression than prediction "
-         "neurons"),
-    _new("prediction_class_split", "§5.1",
-         "which vocabulary feature splits a neuron's W_U w_out (class-split histograms)"),
-    _new("prediction_conditional", "§5.1",
-         "prediction (suppression) neurons fire more when the next token is (is not) in "
-         "their set"),
-    _new("entropy_weights", "§5.2, Fig. 6",
-         "entropy neurons: large weight norm with w_out mostly in the null space of W_U; "
-         "the -0.17 (GELU minimum) point"),
-    PaperResult("entropy_sweep", "§5.2, Fig. 6",
+    _new("prediction_skew_late", "§5.1, Fig. 6c",
+         "skews of the neurons with vocabulary kurtosis > 10 in the last four layers: "
+         "suppression (negative skew) takes over at the very end"),
+    _new("prediction_class_split", "§5.1, Fig. 5",
+         "which vocabulary feature splits a neuron's W_U w_out (class-split histograms of "
+         "a prediction, a suppression and a partition neuron)"),
+    _new("prediction_conditional", "§5.1, Fig. 24",
+         "suppression neurons fire far more often when the next token is in the set they "
+         "suppress (e.g. years)"),
+    _new("entropy_weights", "§5.2, Fig. 7a-b",
+         "entropy neurons: large weight norm with w_out mostly orthogonal to W_U; the "
+         "sweep's -0.17 point (GELU minimum) is the code's"),
+    PaperResult("entropy_sweep", "§5.2, Fig. 7c-f",
                 "fixing an entropy neuron's activation raises the next-token entropy "
                 "through the final LayerNorm scale, far more than baseline neurons",
                 "entropy", _fixed((pv.SWEEP_FILE,)), _plots("entropy_{neuron}.png"),
                 pv.entropy_sweep),
     PaperResult("entropy_pair", "§5.2",
-                "an anti-entropy neuron: cos(w_out) = -0.886 with the entropy neuron",
+                "an anti-entropy neuron: cos(w_out) = -0.886 with the entropy neuron "
+                "(L22.2882, L23.945 of GPT2-medium-a)",
                 "entropy", _fixed((pv.PAIRS_FILE,)), _fixed(), pv.entropy_pair, -0.886),
-    PaperResult("attention_heuristic", "§5.3, Fig. 7",
+    PaperResult("attention_heuristic", "§5.3, Fig. 8a",
                 "W_out of some neurons aligns with heads' BOS-attention direction: a "
                 "heavy tail of the heuristic score against a random baseline",
                 "attention", _fixed((pv.HEURISTIC_SUMMARY_FILE,)),
                 _fixed((pv.HEURISTIC_TOP_FILE,), (_plot(FIG_ATTENTION_HEURISTIC, RunInfo()),)),
                 pv.attention_heuristic),
-    PaperResult("attention_path_ablation", "§5.3, Fig. 7",
-                "ablating the neuron's path to the head: its activation goes with less "
-                "BOS attention and a larger head output norm (% change, positions "
-                "64-255)", "attention", _fixed((pv.PATH_ABLATION_FILE,)),
+    PaperResult("attention_path_ablation", "§5.3, Fig. 8b-c",
+                "path-ablating the neuron from the head's query: the more it was active, "
+                "the more BOS attention falls and the head's output norm rises, so it "
+                "turns the head off (% change at positions 64-255 is the code's)",
+                "attention", _fixed((pv.PATH_ABLATION_FILE,)),
                 _fixed((_plot(FIG_ATTENTION_PATH_ABLATION, RunInfo()),),
                        paper_result_files(pv.ATTENTION_PANEL)[::2]),
                 pv.attention_path_ablation),
     PaperResult("bos_value_ratio", "§5.3",
-                "the BOS token's output W_O v_BOS is 19.4x smaller than other tokens'",
+                "the median head's BOS output W_O v_BOS has a norm 19.4x smaller than the "
+                "mean over other tokens (GPT2-medium-a)",
                 "attention", _fixed((pv.BOS_NORMS_FILE,)),
                 _fixed((_plot(FIG_ATTENTION_BOS_VALUE_NORMS, RunInfo()),)),
                 pv.bos_value_ratio, 19.4),

@@ -3,13 +3,13 @@
 Pure functions: per-neuron tables in, result tables out.
 
 * :func:`corr_distributions`: densities of the mean max-correlation, its baseline and the
-  excess correlation per model (Fig. 2a-style).
+  excess correlation per model (Fig. 11-style).
 * :func:`depth_specialisation`: the layer of each neuron's best partner in every sibling
   model against its own layer, for universal and for all neurons (Fig. 2c-style).
 * :func:`raw_by_layer`: per-layer quantiles of the raw activation and weight statistics,
-  universal vs not (appendix figures of raw statistics by layer).
+  universal vs not (Fig. 14-style).
 * :func:`prediction_skew_late`: per layer, the share of prediction (vocab kurtosis above a
-  cut, positive skew) and suppression (negative skew) neurons (Fig. 5c-style).
+  cut, positive skew) and suppression (negative skew) neurons (Fig. 6c-style).
 * :func:`entropy_weights`: weight norm, vocab variance and null-space fraction of the
   entropy neurons against every candidate of the last layers, with their sweep at -0.17.
 * :func:`attention_panel`: per neuron-head pair, the fractional change of BOS attention and
@@ -31,7 +31,7 @@ RAW_STATISTICS = ("mean", "var", "skew", "kurt", "sparsity", "w_in_norm", "input
                   "vocab_skew", "vocab_kurt")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ENTROPY_STATISTICS = ("w_out_norm", "vocab_var", "null_frac")
-"""Columns of ``entropy/candidates.parquet`` compared (the paper: weight norm, Fig. 6a)."""
+"""Columns of ``entropy/candidates.parquet`` compared (the paper: weight norm, Fig. 7a)."""
 GELU_MIN = -0.17
 """The activation value the paper's entropy sweep starts at (about GELU's minimum)."""
 

@@ -21,7 +21,7 @@ Labels (:class:`PredictionThresholds`, defaults in brackets):
 The score of a label is ``vocab_kurt`` (prediction/suppression) or the variance ratio
 (partition). :func:`token_sets` lists the tokens each labelled neuron promotes (highest
 cosine) or suppresses (lowest); :func:`~universal_neurons.report.plots_families.plot_prediction_curves` draws per-layer
-percentiles of kurtosis and skew (paper Fig. 5) for one or many models.
+percentiles of kurtosis and skew (paper Fig. 6a-b) for one or many models.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ HELP = "find entropy neurons and sweep fixed activations: final-norm scale, entr
 DESCRIPTION = """\
 Fix the activation of each given neuron (and of random baseline neurons from the last
 layers) to each of several values at every position, and measure the final norm's scale,
-next-token entropy, loss and reciprocal rank of the true token (paper Fig. 6). As in the
+next-token entropy, loss and reciprocal rank of the true token (paper Fig. 7). As in the
 paper: values -0.17 0 1 ... 6; means over tokens that are neither BOS/EOS/pad
 (--count-special counts them) nor the last position; baseline neurons drawn from the
 last two layers among those with l2 penalty <= its 90th percentile and vocab_var >= its

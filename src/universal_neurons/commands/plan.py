@@ -26,6 +26,8 @@ examples:
   universal-neurons plan --models stanford-gpt2-small
   universal-neurons plan --models stanford-gpt2-medium --device cuda --max-memory 80G \\
       --precision bf16 --tokens 100M
+  universal-neurons plan --models stanford-gpt2-medium --device cuda --max-memory 80GB \\
+      --precision bf16 --sums fp32     # half the co-moment memory: 3 passes instead of 7
 """
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "machine; required for cuda when no GPU is present)")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="GEMM inputs (default fp32)")
+    p.add_argument("--sums", choices=("fp64", "fp32"), default="fp64",
+                   help="co-moment sums, as correlate --sums (default fp64)")
     p.add_argument("--tokens", type=_count, default=100_000_000, metavar="N",
                    help="tokens of the study to project (default 100M, the paper's)")
     p.add_argument("--n-ctx", type=int, default=512, help="context length (default 512)")
@@ -81,13 +85,16 @@ def run(args: argparse.Namespace) -> int:
         budget = default_budget(args.device)
     shapes = [ModelShape(s, d.n_layers, d.d_mlp) for s, d in zip(specs, dims)]
     batch_tokens = args.batch_size * args.n_ctx
-    plan = plan_correlation(
-        shapes, "all-pairs" if args.all_pairs else "reference", budget,
-        baseline=not args.no_baseline, rows_per_gemm=args.rows_per_gemm,
-        model_bytes=sum(d.n_params * 4 for d in dims),
-        forward_bytes=forward_bytes(dims, batch_tokens), batch_size=args.batch_size,
-        bf16_copy=args.precision == "bf16", device_type=device_type,
-        draws=args.rotations, blocks=args.blocks)
+    def plan_for(sums: str):
+        return plan_correlation(
+            shapes, "all-pairs" if args.all_pairs else "reference", budget,
+            baseline=not args.no_baseline, rows_per_gemm=args.rows_per_gemm,
+            model_bytes=sum(d.n_params * 4 for d in dims),
+            forward_bytes=forward_bytes(dims, batch_tokens), batch_size=args.batch_size,
+            bf16_copy=args.precision == "bf16", device_type=device_type,
+            draws=args.rotations, blocks=args.blocks, sums=sums)
+
+    plan = plan_for(args.sums)
     peak, peak_source = _peak(args, device_type)
     proj = project(plan, shapes, dims, args.tokens, peak)
     acc, fwd, seconds = proj.accumulate_flops_per_token, proj.forward_flops_per_token, \
@@ -105,7 +112,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"projected for {args.tokens:,} tokens on {args.device} at {peak / 1e12:.2f} TFLOP/s "
           f"peak ({peak_source}): {format_duration(seconds)}  "
           f"(plan total {format_bytes(plan.total_bytes)})")
+    if args.sums == "fp64" and plan.n_passes > 1:
+        print(_fp32_hint(plan.n_passes, plan_for("fp32"), args))
     return 0
+
+
+def _fp32_hint(passes: int, fp32, args: argparse.Namespace) -> str:
+    """What ``--sums fp32`` would change, with its correlation error bound."""
+    from universal_neurons.engine.moments import correlation_error_bound
+
+    if fp32.n_passes >= passes:
+        return "(--sums fp32 would not need fewer passes)"
+    bound = correlation_error_bound(args.precision, fp32.rows_per_gemm,
+                                    "cuda" if args.device.startswith("cuda") else "cpu",
+                                    "fp32", args.tokens)
+    return (f"with --sums fp32: {fp32.n_passes} pass(es) instead of {passes}; worst-case "
+            f"correlation error {bound:.1e} at {args.tokens:,} tokens (docs/engine.md)")
 
 
 def _cuda_available() -> bool:

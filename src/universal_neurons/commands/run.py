@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None,
                    help="GEMM inputs of the correlate pass: fp32, tf32, bf16 (see "
                         "`correlate --help`)")
+    p.add_argument("--sums", choices=("fp64", "fp32"), default=None,
+                   help="co-moment sums of the correlate pass: fp64 (default) or fp32 (half "
+                        "the memory, fewer passes; see `correlate --help`)")
     p.add_argument("--token-filter", choices=("ours", "paper"), default=None,
                    help="tokens the correlate, statistics and explain passes drop: ours "
                         "(default: BOS/pad and every newline token) or paper (pad/BOS and "
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     values = load_config_file(args.config) if args.config else {}
     for name in ("models", "dataset", "tokens", "explain_tokens", "intervention_tokens", "out",
                  "threshold", "all_pairs", "top_percent", "device", "seed", "max_memory",
-                 "precision", "token_filter", "skip"):
+                 "precision", "sums", "token_filter", "skip"):
         v = getattr(args, name)
         if v is not None:
             values[name] = tuple(v) if isinstance(v, list) else v

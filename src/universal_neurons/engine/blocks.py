@@ -119,8 +119,8 @@ class BlockStats:
         for p in parts:
             if p.cov is None:
                 raise ValueError("BlockStats needs moments accumulated with layer_cov=True")
-        m2 = [[c.diagonal(dim1=1, dim2=2).reshape(-1).clone() for c in p.cov or []]
-              for p in parts]
+        m2 = [[c.diagonal(dim1=1, dim2=2).reshape(-1).to(torch.float64, copy=True)
+               for c in p.cov or []] for p in parts]
         rotvar: list[dict] = [{} for _ in parts]
         rotmean: list[dict] = [{} for _ in parts]
         for m, s in enumerate(layout.shapes):
@@ -132,7 +132,8 @@ class BlockStats:
                     cols = layout.layer_cols(m, layer)
                     for j, p in enumerate(parts):
                         assert p.cov is not None
-                        rotvar[j][(m, layer, draw)] = rotated_variances(p.cov[m][layer], basis)
+                        rotvar[j][(m, layer, draw)] = rotated_variances(
+                            p.cov[m][layer].double(), basis)
                         rotmean[j][(m, layer, draw)] = p.mean[cols] @ basis.to(p.mean)
             for p in parts:
                 assert p.cov is not None
@@ -175,7 +176,7 @@ def union_cross(parts: Sequence[CoMoments], stats: BlockStats, subset: Subset
         for j in subset[1:]:
             acc.add_(parts[j].cross[i])
         for j in subset:
-            d = stats.mean[j] - mu
+            d = (stats.mean[j] - mu).to(acc.dtype)
             acc.addr_(d[rows], d[cols], alpha=stats.n[j])
         cross.append(acc)
     return SimpleNamespace(blocks=parts[0].blocks, cross=cross)

@@ -36,7 +36,7 @@ from universal_neurons.engine.correlate_state import (
 )
 from universal_neurons.engine.finalize import Baselines, ModelStats, summarize_moments
 from universal_neurons.engine.layout import Layout, Mode, ModelShape
-from universal_neurons.engine.moments import CoMoments, Precision
+from universal_neurons.engine.moments import CoMoments, Precision, Sums
 from universal_neurons.engine.planner import Plan
 from universal_neurons.engine.runner import StreamStats
 from universal_neurons.engine.summary import NeuronSummary
@@ -64,6 +64,8 @@ class PassOptions:
     bins: int = 100
     precision: Precision = "fp32"
     """A resolved precision (``fp32``, ``tf32`` or ``bf16``)."""
+    sums: Sums = "fp64"
+    """Dtype of the co-moment sums (``moments.CoMoments``)."""
     batch_size: int = 8
     progress: bool = True
 
@@ -123,7 +125,7 @@ def plan_pass(models: Sequence[Any], shapes: Sequence[ModelShape], mode: Mode, n
         forward_bytes=forward_bytes([m.adapter for m in models], batch * n_ctx, 1),
         scratch_bytes=max(scratch, default=0), batch_size=batch, extra_bytes=extra_state,
         bf16_copy=opts.precision == "bf16", device_type=torch.device(device).type,
-        blocks=opts.blocks)
+        blocks=opts.blocks, sums=opts.sums)
 
 
 def correlate_pass(models: Sequence[Any], dataset: Any, n_seq: int, *, plan: Plan,
@@ -206,7 +208,7 @@ class _Run:
         kw: dict[str, Any] = dict(site=opts.site, layer_cov=pr.stats is None,
                                   rows_per_gemm=self.plan.rows_per_gemm,
                                   gemm_rows=self.plan.gemm_rows, precision=opts.precision,
-                                  device=self.dev)
+                                  device=self.dev, sums=opts.sums)
         moments: Any = (BlockMoments(self.shapes, self.plan.passes[p], opts.blocks,
                                      self.n_seq, **kw) if opts.blocks > 1
                         else CoMoments(self.shapes, self.plan.passes[p], **kw))

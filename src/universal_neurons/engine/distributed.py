@@ -117,11 +117,12 @@ def merge_moments(moments: CoMoments, ctx: DistContext) -> None:
     if moments.cov is not None:
         for m, s in enumerate(lay.shapes):
             for layer in range(s.n_layers):
-                d = delta[lay.layer_cols(m, layer)]
+                d = delta[lay.layer_cols(m, layer)].to(moments.cov[m].dtype)
                 moments.cov[m][layer].addr_(d, d, alpha=w)
             dist.all_reduce(moments.cov[m])
     for block, acc in zip(moments.blocks, moments.cross):
-        acc.addr_(delta[lay.block_rows(block)], delta[lay.block_cols(block)], alpha=w)
+        acc.addr_(delta[lay.block_rows(block)].to(acc.dtype),
+                  delta[lay.block_cols(block)].to(acc.dtype), alpha=w)
         dist.all_reduce(acc)
     moments.mean = mean
     moments.n = int(round(n))

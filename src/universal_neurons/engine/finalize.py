@@ -67,7 +67,8 @@ class ModelStats:
         bases are never all held at once."""
         if moments.cov is None:
             raise ValueError("ModelStats needs moments accumulated with layer_cov=True")
-        m2s = [c.diagonal(dim1=1, dim2=2).reshape(-1).clone() for c in moments.cov]
+        m2s = [c.diagonal(dim1=1, dim2=2).reshape(-1).to(torch.float64, copy=True)
+               for c in moments.cov]
         rotvars: dict[tuple[int, int, int], torch.Tensor] = {}
         for m, s in enumerate(moments.layout.shapes):
             for draw in range(baselines.draws if baselines is not None else 0):
@@ -75,7 +76,8 @@ class ModelStats:
                 baselines.prepare([(m, layer, draw) for layer in range(s.n_layers)])
                 for layer in range(s.n_layers):
                     basis = baselines.basis(m, layer, draw)
-                    rotvars[(m, layer, draw)] = rotated_variances(moments.cov[m][layer], basis)
+                    rotvars[(m, layer, draw)] = rotated_variances(
+                        moments.cov[m][layer].double(), basis)
             if free_cov:
                 moments.cov[m] = moments.cov[m].new_empty(0, s.d_mlp, s.d_mlp)
         if free_cov:

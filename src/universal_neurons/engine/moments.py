@@ -13,8 +13,10 @@ matrix ``Z: [rows, sum N_m]``. When ``rows_per_gemm`` rows are in, it *flushes*:
    ``Z[:, rows]^T Z[:, partners]`` and, on the first pass, every model's within-layer
    ``Z_l^T Z_l``; each product is added to a float64 accumulator.
 
-Float64 accumulators hold *sums* of centred products (co-moments ``M``): covariance is
-``M / n``, correlation ``M_xy / sqrt(M_xx M_yy)``.
+The accumulators hold *sums* of centred products (co-moments ``M``): covariance is
+``M / n``, correlation ``M_xy / sqrt(M_xx M_yy)``. They are float64 by default; with
+``sums="fp32"`` they are float32 (half the memory; the GEMM adds into them in place), at
+the cost of one float32 rounding per flush (:func:`correlation_error_bound`).
 """
 
 from __future__ import annotations
@@ -31,12 +33,17 @@ from universal_neurons.engine.layout import CrossBlock, Layout, ModelShape
 
 Precision = Literal["fp32", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+Sums = Literal["fp64", "fp32"]
+SUMS: tuple[str, ...] = ("fp64", "fp32")
+SUM_DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
+"""Dtype of the co-moment sums (``--sums``)."""
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}
 """Unit roundoff ``2^-p`` of one GEMM input, ``p`` the significand bits (24, 11, 8)."""
 
 
 def correlation_error_bound(precision: str, rows_per_gemm: int = 4096,
-                            device_type: str = "cpu") -> float:
+                            device_type: str = "cpu", sums: str = "fp64",
+                            n_tokens: int = 0) -> float:
     """Worst-case ``|rho - rho_exact|`` from GEMM rounding (docs/engine.md, "Precision").
 
     Rounding each centred input to ``u`` relative error perturbs the cross and the variance
@@ -44,11 +51,18 @@ def correlation_error_bound(precision: str, rows_per_gemm: int = 4096,
     ``|d rho| <= 2 e / (1 - e)`` with ``e = 2u + u^2``. Float32 accumulation inside one GEMM
     adds ``e = (rows_per_gemm + 1) * 2^-24`` (a worst case; typical errors are ~1e-7).
     CPU bf16 GEMMs round each product to bf16 once: ``e += u`` (Cauchy-Schwarz over GEMMs).
+    Float32 sums (``sums="fp32"``) round the running sum once per flush, each time by at
+    most ``2^-24`` of a partial sum, itself at most ``sqrt(M_xx M_yy)`` of the whole
+    stream: ``e += F * 2^-24`` with ``F = ceil(n_tokens / rows_per_gemm)`` flushes (a worst
+    case; random roundings give ~``sqrt(F) * 2^-24``). Float64 sums add ~``F * 2^-53``,
+    below the GEMM term at any token count.
     """
     u = UNIT_ROUNDOFF[precision]
     e = 2 * u + u * u + (rows_per_gemm + 1) * 2.0**-24
     if precision == "bf16" and device_type == "cpu":
         e += u
+    if sums == "fp32":
+        e += math.ceil(max(n_tokens, 1) / rows_per_gemm) * 2.0**-24
     return 2 * e / (1 - e)
 
 
@@ -59,15 +73,18 @@ class CoMoments:
     ``layer_cov`` turns the per-model within-layer co-moments ``[L, d, d]`` on (needed
     once per run for variances and the rotation baseline); ``blocks`` lists the cross
     co-moments ``[T, N_partners]`` to accumulate. ``gemm_rows`` caps the rows of one
-    cross GEMM output (``gemm_rows * N_partners`` scratch elements).
+    cross GEMM output (``gemm_rows * N_partners`` scratch elements). ``sums``: dtype of
+    the within-layer and cross co-moments (the means stay float64).
     """
 
     def __init__(self, shapes: Sequence[ModelShape], blocks: Sequence[CrossBlock] = (), *,
                  site: str = "post", layer_cov: bool = True, rows_per_gemm: int = 4096,
                  gemm_rows: int | None = None, precision: Precision = "fp32",
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", sums: Sums = "fp64"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if sums not in SUMS:
+            raise ValueError(f"sums must be one of {SUMS}, got {sums!r}")
         if rows_per_gemm < 1:
             raise ValueError(f"rows_per_gemm must be positive, got {rows_per_gemm}")
         self.layout = Layout(shapes)
@@ -78,13 +95,14 @@ class CoMoments:
         self.device = torch.device(device)
         self.rows_per_gemm = rows_per_gemm
         self.gemm_rows = gemm_rows
-        f64, dev = torch.float64, self.device
+        self.sums = sums
+        f64, dev, acc = torch.float64, self.device, SUM_DTYPES[sums]
         self.n = 0
         self.mean = torch.zeros(self.layout.total, dtype=f64, device=dev)  # [N_total]
         self.cov: list[torch.Tensor] | None = (
-            [torch.zeros(s.n_layers, s.d_mlp, s.d_mlp, dtype=f64, device=dev) for s in shapes]
+            [torch.zeros(s.n_layers, s.d_mlp, s.d_mlp, dtype=acc, device=dev) for s in shapes]
             if layer_cov else None)  # per model [L, d, d]
-        self.cross = [torch.zeros(_rows(self.layout, b), _cols(self.layout, b), dtype=f64,
+        self.cross = [torch.zeros(_rows(self.layout, b), _cols(self.layout, b), dtype=acc,
                                   device=dev) for b in self.blocks]  # per block [T, N_partners]
         # +1 row for the Chan correction; allocated lazily (not needed to load or merge)
         self._buf: torch.Tensor | None = None  # [rows_per_gemm + 1, N_total] float32
@@ -122,7 +140,7 @@ class CoMoments:
                 self.flush()
 
     def flush(self) -> None:
-        """Fold the buffered rows into the float64 moments (no-op if the buffer is empty)."""
+        """Fold the buffered rows into the moments (no-op if the buffer is empty)."""
         nb = self._fill
         if nb == 0:
             return
@@ -159,12 +177,16 @@ class CoMoments:
         self._fill = 0
 
     def _accumulate(self, acc: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
-        """``acc += x^T y``: a float32-output GEMM, added into the float64 ``acc``.
+        """``acc += x^T y``: a float32-output GEMM, added into ``acc``.
 
-        On CPU the product goes to reused scratch buffers and is cast by ``copy_`` before a
-        same-dtype add (a mixed-dtype ``add_`` is ~5x slower there). bf16 inputs on CPU
-        (oneDNN/AMX) accumulate in float32 but return a bf16 product: the one extra rounding
-        that :func:`correlation_error_bound` adds for CPU bf16."""
+        A float32 ``acc`` with float32 inputs takes the product in place (``addmm_``, no
+        scratch). Otherwise, on CPU the product goes to reused scratch buffers and is cast by
+        ``copy_`` before a same-dtype add (a mixed-dtype ``add_`` is ~5x slower there). bf16
+        inputs on CPU (oneDNN/AMX) accumulate in float32 but return a bf16 product: the one
+        extra rounding that :func:`correlation_error_bound` adds for CPU bf16."""
+        if acc.dtype == x.dtype:
+            acc.addmm_(x.t(), y)
+            return
         if self.device.type != "cpu":
             if x.dtype == torch.bfloat16:
                 acc.add_(torch.mm(x.t(), y, out_dtype=torch.float32))
@@ -174,8 +196,7 @@ class CoMoments:
         n = x.shape[1] * y.shape[1]
         if (self._scratch is None or self._scratch[0].numel() < n
                 or self._scratch[0].dtype != x.dtype):
-            self._scratch = (torch.empty(n, dtype=x.dtype),
-                             torch.empty(n, dtype=torch.float64))
+            self._scratch = (torch.empty(n, dtype=x.dtype), torch.empty(n, dtype=acc.dtype))
         p32 = self._scratch[0][:n].view(x.shape[1], y.shape[1])
         p64 = self._scratch[1][:n].view(x.shape[1], y.shape[1])
         torch.mm(x.t(), y, out=p32)
@@ -213,18 +234,19 @@ class CoMoments:
         if self.cov is not None and other.cov is not None:
             for m, s in enumerate(self.layout.shapes):
                 for layer in range(s.n_layers):
-                    dl = delta[self.layout.layer_cols(m, layer)]
+                    dl = delta[self.layout.layer_cols(m, layer)].to(self.cov[m].dtype)
                     self.cov[m][layer].add_(other.cov[m][layer]).addr_(dl, dl, alpha=w)
         for block, acc, oth in zip(self.blocks, self.cross, other.cross):
-            acc.add_(oth).addr_(delta[self.layout.block_rows(block)],
-                                delta[self.layout.block_cols(block)], alpha=w)
+            acc.add_(oth).addr_(delta[self.layout.block_rows(block)].to(acc.dtype),
+                                delta[self.layout.block_cols(block)].to(acc.dtype), alpha=w)
         self.mean.add_(delta * (other.n / n))
         self.n = n
 
     def _check_compatible(self, other: CoMoments) -> None:
         if (other.layout.shapes != self.layout.shapes or other.blocks != self.blocks
-                or (other.cov is None) != (self.cov is None)):
-            raise ValueError("cannot merge CoMoments of different models, blocks or layer_cov")
+                or (other.cov is None) != (self.cov is None) or other.sums != self.sums):
+            raise ValueError("cannot merge CoMoments of different models, blocks, layer_cov "
+                             "or sums")
 
     # ---- results ----------------------------------------------------------------------
     def finalize(self) -> CoMoments:
@@ -232,7 +254,7 @@ class CoMoments:
         return self
 
     def iter_tensors(self) -> Iterator[torch.Tensor]:
-        """Every float64 accumulator (for collective merges)."""
+        """Every accumulator (for collective merges)."""
         yield self.mean
         if self.cov is not None:
             yield from self.cov
@@ -245,7 +267,7 @@ class CoMoments:
         return {
             "shapes": [[s.name, s.n_layers, s.d_mlp] for s in self.layout.shapes],
             "blocks": [b.to_list() for b in self.blocks],
-            "n": self.n, "mean": self.mean.cpu(),
+            "n": self.n, "mean": self.mean.cpu(), "sums": self.sums,
             "cov": None if self.cov is None else [c.cpu() for c in self.cov],
             "cross": [c.cpu() for c in self.cross],
             "buffer": buf,
@@ -258,11 +280,15 @@ class CoMoments:
             raise ValueError("checkpointed moments are for other models or blocks")
         if (state["cov"] is None) != (self.cov is None):
             raise ValueError("checkpointed moments differ in layer_cov")
+        if state.get("sums", "fp64") != self.sums:
+            raise ValueError(f"checkpointed moments have {state.get('sums', 'fp64')} sums, "
+                             f"this run {self.sums}")
+        acc = SUM_DTYPES[self.sums]
         self.n = int(state["n"])
         self.mean = state["mean"].to(self.device, torch.float64)
         if self.cov is not None:
-            self.cov = [c.to(self.device, torch.float64) for c in state["cov"]]
-        self.cross = [c.to(self.device, torch.float64) for c in state["cross"]]
+            self.cov = [c.to(self.device, acc) for c in state["cov"]]
+        self.cross = [c.to(self.device, acc) for c in state["cross"]]
         buf = state["buffer"]
         self._fill = 0
         if buf.shape[0]:

@@ -1,6 +1,7 @@
 """Memory planning: what a correlation run will hold, decided before it starts.
 
-The big items are the float64 cross co-moments (``T x N_partners`` per block), each
+The big items are the cross co-moment sums (``T x N_partners`` per block; float64, or
+float32 with ``sums="fp32"``), each
 model's within-layer co-moments ``[L, d, d]`` (first pass only: afterwards they shrink to
 ``O(N)`` statistics), the baseline bases (``[d, d]`` float32 per layer, made once, kept),
 the float32 row buffer the GEMMs read (with ``K`` baseline draws: the bases of draw 0
@@ -38,8 +39,13 @@ log = logging.getLogger(__name__)
 MIN_ROWS_PER_GEMM = 256
 GEMM_TEMP_CAP = 128 * 2**20
 """Largest GEMM output scratch (bytes) before a block's rows are split over several GEMMs."""
-GEMM_TEMP_BYTES = {"cpu": 12, "cuda": 4}
-"""Scratch bytes per output element: float32 product + float64 copy on CPU, float32 on CUDA."""
+GEMM_TEMP_BYTES = {("cpu", "fp64"): 12, ("cpu", "fp32"): 6, ("cuda", "fp64"): 4,
+                   ("cuda", "fp32"): 4}
+"""Scratch bytes per output element, by device and sums: float32 product + float64 copy on
+CPU (with float32 sums none for float32 GEMMs, which add in place; a bf16 product and its
+float32 copy for bf16 ones), a float32 product on CUDA."""
+SUM_BYTES = {"fp64": 8, "fp32": 4}
+"""Bytes per co-moment sum (``--sums``)."""
 RUNTIME_BYTES = {"cpu": 160 * 2**20, "cuda": 256 * 2**20}
 """Allocations the run makes outside its tensors (BLAS/oneDNN scratch, allocator and thread
 arenas, output libraries; cuBLAS workspaces and caching-allocator slack on CUDA): measured
@@ -61,6 +67,8 @@ class Plan:
     budget_bytes: int
     batch_size: int = 0
     """Sequences per forward pass (0: as configured)."""
+    sums: str = "fp64"
+    """Dtype of the co-moment sums (``fp64`` or ``fp32``)."""
     bytes: dict[str, int] = field(default_factory=dict)
     """Components: ``models`` (weights), ``forward`` (activations of one batch),
     ``layer_cov`` (first pass), ``stats`` (kept after it), ``summaries``, ``cross``
@@ -88,7 +96,7 @@ class Plan:
         return {
             "n_passes": self.n_passes, "rows_per_gemm": self.rows_per_gemm,
             "gemm_rows": self.gemm_rows, "batch_size": self.batch_size,
-            "budget_bytes": self.budget_bytes,
+            "sums": self.sums, "budget_bytes": self.budget_bytes,
             "total_bytes": self.total_bytes, "bytes": dict(self.bytes),
             "passes": [[b.to_list() for b in p] for p in self.passes],
         }
@@ -97,7 +105,8 @@ class Plan:
         lines = [f"memory plan: {format_bytes(self.total_bytes)} of "
                  f"{format_bytes(self.budget_bytes)} budget, {self.n_passes} pass(es), "
                  f"{self.rows_per_gemm} rows per GEMM"
-                 + (f", batch {self.batch_size}" if self.batch_size else "")]
+                 + (f", batch {self.batch_size}" if self.batch_size else "")
+                 + (f", {self.sums} sums" if self.sums != "fp64" else "")]
         lines += [f"  {k:<11} {format_bytes(v)}" for k, v in self.bytes.items()]
         layout = Layout(shapes)
         n = len(self.passes)
@@ -152,7 +161,8 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
                      rows_per_gemm: int = 4096, model_bytes: int = 0, forward_bytes: int = 0,
                      extra_bytes: int = 0, bf16_copy: bool = False,
                      device_type: str = "cpu", batch_size: int = 0,
-                     scratch_bytes: int = 0, draws: int = 1, blocks: int = 1) -> Plan:
+                     scratch_bytes: int = 0, draws: int = 1, blocks: int = 1,
+                     sums: str = "fp64") -> Plan:
     """Plan a correlation run within ``budget_bytes`` (see module doc).
 
     ``model_bytes``/``forward_bytes``/``extra_bytes`` are the weights, one forward batch's
@@ -161,6 +171,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     update (streaming phase, whatever the batch). ``bf16_copy``: the GEMMs read a bf16 copy of the row buffer
     (``--precision bf16``). ``device_type``: ``cpu`` or ``cuda`` (GEMM scratch differs).
     ``draws``/``blocks``: baseline draws and jackknife token blocks (engine/blocks.py).
+    ``sums``: ``fp64`` or ``fp32`` co-moment sums (half the bytes; ``moments.CoMoments``).
     Candidates: ``rows_per_gemm`` halved down to 256 and, when ``batch_size`` is given, the
     batch halved down to 1 (forward memory scales with it); the plan with the fewest
     passes wins, then the most rows per GEMM, then the largest batch.
@@ -168,11 +179,14 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     if len(shapes) < 2:
         raise UserError(f"correlation needs at least two models, got {len(shapes)}")
     layout = Layout(shapes)
-    temp_bytes = GEMM_TEMP_BYTES.get(device_type, 4)
+    if sums not in SUM_BYTES:
+        raise ValueError(f"sums must be one of {tuple(SUM_BYTES)}, got {sums!r}")
+    sb = SUM_BYTES[sums]
+    temp_bytes = GEMM_TEMP_BYTES.get((device_type, sums), 4)
     draws = draws if baseline else 1  # more: 2 draws' bases held, QRs between chunk loops
     fixed = {
         "models": model_bytes, "extra": extra_bytes,
-        "layer_cov": sum(s.n_layers * s.d_mlp ** 2 * 8 for s in shapes) + layout.total * 8,
+        "layer_cov": sum(s.n_layers * s.d_mlp ** 2 * sb for s in shapes) + layout.total * 8,
         "stats": layout.total * (24 + 12 * (draws - 1)),  # mean, M_ii, rotated variances
         "summaries": _summaries_bytes(shapes, mode, k, bins, draws),
         "bases": bases_bytes(shapes) * min(draws, 2) if baseline else 0,
@@ -180,6 +194,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
         "finalize": max(_finalize_bytes(shapes, mode), qr_bytes(shapes) if draws > 1 else 0),
         "temp_bytes": temp_bytes,
         "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cuda"]), "cross_copies": 1,
+        "sum_bytes": sb,
     }
     if blocks > 1:
         from universal_neurons.engine.blocks import plan_blocks
@@ -203,7 +218,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
             plan = _pack(layout, mode, atoms, budget_bytes, rows, {**fixed, "forward": fwd},
                          bf16_copy)
             if plan is not None:
-                plan.batch_size = batch
+                plan.batch_size, plan.sums = batch, sums
                 if best is None or _cost(plan, layout, model_bytes) < _cost(best, layout,
                                                                              model_bytes):
                     best = plan
@@ -227,14 +242,16 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
 FLOAT64_ADD_FLOPS = 142
 """Cost of folding one float32 GEMM output element into its float64 sum, in GEMM flops
 (about 28 bytes of memory traffic at ~15 GB/s against a ~150 GFLOP/s matmul): a GEMM over
-``r`` rows costs ``2 r`` flops per output element plus this."""
+``r`` rows costs ``2 r`` flops per output element plus this. Float32 sums cost nothing
+more: the GEMM adds into them as it writes its output (``addmm_``)."""
 
 
 def accumulate_flops_per_token(plan: Plan, layout: Layout, layer_cov: bool = True) -> float:
     """GEMM flops per kept token of the whole run's accumulation (every pass's cross blocks
     and the first pass's within-layer co-moments), the float64 folds counted as
-    :data:`FLOAT64_ADD_FLOPS` per output element per ``rows_per_gemm`` rows."""
-    per = 2 + FLOAT64_ADD_FLOPS / plan.rows_per_gemm
+    :data:`FLOAT64_ADD_FLOPS` per output element per ``rows_per_gemm`` rows (float64 sums)."""
+    fold = FLOAT64_ADD_FLOPS if plan.sums == "fp64" else 0
+    per = 2 + fold / plan.rows_per_gemm
     cross = sum(_rows(layout, b) * _cols(layout, b) for p in plan.passes for b in p)
     cov = sum(s.n_layers * s.d_mlp ** 2 for s in layout.shapes) if layer_cov else 0
     return (cross + cov) * per
@@ -273,7 +290,7 @@ def _pack(layout: Layout, mode: Mode, atoms: list[Atom], budget: int, rows: int,
                 hi = mid - 1
         passes.append(_blocks(layout, mode, atoms[i:i + lo]))
         i += lo
-    worst = max(passes[1:] or passes, key=lambda p: _cross_bytes(layout, p))
+    worst = max(passes[1:] or passes, key=lambda p: _cross_bytes(layout, p, 8))
     plan = Plan(passes, rows, _gemm_rows(layout, worst + passes[0], fixed["temp_bytes"]),
                 budget)
     plan.bytes = _components(layout, worst, passes[0], rows, fixed, bf16_copy)
@@ -323,8 +340,8 @@ def _blocks(layout: Layout, mode: Mode, atoms: list[Atom]) -> list[CrossBlock]:
     return blocks
 
 
-def _cross_bytes(layout: Layout, blocks: list[CrossBlock]) -> int:
-    return sum(_rows(layout, b) * _cols(layout, b) * 8 for b in blocks)
+def _cross_bytes(layout: Layout, blocks: list[CrossBlock], sum_bytes: int) -> int:
+    return sum(_rows(layout, b) * _cols(layout, b) * sum_bytes for b in blocks)
 
 
 def _rows(layout: Layout, b: CrossBlock) -> int:
@@ -353,8 +370,9 @@ def _components(layout: Layout, blocks: list[CrossBlock], first: list[CrossBlock
     return {"models": fixed["models"], "forward": fixed["forward"],
             "layer_cov": fixed["layer_cov"], "stats": fixed["stats"],
             "summaries": fixed["summaries"],
-            "cross": _cross_bytes(layout, blocks) * fixed["cross_copies"],
-            "cross_first": _cross_bytes(layout, first) * fixed["cross_copies"], "buffer": buffer,
+            "cross": _cross_bytes(layout, blocks, fixed["sum_bytes"]) * fixed["cross_copies"],
+            "cross_first": _cross_bytes(layout, first, fixed["sum_bytes"]) * fixed["cross_copies"],
+            "buffer": buffer,
             "gemm_temp": gemm_temp, "bases": fixed["bases"], "bases_step": fixed["bases_step"],
             "finalize": fixed["finalize"], "extra": fixed["extra"], "runtime": fixed["runtime"]}
 

@@ -1,4 +1,4 @@
-"""Plots of neuron families (family counts) and prediction neurons (paper Fig. 5).
+"""Plots of neuron families (family counts) and prediction neurons (paper Fig. 6).
 
 matplotlib is the optional ``plot`` extra (``pip install 'universal-neurons[plot]'``),
 imported here only when a plot is drawn; figures use the Agg canvas.
@@ -75,7 +75,7 @@ def plot_percentile_panels(curves: Mapping[str, Mapping[str, Any]], path: str | 
 def plot_prediction_curves(frames: Mapping[str, Any], path: str | os.PathLike,
                            percentiles: Sequence[float] | None = None) -> None:
     """Per-layer percentile bands of ``vocab_kurt`` (log scale) and ``vocab_skew`` (paper
-    Fig. 5); one colour per model, bands 5–95% / 25–75% and the median."""
+    Fig. 6a-b); one colour per model, bands 5–95% / 25–75% and the median."""
     from universal_neurons.analysis.prediction import PERCENTILES, percentile_curves
 
     pct = PERCENTILES if percentiles is None else percentiles

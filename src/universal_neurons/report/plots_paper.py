@@ -26,7 +26,7 @@ def _figure(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Any, Any]:
 
 
 def plot_corr_distributions(dist: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """One panel per quantity, one density curve per model (paper Fig. 2a)."""
+    """One panel per quantity, one density curve per model (paper Fig. 11)."""
     quantities = [q for q in QUANTITY_TITLES if q in set(dist["quantity"])]
     fig, grid = _figure(1, max(1, len(quantities)), figsize=(4.2 * max(1, len(quantities)), 3.2))
     for ax, q in zip(grid[0], quantities):
@@ -58,7 +58,7 @@ def plot_depth_specialisation(depth: pd.DataFrame, path: str | os.PathLike) -> P
 
 def plot_raw_by_layer(raw: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Per statistic, the median by layer with its 25-75% band, universal vs other
-    neurons (the paper's appendix figures of raw statistics)."""
+    neurons (the paper's Fig. 14)."""
     stats = list(dict.fromkeys(raw["statistic"]))
     ncols = min(4, len(stats))
     nrows = -(-len(stats) // ncols)
@@ -84,7 +84,7 @@ def plot_prediction_skew(tables: dict[str, pd.DataFrame], per_layer: pd.DataFram
                          kurtosis: float, path: str | os.PathLike) -> Path:
     """Left: every neuron's vocab skew by layer, coloured by log10 vocab kurtosis, the
     neurons above the kurtosis cut outlined; right: the share of prediction and
-    suppression neurons per layer, one line style per model (paper Fig. 5c)."""
+    suppression neurons per layer, one line style per model (paper Fig. 6c)."""
     fig, grid = _figure(1, 2, figsize=(10, 3.8))
     ax, ax2 = grid[0]
     rng = np.random.default_rng(0)
@@ -119,9 +119,9 @@ def plot_entropy_weights(table: pd.DataFrame, path: str | os.PathLike,
                          compositions: dict[str, np.ndarray] | None = None,
                          baseline: tuple[str, ...] = ()) -> Path:
     """The entropy neurons (red lines) against all neurons' ``l2_penalty`` (``l2_all``;
-    paper Fig. 6a) and the candidates' w_out norm, vocab variance and null-space fraction;
+    paper Fig. 7a) and the candidates' w_out norm, vocab variance and null-space fraction;
     the histograms of cos(W_U, w_out) over the vocabulary of entropy neurons and of the
-    sweep's random neurons (``compositions``, grey; Fig. 6b); the change of next-token
+    sweep's random neurons (``compositions``, grey; Fig. 7b); the change of next-token
     entropy when an entropy neuron is fixed at -0.17."""
     panels: list[tuple[str, Any]] = []
     if l2_all is not None:

@@ -1,5 +1,5 @@
-"""Plots of neurons' functional roles: entropy sweeps (paper Fig. 6) and attention
-deactivation (Fig. 7). matplotlib is the optional ``plot`` extra, imported lazily."""
+"""Plots of neurons' functional roles: entropy sweeps (paper Fig. 7) and attention
+deactivation (Fig. 8). matplotlib is the optional ``plot`` extra, imported lazily."""
 
 from __future__ import annotations
 

@@ -102,6 +102,11 @@ class CorrelateConfig:
     is given). bf16 is fast only on CUDA >= 8.0 and AVX512-BF16/AMX CPUs, tf32 only on CUDA
     >= 8.0; elsewhere they fall back to fp32 with a warning (docs/engine.md). The manifest
     records the precision used."""
+    sums: Literal["fp64", "fp32"] = "fp64"
+    """Dtype of the co-moment sums: fp64 (exact at any token count) or fp32 (half the
+    memory, so fewer passes: GPT-2 medium x 5 in 3 passes on an 80 GB GPU instead of 7;
+    adds a worst-case correlation error of ~2 x 2^-24 per rows-per-GEMM tokens, 2.9e-3 at
+    100M tokens and 4,096 rows, typically ~4e-5: docs/engine.md)."""
     precision_strict: bool = False
     """Refuse a precision the device does not run natively (instead of using fp32)."""
     precision_tolerance: float | None = opt(None, metavar="BOUND")
@@ -135,6 +140,8 @@ class CorrelateConfig:
         if self.precision_tolerance is not None and not self.precision_tolerance > 0:
             raise UserError("--precision-tolerance must be a positive error bound, e.g. 0.03, "
                             f"got {self.precision_tolerance}")
+        if self.sums not in ("fp64", "fp32"):
+            raise UserError(f"--sums must be fp64 or fp32, got {self.sums!r}")
         if self.site not in ("post", "pre"):
             raise UserError(f"--site must be post or pre, got {self.site!r}")
         if self.blocks < 1:
@@ -166,7 +173,7 @@ class CorrelateConfig:
                            rotations=self.rotations, blocks=self.blocks,
                            keep_tokens=self.keep_tokens,
                            token_filter=self.token_filter, top_k=self.top_k, bins=self.bins,
-                           precision=precision, batch_size=self.batch_size,
+                           precision=precision, sums=self.sums, batch_size=self.batch_size,
                            progress=self.progress)
 
 
@@ -289,8 +296,14 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
     result = CorrelateResult(out, [m.name for m in models], done.plan, extras=extras,
                              n_tokens=done.n_tokens, n_kept=done.n_kept, timings=timings)
     if ctx.is_main:
+        from universal_neurons.engine.moments import correlation_error_bound
+
+        precision = {**resolved.to_dict(), "sums": config.sums,
+                     "bound_with_sums": correlation_error_bound(
+                         resolved.precision, done.plan.rows_per_gemm,
+                         torch.device(device).type, config.sums, done.n_kept)}
         _write_outputs(config, result, shapes, mode, done, dataset, n_seq, t0,
-                       precision=resolved.to_dict())
+                       precision=precision)
     ctx.barrier()
     if config.checkpoint_every is not None:
         ckpt.path.unlink(missing_ok=True)
