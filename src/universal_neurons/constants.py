@@ -9,7 +9,8 @@ A run directory (``RUN/``) holds::
     checkpoints/                        CHECKPOINT_DIR: resumable engine state
     stats/<model>/                      STATS_DIR: activation_stats.safetensors, weights.safetensors,
                                         weight_tokens.parquet
-    features/<fingerprint[:16]>/        FEATURES_DIR: vocab_features.parquet (+ .json), sequence labels
+    features/<fingerprint[:16]>/        FEATURES_DIR: vocab_features.parquet (+ .json), topics.parquet,
+                                        sequence labels
     explanations/<model>.parquet        EXPLANATIONS_DIR (+ <model>_vr.parquet)
     families/<model>_counts.csv         FAMILIES_DIR (+ <model>_prediction_tokens.parquet)
     properties/                         PROPERTIES_DIR: claims, comparison, percentiles
@@ -66,6 +67,9 @@ WEIGHT_TOKENS_FILE = "weight_tokens.parquet"
 """``stats/<model>/``: token strings for the weights stage's vocab tables."""
 VOCAB_FEATURES = "vocab_features.parquet"
 """``features/<fingerprint[:16]>/``: binary token features of one tokenizer."""
+TOPICS = "topics.parquet"
+"""``features/<fingerprint[:16]>/``: the explain stage's topic token sets (topic, rank,
+token_id, token, weight), the ``topic:<name>`` features of ``vocab_features.parquet``."""
 SEQUENCE_LABELS = "sequence_labels-{key}.npz"
 """``features/<fingerprint[:16]>/``: cached sequence labels of one dataset prefix."""
 EXPLANATIONS_TOP = "{model}.parquet"
@@ -103,6 +107,7 @@ PAPER_RESULTS: dict[str, str] = {
     "raw_by_layer": "properties",
     "unigram_roles": "families",
     "source_neurons": "families",
+    "topic_neurons": "families",
     "prediction_skew_late": "prediction",
     "prediction_class_split": "prediction",
     "prediction_conditional": "prediction",

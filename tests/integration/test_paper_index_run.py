@@ -43,6 +43,9 @@ def test_every_required_id_has_files_or_a_reason(short_run):
                 "corr_distributions", "depth_specialisation", "raw_by_layer"):
         assert entries[rid]["status"] == "computed", entries[rid]
     assert 0 <= entries["depth_specialisation"]["value"] <= 100  # read by paper_summaries
+    topic = entries["topic_neurons"]  # explain's default topics, then paper-results' pass
+    assert topic["status"] == "computed", topic
+    assert {"paper/topic_neurons.parquet", "plots/paper_topic_neurons.png"} <= set(topic["files"])
     claims = entries["property_claims"]  # computed, or for the labelled top 5% when too few
     assert claims["status"] == "computed", claims
     n_universal = int(entries["universal_share"]["text"].split("(")[1].split()[0])

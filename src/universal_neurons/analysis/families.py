@@ -11,10 +11,17 @@ Rules (:class:`FamilyThresholds`, defaults in brackets; VR = variance reduction 
 * ``token``: best current-token property (not unigram, not alphabet; e.g. ``is_year``,
   ``all_caps``) VR > [0.5].
 * ``syntax``: best spaCy POS or dependency feature VR > [0.3].
-* ``entity``: best spaCy entity feature (type or in-entity) VR > [0.3]. This is the
-  semantic family we implement; topic neurons (document-level topics) are not.
+* ``entity``: best spaCy entity feature (type or in-entity) VR > [0.3].
 * ``context``: best context feature (in quotes / parentheses / brackets, after newline)
   VR > [0.3].
+* ``topic``: the neuron's best feature of all (current token, previous token and sequence)
+  is a current-token topic feature ``topic:<name>`` (``analysis.topics``: a token set
+  derived from the corpus), with VR > [0.1]. The paper's family count
+  (``family_count.ipynb``) gives each neuron its best feature (``idxmax`` over all of
+  them) and its topic features ``is_<name>_topic`` sit in the same vocabulary frame; it
+  states no cut for them. 0.1, not the 0.5 of one-token features, because a set of ~100
+  tokens cannot explain as much as one token: a topic neuron's activation also varies
+  within its topic.
 * ``position`` (the paper's, ``paper_notebooks/position_neurons.ipynb``): universal
   neurons (``is_universal`` of the neuron table, when it has the column) whose activation
   kurtosis ``kurt`` (non-excess, as the paper's ``neuron_df``) is < [2.0], scored by
@@ -48,7 +55,7 @@ from universal_neurons.analysis.features import feature_group
 from universal_neurons.analysis.prediction import PredictionThresholds, classify
 
 FAMILIES = ("unigram", "alphabet", "previous_token", "token", "syntax", "entity", "context",
-            "position", "prediction", "suppression", "partition")
+            "topic", "position", "prediction", "suppression", "partition")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class FamilyThresholds:
     syntax: float = 0.3
     entity: float = 0.3
     context: float = 0.3
+    topic: float = 0.1
+    """Topic neurons need their best feature to be a topic feature with VR above this."""
     position_min_mi: float = 0.0
     """Position neurons need I(position; fires) > this, in nats (paper: no cut, 0)."""
     position_information: float = 0.0
@@ -99,6 +108,15 @@ def _best(vr: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
     i = np.nanargmax(np.nan_to_num(m, nan=-1.0), axis=1)
     names = np.array([c.split("/", 1)[1] for c in cols], dtype=object)
     return np.nan_to_num(m[np.arange(len(m)), i]), names[i]
+
+
+def topic_neurons(vr: pd.DataFrame, cut: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(is topic neuron [N], best topic VR [N], its feature [N])`` over the rows of the
+    wide explanation table ``vr``: the best of all ``<kind>/<feature>`` columns is a
+    current-token ``topic:*`` feature with VR > ``cut``."""
+    score, feat = _best(vr, _columns(vr, "current", ("topic",)))
+    best, _ = _best(vr, [c for c in vr.columns if "/" in c])
+    return (score > cut) & (score >= best), score, feat
 
 
 def _binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -157,6 +175,7 @@ def _explanation_hits(vr: pd.DataFrame, neurons: pd.DataFrame | None,
         if col[i] > thresholds.alphabet and col[i] > best_alpha[i]:
             best_alpha[i], alpha_feat[i] = col[i], c.split("/", 1)[1]
     add("alphabet", best_alpha > 0, best_alpha, alpha_feat)
+    add("topic", *topic_neurons(vr, thresholds.topic))
     if "position_mi" in vr.columns:
         ok, mi = _position_candidates(vr, neurons, thresholds)
         add("position", ok, mi, np.full(len(vr), "position", dtype=object))

@@ -148,6 +148,11 @@ RESULTS: tuple[PaperResult, ...] = (
     _new("source_neurons", "§4.3, Figs. 1d, 21",
          "context neurons that fire on one data source (the Pile subsets; here the "
          "corpus's sources)"),
+    _new("topic_neurons", "§4.3; code: topic_neurons.ipynb",
+         "topic (semantic) neurons: neurons best explained by a topic's token set (the "
+         "code's is_<topic>_topic features); the notebook's place-neuron figure shows each "
+         "one's top-10 tokens by mean activation (GPT2-medium L17.2896 Canada, L17.944 "
+         "Japan, L14.3820 Latin America)"),
     PaperResult("prediction_curves", "§5.1, Fig. 6a-b",
                 "vocabulary kurtosis and skew of W_U w_out by layer: prediction neurons "
                 "(high kurtosis, positive skew) grow after mid-depth, then the very last "

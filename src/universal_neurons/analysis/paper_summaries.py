@@ -57,6 +57,18 @@ def _sources(df: pd.DataFrame) -> Summary:
     return round(float(best["vr"].max()), 6), f"best neuron per source (VR): {text}"
 
 
+def _topics(df: pd.DataFrame) -> Summary:
+    per = df.drop_duplicates("neuron_name")
+    n_topic = int(per["is_topic"].astype(bool).sum())
+    listed = []
+    for r in per.head(3).itertuples():
+        tokens = df[(df["neuron_name"] == r.neuron_name) & (df["rank"] >= 0)]["token"]
+        listed.append(f"{r.neuron_name} {r.feature} {r.vr:.3f} "
+                      f"({', '.join(repr(str(t)) for t in tokens.head(3))})")
+    return round(float(per["vr"].max()), 6), (
+        f"{n_topic} topic neurons listed of {len(per)}; best topic VR: {'; '.join(listed)}")
+
+
 def _skew(df: pd.DataFrame) -> Summary:
     m = df[df["model"] == df["model"].iloc[0]].sort_values("layer")
     last = m.iloc[-1]
@@ -100,7 +112,8 @@ def attention_panel(df: pd.DataFrame) -> str:
 
 SUMMARIES: dict[str, Callable[[pd.DataFrame], Summary]] = {
     "corr_distributions": _corr, "depth_specialisation": _depth, "raw_by_layer": _raw,
-    "unigram_roles": _unigram, "source_neurons": _sources, "prediction_skew_late": _skew,
+    "unigram_roles": _unigram, "source_neurons": _sources, "topic_neurons": _topics,
+    "prediction_skew_late": _skew,
     "prediction_class_split": _class_split, "prediction_conditional": _conditional,
     "entropy_weights": _entropy,
 }

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 NAME = "families"
-HELP = "assign neuron families (unigram, alphabet, previous token, syntax, position, prediction, ...)"
+HELP = ("assign neuron families (unigram, alphabet, previous token, syntax, topic, position, "
+        "prediction, ...)")
 DESCRIPTION = """\
 Label every neuron of a run with zero or more families and a score each, from the
 variance reductions written by `explain` and the vocabulary moments of cos(W_U, w_out)
@@ -19,6 +20,7 @@ variance reductions written by `explain` and the vocabulary moments of cos(W_U, 
   syntax          best spaCy POS / dependency VR > 0.3
   entity          best spaCy entity VR > 0.3
   context         best context (quotes, parentheses, after newline) VR > 0.3
+  topic           the best of all features is a topic feature (explain --topics), VR > 0.1
   position        universal neurons with activation kurtosis < 2 (the paper's candidates),
                   scored by I(position; pre > 0) in nats over every context position;
                   optional cuts --position-min-mi (nats) and --position-information
@@ -41,7 +43,7 @@ examples:
 
 
 THRESHOLDS = ("unigram", "alphabet", "previous_token", "token", "syntax", "entity", "context",
-              "position_min_mi", "position_information", "position_max_kurt")
+              "topic", "position_min_mi", "position_information", "position_max_kurt")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

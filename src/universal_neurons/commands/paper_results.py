@@ -21,6 +21,8 @@ and, from one pass of at most --tokens tokens through the reference model:
                           Devil's Dictionary, Python docs, WordNet glosses)
   unigram_roles           unigram neurons by token role: whole word, word start, middle
   prediction_conditional  prediction neurons when the next token is in their set or not
+  topic_neurons           the best topic neurons (explain --topics) and each one's top-10
+                          tokens by mean activation (the paper's place-neuron heatmap)
 A result whose input is missing is skipped with its reason; the stage does not fail.
 
 examples:

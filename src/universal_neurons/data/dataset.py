@@ -282,6 +282,14 @@ def parse_count(text: str) -> int:
     return int(value)
 
 
+def spread_rows(n_total: int, n: int) -> np.ndarray:
+    """``n`` window indices (sorted, distinct) spread evenly over ``0..n_total-1``, both ends
+    included: ``round(linspace(0, n_total - 1, n))`` (all of them when ``n >= n_total``)."""
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.linspace(0, n_total - 1, max(n, 1)).round().astype(np.int64))
+
+
 def dataset_for_models(models: Sequence[Any], dataset: str | os.PathLike | None = None,
                        n_ctx: int | None = None, max_tokens: int | None = None,
                        show_progress: bool = True, round_up: bool = False

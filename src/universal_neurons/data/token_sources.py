@@ -36,10 +36,11 @@ def bundled_records(split: str) -> list[tuple[str, str]]:
     return out
 
 
-def token_sources(dataset: Any, tokenizer: Any, n_seq: int) -> tuple[np.ndarray, list[str]]:
-    """``(labels Int[n_seq, n_ctx], source names)``: the source index of every token of
-    the first ``n_seq`` windows (:data:`NO_SOURCE` for BOS; the EOS before a document
-    belongs to that document).
+def token_sources(dataset: Any, tokenizer: Any, rows: int | np.ndarray
+                  ) -> tuple[np.ndarray, list[str]]:
+    """``(labels Int[n_rows, n_ctx], source names)``: the source index of every token of
+    the windows ``rows`` (indices into the dataset, or an int ``n``: the first ``n``;
+    :data:`NO_SOURCE` for BOS; the EOS before a document belongs to that document).
 
     UserError when the dataset was not built from the bundled corpus with whole documents,
     or when re-tokenizing does not give its tokens back.
@@ -56,6 +57,8 @@ def token_sources(dataset: Any, tokenizer: Any, n_seq: int) -> tuple[np.ndarray,
         records = [records[i] for i in order]
     names = sorted({s for s, _ in records})
     index = {s: i for i, s in enumerate(names)}
+    rows = np.arange(rows) if isinstance(rows, (int, np.integer)) else np.asarray(rows)
+    n_seq = int(rows.max()) + 1 if len(rows) else 0  # windows re-read: up to the last one
     n_ctx = dataset.n_ctx
     need = n_seq * (n_ctx - 1)
     eos = int(meta["eos_id"])
@@ -78,6 +81,7 @@ def token_sources(dataset: Any, tokenizer: Any, n_seq: int) -> tuple[np.ndarray,
         raise UserError(f"re-reading {src} does not give back the tokens of {dataset.path} "
                         "(another corpus version or tokenizer?); rebuild the dataset with "
                         "`universal-neurons tokenize` to know its corpus sources")
-    out = np.full((n_seq, n_ctx), NO_SOURCE, dtype=np.int16)
-    out[:, 1:] = np.concatenate(labels)[:need].reshape(n_seq, n_ctx - 1)
+    out = np.full((len(rows), n_ctx), NO_SOURCE, dtype=np.int16)
+    if need:
+        out[:, 1:] = np.concatenate(labels)[:need].reshape(n_seq, n_ctx - 1)[rows]
     return out, names

@@ -236,7 +236,8 @@ def families_not_computed(run: RunData, model: str | None,
     ``model``, whose counts say "not computed" rather than 0: without
     ``explanations/<model>_vr.parquet`` every family but the vocabulary ones; with it, the
     families none of whose feature columns it has (``analysis.families``' selectors;
-    ``alphabet``: ``current/alpha:*``; ``position``: ``position_mi`` and ``fire_rate``)."""
+    ``alphabet``: ``current/alpha:*``; ``topic``: ``current/topic:*``; ``position``:
+    ``position_mi`` and ``fire_rate``)."""
     if model is None:
         return set()
     from universal_neurons.constants import EXPLANATIONS_DIR
@@ -256,6 +257,8 @@ def families_not_computed(run: RunData, model: str | None,
                if not _columns(empty, kind, groups)}
         if not _columns(empty, "current", ("alpha",)):
             out.add("alphabet")
+        if not _columns(empty, "current", ("topic",)):
+            out.add("topic")
         if not {"position_mi", "fire_rate"} <= set(names):
             out.add("position")
         return out

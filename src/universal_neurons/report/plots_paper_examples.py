@@ -112,3 +112,39 @@ def plot_prediction_conditional(acts: np.ndarray, inside: np.ndarray, titles: Se
         ax.set_xlabel("activation")
         ax.legend(fontsize=6)
     return _save(fig, path)
+
+
+def _token_label(token: str) -> str:
+    """A token as matplotlib text: quoted with escapes (spaces and newlines visible), ``$``
+    not read as mathtext."""
+    return repr(token).replace("$", r"\$")
+
+
+def plot_topic_neurons(table: pd.DataFrame, path: str | os.PathLike, n: int = 5) -> Path:
+    """The paper's place-neuron heatmap (``topic_neurons.ipynb``): one column per topic
+    neuron (the first ``n`` of ``table``, ``paper_topics.top_token_table``), rows its top
+    tokens by mean activation, colour the mean over the column's largest, each cell
+    annotated with its token."""
+    rows = table[table["rank"] >= 0]
+    neurons = list(dict.fromkeys(rows["neuron_name"]))[:n]
+    k = int(rows["rank"].max()) + 1 if len(rows) else 1
+    values = np.full((k, len(neurons)), np.nan)
+    labels = [[""] * len(neurons) for _ in range(k)]
+    for j, name in enumerate(neurons):
+        for r in rows[rows["neuron_name"] == name].itertuples():
+            values[int(r.rank), j] = r.mean_norm
+            labels[int(r.rank)][j] = _token_label(str(r.token))
+    fig, grid = _figure(1, 1, figsize=(1.9 * max(len(neurons), 1) + 1.6, 0.36 * k + 1.4))
+    ax = grid[0][0]
+    im = ax.imshow(values, aspect="auto", cmap="magma", vmin=0, vmax=1)
+    for r in range(k):
+        for j in range(len(neurons)):
+            v = values[r, j]
+            ax.text(j, r, labels[r][j], ha="center", va="center", fontsize=7,
+                    color="black" if np.isfinite(v) and v > 0.6 else "white")
+    feats = [rows[rows["neuron_name"] == m]["feature"].iloc[0] for m in neurons]
+    ax.set_xticks(np.arange(len(neurons)),
+                  [f"{m}\n{f.split(':', 1)[-1]}" for m, f in zip(neurons, feats)], fontsize=7)
+    ax.set_yticks([])
+    fig.colorbar(im, ax=ax, label="mean token activation / neuron max")
+    return _save(fig, path)

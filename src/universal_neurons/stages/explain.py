@@ -28,6 +28,7 @@ from universal_neurons.constants import (
     EXPLANATIONS_DIR,
     EXPLANATIONS_TOP,
     EXPLANATIONS_VR,
+    TOPICS,
     safe_name,
 )
 from universal_neurons.engine.token_table import TokenTable
@@ -35,6 +36,9 @@ from universal_neurons.errors import UserError
 from universal_neurons.options import count, dataset_opt, models_opt, opt, run_opt, tokens_opt
 
 log = logging.getLogger(__name__)
+
+TOPIC_MAX_TOKENS = 20_000_000
+"""Tokens of the dataset read for the topics (the NMF's documents)."""
 
 
 # ---- neuron selection ---------------------------------------------------------------------
@@ -122,16 +126,24 @@ class ExplainConfig:
     vr_ddof: int = opt(0, choices=[0, 1])
     """Variances in VR: 0 = population, VR = eta squared (default); 1 = sample variances,
     as the paper's pandas code."""
+    topics: int = opt(24, metavar="K")
+    """Topic features: K topics derived from the dataset's documents (tf-idf, NMF), each a
+    ``topic:<name>`` feature true for its top tokens (0: none; analysis/topics.py)."""
+    topic_tokens: int = opt(100, metavar="N")
+    """Tokens in each topic's set."""
     max_memory: str | None = opt(None, metavar="SIZE")
     """Token-table budget, e.g. ``8G`` (default: 70% of available RAM); above it the
     neurons are tiled over several passes."""
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "top_k", "position_bins", "unigram_min_forms"):
+        for name in ("batch_size", "top_k", "position_bins", "unigram_min_forms",
+                     "topic_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got "
                                 f"{getattr(self, name)}")
+        if self.topics < 0:
+            raise UserError(f"--topics must be 0 (no topic features) or more, got {self.topics}")
         if self.vr_ddof not in (0, 1):
             raise UserError(f"--vr-ddof must be 0 or 1, got {self.vr_ddof}")
         if self.precision not in ("fp32", "fp64"):
@@ -189,6 +201,9 @@ def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
     t1 = time.perf_counter()
     labels = _row_labels(config, dataset, n_seq, strings, specials, run, fp)
     timings["sequence_features_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    topics = _topics(config, dataset, strings, specials)
+    timings["topics_s"] = time.perf_counter() - t1
 
     budget = parse_bytes(config.max_memory) if config.max_memory else default_budget("cpu")
     n_groups = labels.n_groups
@@ -209,6 +224,9 @@ def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
             feats = build_vocab_features(strings, counts, unigram_min_count=config.unigram_min_count,
                                          unigram_min_forms=config.unigram_min_forms,
                                          special_ids=specials.tolist())
+            if topics is not None and topics.names:
+                feats = pd.concat([feats, topics.features(len(feats)).set_index(feats.index)],
+                                  axis=1)
         parts.append(explain_table(table, feats, ad.d_mlp, strings, ddof=config.vr_ddof))
         del table
     timings["pass_s"] = time.perf_counter() - t1
@@ -217,13 +235,19 @@ def run_explain(config: ExplainConfig, model: Any = None) -> ExplainResult:
     paths = explanation_paths(run.path, model.name)
     paths["vocab_features"] = write_vocab_features(run.path, fp, feats, {
         "tokenizer": getattr(tok, "name_or_path", ""), "dataset": str(dataset.path),
-        "unigram_min_count": config.unigram_min_count, "unigram_min_forms": config.unigram_min_forms})
+        "unigram_min_count": config.unigram_min_count, "unigram_min_forms": config.unigram_min_forms,
+        "topics": config.topics, "topic_tokens": config.topic_tokens})
+    if topics is not None:
+        paths["topics"] = paths["vocab_features"].with_name(TOPICS)
+        write_table(paths["topics"], topics.table(strings), csv=False)
     write_table(paths["top"], ex.top(config.top_k))
     write_table(paths["vr"], ex.wide(), csv=False)
     timings["total_s"] = time.perf_counter() - t0
     run.record_stage(f"explain:{model.name}", asdict(config), model=model.name,
                      n_neurons=len(flat), n_features=len(ex.columns), n_tiles=len(tiles),
                      n_sequences=n_seq, kept_tokens=int(ex.neurons["n_rows"].iloc[0]),
+                     n_topics=0 if topics is None else len(topics.names),
+                     topic_documents=0 if topics is None else topics.n_documents,
                      timings=timings, stream=[s.to_dict() for s in stream_stats],
                      outputs={k: str(v.relative_to(run.path)) for k, v in paths.items()})
     log.info("explained %d neurons of %s with %d features in %.1fs", len(flat), model.name,
@@ -262,6 +286,21 @@ def _open_dataset(config: ExplainConfig, model: Any) -> tuple[Any, int]:
 
     return dataset_for_models([model], config.dataset, config.n_ctx, config.max_tokens,
                               show_progress=config.progress)
+
+
+def _topics(config: ExplainConfig, dataset: Any, strings: Sequence[str], specials: np.ndarray
+            ) -> Any:
+    """Topic token sets of the dataset's documents (``analysis.topics``): every window, up to
+    ``TOPIC_MAX_TOKENS`` tokens (a prefix of the shuffled documents); None with ``topics=0``."""
+    from universal_neurons.analysis.topics import derive_topics
+
+    if config.topics == 0:
+        return None
+    n_rows = max(1, min(dataset.n_seq, TOPIC_MAX_TOKENS // dataset.n_ctx))
+    eos = dataset.meta.get("eos_id")
+    return derive_topics(np.asarray(dataset.tokens[:n_rows]), strings,
+                         eos_id=None if eos is None else int(eos), k=config.topics,
+                         n_tokens=config.topic_tokens, special_ids=specials.tolist())
 
 
 def _row_labels(config: ExplainConfig, dataset: Any, n_seq: int, strings: Sequence[str],

@@ -19,6 +19,8 @@ from universal_neurons.errors import UserError
 
 log = logging.getLogger(__name__)
 
+TOPIC_TOKENS = 10
+"""Tokens per topic neuron in its table and figure (the paper's top 10)."""
 MIN_CLASS_TOKENS = 10
 """A token class needs this many tokens (and as many outside it) to split the vocabulary."""
 
@@ -75,7 +77,11 @@ class ModelContext:
     """``[n_pred, vocab]`` cos(W_U, w_out) of the chosen prediction neurons."""
     unigram: pd.DataFrame
     """Chosen unigram neurons: layer, neuron, feature, vr, passes_cut."""
+    topic: pd.DataFrame
+    """Chosen topic neurons (``analysis.paper_topics.topic_candidates``)."""
     samples: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """The dataset windows the pass streamed."""
     sources: list[str] = field(default_factory=list)
     source_reason: str = ""
 
@@ -96,7 +102,15 @@ class ModelContext:
         strings = surface_strings(model.tokenizer)
         props = token_property_features(strings)
         unigram = _unigram_neurons(run, model.name, config.unigram_vr, config.top_neurons)
-        return cls(model, run, config, d_mlp, strings, props, pred, cos, unigram)
+        topic = _topic_neurons(run, model.name, table, config.topic_vr, config.top_neurons)
+        return cls(model, run, config, d_mlp, strings, props, pred, cos, unigram, topic)
+
+    def _columns(self, part: str) -> slice:
+        """Columns of the pass's ``acts`` holding the chosen ``unigram``, ``pred`` or
+        ``topic`` neurons (kept in that order)."""
+        k_u, k_p = len(self.unigram), len(self.pred)
+        return {"unigram": slice(0, k_u), "pred": slice(k_u, k_u + k_p),
+                "topic": slice(k_u + k_p, k_u + k_p + len(self.topic))}[part]
 
     # ---- weights only --------------------------------------------------------------------
     def class_split(self) -> Any:
@@ -121,28 +135,36 @@ class ModelContext:
     # ---- the streaming pass --------------------------------------------------------------
     def stream(self) -> None:
         """One pass over at most ``config.tokens`` tokens: chosen neurons' activations and
-        per-source moments of every neuron."""
+        per-source moments of every neuron. The windows are spread evenly over the whole
+        dataset (``data.dataset.spread_rows``), so that a source whose documents sit late in
+        the shuffled corpus is still seen."""
+        from types import SimpleNamespace
+
         from universal_neurons.analysis.interventions import open_dataset
+        from universal_neurons.data.dataset import spread_rows
         from universal_neurons.data.token_sources import token_sources
         from universal_neurons.engine.neuron_samples import NeuronSamples
         from universal_neurons.engine.runner import batch_ranges, stream
 
         c = self.config
         ds, n_seq = open_dataset(self.model, c.dataset, c.tokens, c.n_ctx, c.progress)
+        self.rows = spread_rows(ds.n_seq, n_seq)
+        windows = np.asarray(ds.tokens[self.rows])  # [n_seq, n_ctx]
         groups = None
         try:
-            groups, self.sources = token_sources(ds, self.model.tokenizer, n_seq)
+            groups, self.sources = token_sources(ds, self.model.tokenizer, self.rows)
         except UserError as e:
             self.source_reason = str(e)
         a = self.model.adapter
-        chosen = pd.concat([self.unigram[["layer", "neuron"]], self.pred[["layer", "neuron"]]])
+        chosen = pd.concat([self.unigram[["layer", "neuron"]], self.pred[["layer", "neuron"]],
+                            self.topic[["layer", "neuron"]]])
         flat = (chosen["layer"].to_numpy(np.int64) * self.d_mlp
                 + chosen["neuron"].to_numpy(np.int64))
-        acc = NeuronSamples(self.model.name, ds.tokens, flat.tolist(), a.n_layers * self.d_mlp,
+        acc = NeuronSamples(self.model.name, windows, flat.tolist(), a.n_layers * self.d_mlp,
                             groups, len(self.sources))
-        stream(ds, [self.model], [acc], batch_ranges(n_seq, c.batch_size),
-               tokenizer=self.model.tokenizer, device=c.device, progress=c.progress,
-               desc="paper results")
+        stream(SimpleNamespace(tokens=windows), [self.model], [acc],
+               batch_ranges(len(self.rows), c.batch_size), tokenizer=self.model.tokenizer,
+               device=c.device, progress=c.progress, desc="paper results")
         self.samples = acc.finalize()
 
     def source_neurons(self) -> Any:
@@ -164,14 +186,13 @@ class ModelContext:
             raise Skip(f"no explanations with unigram features for {self.model.name} "
                        "(run explain)")
         s = self.samples
-        k = len(self.unigram)
         norm = pd.Series(self.strings, dtype=object).str.strip().str.lower().to_numpy()
         feats = np.stack([norm == f.split(":", 1)[1] for f in self.unigram["feature"]])
         feats[:, _special_ids(self.model.tokenizer)] = False
         no_space = self.props["start_w_no_space"].to_numpy(bool)
         no_space_alpha = no_space & self.props["all_alpha"].to_numpy(bool)
-        roles = pa.unigram_roles(s["acts"][:, :k], s["token_ids"], s["next_ids"], feats,
-                                 no_space, no_space_alpha)
+        roles = pa.unigram_roles(s["acts"][:, self._columns("unigram")], s["token_ids"],
+                                 s["next_ids"], feats, no_space, no_space_alpha)
         info = self.unigram.reset_index(drop=True)
         out = pd.concat([info.iloc[roles["index"].to_numpy()].reset_index(drop=True),
                          roles.drop(columns="index")], axis=1)
@@ -183,8 +204,7 @@ class ModelContext:
         if self.pred.empty:
             raise Skip("no neuron has vocab moments")
         s = self.samples
-        k0 = len(self.unigram)
-        acts = s["acts"][:, k0:]
+        acts = s["acts"][:, self._columns("pred")]
         sets = np.zeros(self.cos.shape, dtype=bool)  # [k, vocab]
         n_set = min(self.config.token_set, self.cos.shape[1])
         for j, promotes in enumerate(self.pred["vocab_skew"].to_numpy() > 0):
@@ -199,6 +219,39 @@ class ModelContext:
         titles = [f"{n} ({c or 'below cut'})" for n, c in
                   zip(info["neuron_name"], info["prediction_class"])]
         return out, lambda p: plot_prediction_conditional(acts[known], inside, titles, p)
+
+    def topic_neurons(self) -> Any:
+        from universal_neurons.analysis.paper_topics import top_token_table
+        from universal_neurons.report.plots_paper_examples import plot_topic_neurons
+
+        if self.topic.empty:
+            raise Skip(f"no explanations with topic features for {self.model.name} (run "
+                       "explain with --topics K, K > 0)")
+        s = self.samples
+        out = top_token_table(self.topic, s["acts"][:, self._columns("topic")],
+                              s["token_ids"], self.strings, k=TOPIC_TOKENS,
+                              min_count=self.config.topic_min_count,
+                              exclude=_special_ids(self.model.tokenizer).tolist())
+        return out, lambda p: plot_topic_neurons(out, p)
+
+
+def _topic_neurons(run: Path, model: str, table: pd.DataFrame | None, cut: float, top: int
+                   ) -> pd.DataFrame:
+    """The ``top`` topic neurons of the explanations (``paper_topics.topic_candidates``);
+    empty without explanations or topic features."""
+    import pyarrow.parquet as pq
+
+    from universal_neurons.analysis.paper_topics import CANDIDATE_COLUMNS, topic_candidates
+    from universal_neurons.stages.explain import explanation_paths
+
+    path = explanation_paths(run, model)["vr"]
+    if not path.is_file():
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    names = pq.read_schema(path).names
+    if not any(c.startswith("current/topic:") for c in names):
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    vr = pd.read_parquet(path, columns=["layer", "neuron", *[c for c in names if "/" in c]])
+    return topic_candidates(vr, table, cut, top)
 
 
 def _special_ids(tokenizer: Any) -> np.ndarray:

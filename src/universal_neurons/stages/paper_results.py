@@ -75,18 +75,28 @@ class PaperResultsConfig:
     """Vocab kurtosis above which a neuron is a prediction / suppression neuron."""
     unigram_vr: float = opt(0.5, "--unigram", metavar="X")
     """Variance reduction above which a neuron is a unigram neuron."""
+    topic_vr: float = opt(0.1, "--topic", metavar="X")
+    """A topic neuron's best feature is a topic feature with VR above this (families
+    --topic)."""
+    topic_min_count: int = opt(20, metavar="N")
+    """Occurrences a token needs to be among a topic neuron's top tokens (the paper: 50-90
+    in a larger sample)."""
     activations: bool = opt(True, "--no-activations", help="skip the streaming pass (source "
-                            "neurons, unigram roles, conditional activations)")
-    """Stream the dataset (source neurons, unigram roles, prediction conditional)."""
+                            "neurons, unigram roles, conditional activations, topic "
+                            "neurons)")
+    """Stream the dataset (source neurons, unigram roles, prediction conditional, topic
+    neurons)."""
     plots: bool = opt(True, "--no-plots", help="tables only")
     """Write the figures."""
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if min(self.tokens, self.batch_size, self.bins, self.top_neurons, self.token_set) < 1:
-            raise ValueError(f"tokens, batch_size, bins, top_neurons and token_set must be >= 1, "
-                             f"got {self.tokens}, {self.batch_size}, {self.bins}, "
-                             f"{self.top_neurons}, {self.token_set}")
+        if min(self.tokens, self.batch_size, self.bins, self.top_neurons, self.token_set,
+               self.topic_min_count) < 1:
+            raise ValueError(f"tokens, batch_size, bins, top_neurons, token_set and "
+                             f"topic_min_count must be >= 1, got {self.tokens}, "
+                             f"{self.batch_size}, {self.bins}, {self.top_neurons}, "
+                             f"{self.token_set}, {self.topic_min_count}")
 
 
 Producer = Callable[[], tuple[pd.DataFrame, Callable[[Path], Any] | None]]
@@ -231,7 +241,7 @@ def _model_results(run: Path, tables: dict[str, pd.DataFrame], ref: str | None, 
                    config: PaperResultsConfig) -> dict[str, str]:
     """The results that need the model: class split (weights) and the streamed ones."""
     names = ("prediction_class_split", "source_neurons", "unigram_roles",
-             "prediction_conditional")
+             "prediction_conditional", "topic_neurons")
     if model is None:
         reason = f"cannot load the model {ref!r} for its weights and activations"
         log.warning("paper results %s skipped: %s", ", ".join(names), reason)
@@ -254,7 +264,8 @@ def _model_results(run: Path, tables: dict[str, pd.DataFrame], ref: str | None, 
         return {**status, **dict.fromkeys(names[1:], f"failed: {type(e).__name__}: {e}")}
     for result, producer in (("source_neurons", ctx.source_neurons),
                              ("unigram_roles", ctx.unigram_roles),
-                             ("prediction_conditional", ctx.prediction_conditional)):
+                             ("prediction_conditional", ctx.prediction_conditional),
+                             ("topic_neurons", ctx.topic_neurons)):
         status[result] = _emit(run, result, producer, config.plots)
     return status
 

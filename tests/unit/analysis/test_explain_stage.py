@@ -109,3 +109,40 @@ def test_families_after_explain(toy, tmp_path):
     table = pd.read_parquet(tmp_path / "run" / "neurons" / "toy.parquet")
     assert table[["layer", "neuron"]].values.tolist() == [[0, 1], [1, 5]]
     assert {"families", "family_scores", "family_features"} <= set(table.columns)
+
+
+def test_topic_features_join_without_changing_the_others(toy, tmp_path):
+    from universal_neurons.analysis.topics import derive_topics
+    from universal_neurons.data.tokens import keep_mask, special_ids
+
+    model, ds = toy
+    off = run_explain(_config(tmp_path / "off", ds, topics=0), model=model)
+    on = run_explain(_config(tmp_path / "on", ds, topics=3, topic_tokens=8), model=model)
+    topic_cols = [c for c in on.explanations.columns if c.split("/", 1)[1].startswith("topic:")]
+    assert topic_cols and not any("topic:" in c for c in off.explanations.columns)
+    rest = [on.explanations.columns.index(c) for c in off.explanations.columns]
+    assert [on.explanations.columns[i] for i in rest] == off.explanations.columns
+    np.testing.assert_allclose(on.explanations.vr[:, rest], off.explanations.vr, rtol=0,
+                               atol=1e-12)  # the same sums, a larger feature matrix
+    # the sets are analysis.topics' on the whole dataset, written beside the features
+    strings = surface_strings(model.tokenizer)
+    topics = derive_topics(np.asarray(ds.tokens), strings, eos_id=int(ds.meta["eos_id"]), k=3,
+                           n_tokens=8, special_ids=special_ids(model.tokenizer).tolist())
+    table = pd.read_parquet(on.paths["topics"])
+    assert sorted(set(table["topic"])) == sorted(topics.columns)
+    feats = pd.read_parquet(on.paths["vocab_features"]).set_index("token_id")
+    for col, ids in zip(topics.columns, topics.token_ids):
+        assert set(np.flatnonzero(feats[col].to_numpy())) == set(ids.tolist())
+    # oracle: the VR of a topic feature from directly captured activations
+    tokens = np.asarray(ds.tokens, dtype=np.int64)
+    keep = keep_mask(tokens, model.tokenizer)
+    acts = model.adapter.capture(torch.from_numpy(tokens))["post"]
+    wide = pd.read_parquet(on.paths["vr"])
+    member = feats[topics.columns[0]].to_numpy()
+    for layer, neuron in [(0, 7), (1, 90)]:
+        x = acts[layer, :, :, neuron].double().numpy()[keep]
+        g = member[tokens[keep]]
+        within = sum(x[g == v].var() * (g == v).mean() for v in (True, False) if (g == v).any())
+        row = wide[(wide.layer == layer) & (wide.neuron == neuron)].iloc[0]
+        assert row[f"current/{topics.columns[0]}"] == pytest.approx(1 - within / x.var(),
+                                                                     abs=2e-6)

@@ -173,3 +173,30 @@ def test_run_families_stage(tmp_path):
 def test_empty_inputs():
     out = assign_families(None, None)
     assert list(out.columns) == ["layer", "neuron", "families", "family_scores", "family_features"]
+
+
+def test_topic_family_needs_the_best_feature_to_be_a_topic():
+    rng = np.random.default_rng(4)
+    n = 40
+    vr = pd.DataFrame({"layer": 0, "neuron": np.arange(n)})
+    cols = ["current/topic:lord_god_israel", "current/topic:python_module_class",
+            "current/unigram:the", "prev/topic:lord_god_israel", "sequence/pos:NOUN"]
+    for c in cols:
+        vr[c] = rng.uniform(0, 0.3, n)
+    vr.loc[0, "current/topic:lord_god_israel"] = 0.9
+    got = assign_families(vr, None, FamilyThresholds(topic=0.12))
+    fam = got.set_index("neuron")["families"].map(parse_families)
+    # oracle: each neuron's best column is a current-token topic column with VR > 0.12
+    m = vr[cols].to_numpy()
+    best = np.array(cols)[m.argmax(1)]
+    want = np.char.startswith(best.astype(str), "current/topic:") & (m.max(1) > 0.12)
+    assert [("topic" in f) for f in fam] == want.tolist() and want.sum() > 2
+    feats = got.set_index("neuron")["family_features"].map(json.loads)
+    for i in np.flatnonzero(want):
+        assert feats[i]["topic"] == best[i].split("/", 1)[1]
+        assert json.loads(got.set_index("neuron")["family_scores"][i])["topic"] == \
+            pytest.approx(m[i].max(), abs=1e-6)
+    assert family_counts(got).set_index("family").loc["topic", "n_neurons"] == want.sum()
+    # no topic columns (explain --topics 0): no topic neuron
+    assert not assign_families(vr.drop(columns=cols[:2]), None)["families"].str.contains(
+        "topic").any()

@@ -22,7 +22,7 @@ from universal_neurons.stages.paper import DirFiles, PaperConfig, run_info, run_
 
 IDS = ("universal_share", "corr_distributions", "universal_by_layer", "depth_specialisation",
        "property_percentiles", "property_claims", "raw_by_layer", "families", "unigram_roles",
-       "alphabet", "position", "previous_token", "syntax", "source_neurons",
+       "alphabet", "position", "previous_token", "syntax", "source_neurons", "topic_neurons",
        "prediction_curves", "prediction_skew_late", "prediction_class_split",
        "prediction_conditional", "entropy_weights", "entropy_sweep", "entropy_pair",
        "attention_heuristic", "attention_path_ablation", "bos_value_ratio")
@@ -113,7 +113,7 @@ def _index(run: Path) -> dict[str, dict]:
 def test_required_ids():
     assert REQUIRED_IDS == IDS
     produced = {r.id for r in RESULTS if r.stage == "paper-results"}
-    assert produced == set(PAPER_RESULT_IDS) and len(produced) == 9
+    assert produced == set(PAPER_RESULT_IDS) and len(produced) == 10
 
 
 def test_values_match_the_synthetic_tables(tmp_path):

@@ -65,3 +65,15 @@ def test_other_sources_and_changed_tokens_are_refused(bundled_ds, tokenizer, tmp
     (copy / "meta.json").write_text(json.dumps(bundled_ds.meta))
     with pytest.raises(UserError, match="does not give back"):
         token_sources(open_token_dataset(copy), tokenizer, 5)
+
+
+def test_sources_of_chosen_windows(bundled_ds, tokenizer):
+    from universal_neurons.data.dataset import spread_rows
+
+    full, names = token_sources(bundled_ds, tokenizer, 400)
+    rows = np.array([0, 3, 17, 250, 399])
+    part, names_part = token_sources(bundled_ds, tokenizer, rows)
+    assert names_part == names and np.array_equal(part, full[rows])
+    spread = spread_rows(400, 7)  # round(linspace(0, 399, 7)), both ends included
+    assert spread.tolist() == [0, 66, 133, 200, 266, 332, 399]
+    assert spread_rows(5, 9).tolist() == [0, 1, 2, 3, 4]
