@@ -174,8 +174,9 @@ class ActivationStats:
             self._update_chunk(pre[sl].to(self.device), post[sl].to(self.device),
                                batch.seq_index[sl].to(self.device),
                                batch.positions[sl].to(self.device))
-        if self.tokens is not None:
-            self.tokens.update(batch)
+        if self.tokens is not None:  # in row chunks too: its temporaries are ~[rows, 5N]
+            for s in range(0, batch.n, rows):
+                self.tokens.update(batch.rows(s, s + rows))
         if self.vocab is not None:
             self.vocab.update(batch)
 

@@ -30,3 +30,10 @@ class ActivationBatch:
     @property
     def n(self) -> int:
         return int(self.token_ids.shape[0])
+
+    def rows(self, lo: int, hi: int) -> ActivationBatch:
+        """The kept rows ``lo:hi`` of every tensor (views, no copies)."""
+        return ActivationBatch({m: {s: t[lo:hi] for s, t in sites.items()}
+                                for m, sites in self.acts.items()},
+                               self.token_ids[lo:hi], self.prev_token_ids[lo:hi],
+                               self.positions[lo:hi], self.seq_index[lo:hi])

@@ -118,11 +118,16 @@ def plan_pass(models: Sequence[Any], shapes: Sequence[ModelShape], mode: Mode, n
     extra_state = sum(int(acc.nbytes()) for acc in extras if hasattr(acc, "nbytes")) \
         - sum(scratch)
     batch = min(opts.batch_size, n_seq)
+    adapters = [m.adapter for m in models]
+    # the first pass captures every site its extra accumulators ask for (pre and post for
+    # the activation statistics); later passes only the correlated site
+    first_sites = {opts.site}.union(*(getattr(acc, "sites", ()) for acc in extras))
     return plan_correlation(
         shapes, mode, budget, k=opts.top_k, bins=opts.bins,
         baseline=opts.baseline != "none", rows_per_gemm=rows_per_gemm, draws=opts.rotations,
         model_bytes=model_bytes(models),
-        forward_bytes=forward_bytes([m.adapter for m in models], batch * n_ctx, 1),
+        forward_bytes=forward_bytes(adapters, batch * n_ctx, 1),
+        forward_first_bytes=forward_bytes(adapters, batch * n_ctx, len(first_sites)),
         scratch_bytes=max(scratch, default=0), batch_size=batch, extra_bytes=extra_state,
         bf16_copy=opts.precision == "bf16", device_type=torch.device(device).type,
         blocks=opts.blocks, sums=opts.sums)

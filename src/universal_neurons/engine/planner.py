@@ -15,7 +15,9 @@ one layer against one partner layer cannot fit, :func:`plan_correlation` raises
 :class:`~universal_neurons.errors.UserError` with the number of bytes needed.
 
 Peak (bytes), with ``R = models + summaries + stats + extra + runtime`` and
-``stream = forward + buffer + gemm_temp``:
+``stream = forward + buffer + gemm_temp`` (``forward_first`` instead of ``forward`` in the
+first pass, whose extra accumulators may capture more sites, e.g. pre- and
+post-activations for the activation statistics):
 
 - first pass:  ``R + cross_first + max(layer_cov + stream, layer_cov + bases_step,
   bases + finalize)`` (the co-moments are freed model by model as the bases are made)
@@ -70,7 +72,8 @@ class Plan:
     sums: str = "fp64"
     """Dtype of the co-moment sums (``fp64`` or ``fp32``)."""
     bytes: dict[str, int] = field(default_factory=dict)
-    """Components: ``models`` (weights), ``forward`` (activations of one batch),
+    """Components: ``models`` (weights), ``forward`` (activations of one batch; in the
+    first pass ``forward_first``),
     ``layer_cov`` (first pass), ``stats`` (kept after it), ``summaries``, ``cross``
     (largest pass), ``cross_first`` (first pass), ``buffer``, ``gemm_temp``, ``bases``
     (baseline bases, kept from the end of the first pass), ``finalize`` (chunk
@@ -123,7 +126,8 @@ def phase_bytes(b: dict[str, int]) -> tuple[int, int]:
     """Peak bytes of the first pass and of the largest later pass (module doc)."""
     resident = b["models"] + b["summaries"] + b["stats"] + b["extra"] + b["runtime"]
     stream = b["forward"] + b["buffer"] + b["gemm_temp"]
-    first = resident + b["cross_first"] + max(b["layer_cov"] + stream,
+    stream_first = b.get("forward_first", b["forward"]) + b["buffer"] + b["gemm_temp"]
+    first = resident + b["cross_first"] + max(b["layer_cov"] + stream_first,
                                               b["layer_cov"] + b["bases_step"],
                                               b["bases"] + b["finalize"])
     later = resident + b["bases"] + b["cross"] + max(stream, b["finalize"])
@@ -162,7 +166,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
                      extra_bytes: int = 0, bf16_copy: bool = False,
                      device_type: str = "cpu", batch_size: int = 0,
                      scratch_bytes: int = 0, draws: int = 1, blocks: int = 1,
-                     sums: str = "fp64") -> Plan:
+                     sums: str = "fp64", forward_first_bytes: int | None = None) -> Plan:
     """Plan a correlation run within ``budget_bytes`` (see module doc).
 
     ``model_bytes``/``forward_bytes``/``extra_bytes`` are the weights, one forward batch's
@@ -172,6 +176,8 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     (``--precision bf16``). ``device_type``: ``cpu`` or ``cuda`` (GEMM scratch differs).
     ``draws``/``blocks``: baseline draws and jackknife token blocks (engine/blocks.py).
     ``sums``: ``fp64`` or ``fp32`` co-moment sums (half the bytes; ``moments.CoMoments``).
+    ``forward_first_bytes``: one batch's activations in the first pass, when its extra
+    accumulators capture more sites than the co-moments (default: ``forward_bytes``).
     Candidates: ``rows_per_gemm`` halved down to 256 and, when ``batch_size`` is given, the
     batch halved down to 1 (forward memory scales with it); the plan with the fewest
     passes wins, then the most rows per GEMM, then the largest batch.
@@ -206,6 +212,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     fixed["gemm_temp"] = max(_gemm_rows(layout, widest, temp_bytes) * max(
         _cols(layout, b) for b in widest) * temp_bytes, max(s.d_mlp for s in shapes) ** 2
         * temp_bytes)
+    first_fwd = forward_bytes if forward_first_bytes is None else forward_first_bytes
     batches = [batch_size]
     while batches[-1] > 1:
         batches.append(batches[-1] // 2)
@@ -213,10 +220,10 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     rows = rows_per_gemm
     while True:
         for batch in batches:
-            fwd = (forward_bytes * batch // batch_size if batch_size else forward_bytes) \
-                + scratch_bytes
-            plan = _pack(layout, mode, atoms, budget_bytes, rows, {**fixed, "forward": fwd},
-                         bf16_copy)
+            fwd, fwd1 = (_scaled(f, batch, batch_size) + scratch_bytes
+                         for f in (forward_bytes, first_fwd))
+            plan = _pack(layout, mode, atoms, budget_bytes, rows,
+                         {**fixed, "forward": fwd, "forward_first": fwd1}, bf16_copy)
             if plan is not None:
                 plan.batch_size, plan.sums = batch, sums
                 if best is None or _cost(plan, layout, model_bytes) < _cost(best, layout,
@@ -227,9 +234,10 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
             break
         rows = max(MIN_ROWS_PER_GEMM, rows // 2)
     if best is None:
-        fwd = (forward_bytes // batch_size if batch_size else forward_bytes) + scratch_bytes
-        need = max(_need(layout, mode, [a], MIN_ROWS_PER_GEMM, {**fixed, "forward": fwd},
-                         bf16_copy, first) for a in atoms for first in (True, False))
+        fwd, fwd1 = (_scaled(f, 1, batch_size) + scratch_bytes for f in (forward_bytes, first_fwd))
+        need = max(_need(layout, mode, [a], MIN_ROWS_PER_GEMM,
+                         {**fixed, "forward": fwd, "forward_first": fwd1}, bf16_copy, first)
+                   for a in atoms for first in (True, False))
         raise UserError(
             f"--max-memory {format_bytes(budget_bytes)} is too small: the smallest tile (one "
             f"layer of one model against one layer of a partner) needs {need:,} bytes "
@@ -237,6 +245,11 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
             "use fewer or smaller models, or run on a device with more memory")
     log.debug("plan: %s", best.to_dict())
     return best
+
+
+def _scaled(forward: int, batch: int, batch_size: int) -> int:
+    """``forward`` bytes of ``batch_size`` sequences, for ``batch`` sequences."""
+    return forward * batch // batch_size if batch_size else forward
 
 
 FLOAT64_ADD_FLOPS = 142
@@ -368,6 +381,7 @@ def _components(layout: Layout, blocks: list[CrossBlock], first: list[CrossBlock
     buffer = (rows + 1) * layout.total * (6 if bf16_copy else 4)
     gemm_temp = fixed["gemm_temp"]
     return {"models": fixed["models"], "forward": fixed["forward"],
+            "forward_first": fixed.get("forward_first", fixed["forward"]),
             "layer_cov": fixed["layer_cov"], "stats": fixed["stats"],
             "summaries": fixed["summaries"],
             "cross": _cross_bytes(layout, blocks, fixed["sum_bytes"]) * fixed["cross_copies"],

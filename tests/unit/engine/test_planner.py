@@ -121,3 +121,22 @@ def test_gpt2_medium_shape_plans_on_a_gpu_and_refuses_small_budgets_with_the_nee
     need = int(str(e.value).split("needs ")[1].split(" bytes")[0].replace(",", ""))
     assert 20 * 2**30 < need < 40 * 2**30  # co-moments of 5 x 24 x 4096^2 float64 dominate
     assert plan_correlation(shapes, "reference", need, model_bytes=weights).total_bytes <= need
+
+
+def test_first_pass_counts_the_extra_sites_it_captures():
+    """The activation statistics capture pre- and post-activations in the first pass only:
+    its stream term is ``forward_first``, later passes keep ``forward``."""
+    from universal_neurons.engine.planner import phase_bytes
+
+    kw = dict(forward_bytes=2**26, batch_size=8, model_bytes=2**27)
+    one = plan_correlation(SHAPES, "reference", 2**34, **kw)
+    two = plan_correlation(SHAPES, "reference", 2**34, forward_first_bytes=2**27, **kw)
+    assert two.bytes["forward_first"] == 2**27 and two.bytes["forward"] == 2**26
+    assert two.total_bytes - one.total_bytes == 2**26  # one pass: the first pass's term
+    first, later = phase_bytes(two.bytes)
+    assert first == two.total_bytes and later < first
+    # a budget that fits the single-site first pass but not the two-site one is re-planned
+    budget = one.total_bytes
+    plan = plan_correlation(SHAPES, "reference", budget, forward_first_bytes=2**27, **kw)
+    assert plan.total_bytes <= budget
+    assert (plan.batch_size, plan.n_passes) != (one.batch_size, one.n_passes)
