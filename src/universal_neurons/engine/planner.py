@@ -32,8 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from universal_neurons.engine.layout import CrossBlock, Layout, Mode, ModelShape, partner_range
-from universal_neurons.engine.sizes import bases_bytes, format_bytes, qr_bytes
-from universal_neurons.engine.summary import summary_nbytes
+from universal_neurons.engine.sizes import (
+    bases_bytes,
+    finalize_bytes,
+    format_bytes,
+    qr_bytes,
+    summaries_bytes,
+)
 from universal_neurons.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,8 +57,6 @@ RUNTIME_BYTES = {"cpu": 160 * 2**20, "cuda": 256 * 2**20}
 """Allocations the run makes outside its tensors (BLAS/oneDNN scratch, allocator and thread
 arenas, output libraries; cuBLAS workspaces and caching-allocator slack on CUDA): measured
 by benchmarks/bench_correlate.py."""
-FINALIZE_BYTES_PER_ELEMENT = 28
-"""Peak temporaries per element of one summarised chunk (see ``finalize.summarize_moments``)."""
 
 Atom = tuple[int, int, int, int]
 """The finest unit of work: (row model, row layer, partner model, partner layer)."""
@@ -194,10 +197,10 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
         "models": model_bytes, "extra": extra_bytes,
         "layer_cov": sum(s.n_layers * s.d_mlp ** 2 * sb for s in shapes) + layout.total * 8,
         "stats": layout.total * (24 + 12 * (draws - 1)),  # mean, M_ii, rotated variances
-        "summaries": _summaries_bytes(shapes, mode, k, bins, draws),
+        "summaries": summaries_bytes(shapes, mode, k, bins, draws),
         "bases": bases_bytes(shapes) * min(draws, 2) if baseline else 0,
         "bases_step": bases_bytes(shapes, True, draws) if baseline else 0,
-        "finalize": max(_finalize_bytes(shapes, mode), qr_bytes(shapes) if draws > 1 else 0),
+        "finalize": max(finalize_bytes(shapes, mode), qr_bytes(shapes) if draws > 1 else 0),
         "temp_bytes": temp_bytes,
         "runtime": RUNTIME_BYTES.get(device_type, RUNTIME_BYTES["cuda"]), "cross_copies": 1,
         "sum_bytes": sb,
@@ -205,7 +208,7 @@ def plan_correlation(shapes: Sequence[ModelShape], mode: Mode, budget_bytes: int
     if blocks > 1:
         from universal_neurons.engine.blocks import plan_blocks
         plan_blocks(fixed, shapes, mode, blocks, draws,
-                    union_summary_bytes=_summaries_bytes(shapes, mode, 1, 1, draws))
+                    union_summary_bytes=summaries_bytes(shapes, mode, 1, 1, draws))
     atoms = _atoms(shapes, mode)
     # GEMM scratch of the widest block the run could have: an upper bound for every pass
     widest = _blocks(layout, mode, atoms)
@@ -389,27 +392,3 @@ def _components(layout: Layout, blocks: list[CrossBlock], first: list[CrossBlock
             "buffer": buffer,
             "gemm_temp": gemm_temp, "bases": fixed["bases"], "bases_step": fixed["bases_step"],
             "finalize": fixed["finalize"], "extra": fixed["extra"], "runtime": fixed["runtime"]}
-
-
-def _summaries_bytes(shapes: Sequence[ModelShape], mode: Mode, k: int, bins: int,
-                     draws: int = 1) -> int:
-    total = 0
-    for a in range(len(shapes)):
-        for b in partner_range(a, len(shapes), mode):
-            na, nb = shapes[a].n_neurons, shapes[b].n_neurons
-            total += (summary_nbytes(na, nb, k, bins, draws)
-                      + summary_nbytes(nb, na, k, bins, draws))
-    return total
-
-
-def _finalize_bytes(shapes: Sequence[ModelShape], mode: Mode) -> int:
-    """Temporaries of the largest summarised chunk."""
-    from universal_neurons.engine.finalize import CHUNK_ELEMENTS
-
-    chunk = 0
-    for a in range(len(shapes)):
-        for b in partner_range(a, len(shapes), mode):
-            da, db = shapes[a].d_mlp, shapes[b].d_mlp
-            group = max(1, min(shapes[b].n_layers, CHUNK_ELEMENTS // (da * db)))
-            chunk = max(chunk, da * db * group)
-    return FINALIZE_BYTES_PER_ELEMENT * chunk

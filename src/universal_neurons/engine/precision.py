@@ -86,6 +86,13 @@ class ResolvedPrecision:
         return {"requested": self.requested, "used": self.precision, "reason": self.reason,
                 "error_bound": self.error_bound, "device": self.device}
 
+    def record(self, sums: str, rows_per_gemm: int, n_tokens: int) -> dict[str, object]:
+        """:meth:`to_dict` plus the co-moment ``sums`` and the run's whole error bound
+        (``bound_with_sums``: the plan's rows per GEMM, ``n_tokens`` kept tokens)."""
+        dev = "cuda" if self.device.startswith("cuda") else "cpu"
+        bound = correlation_error_bound(self.precision, rows_per_gemm, dev, sums, n_tokens)
+        return {**self.to_dict(), "sums": sums, "bound_with_sums": bound}
+
 
 def native_reason(precision: str, caps: DeviceCaps) -> str | None:
     """None when ``precision`` runs natively (at full speed) on ``caps``, else why not."""

@@ -78,3 +78,36 @@ def bases_bytes(shapes: Sequence[Any], largest_only: bool = False, draws: int = 
 def qr_bytes(shapes: Sequence[Any]) -> int:
     """Float64 transients of the QRs in flight (Gaussian, Q, R, a float64 copy)."""
     return QR_WORKERS * 4 * max(s.d_mlp for s in shapes) ** 2 * 8
+
+
+FINALIZE_BYTES_PER_ELEMENT = 28
+"""Peak temporaries per element of one summarised chunk (see ``finalize.summarize_moments``)."""
+
+
+def summaries_bytes(shapes: Sequence[Any], mode: str, k: int, bins: int,
+                    draws: int = 1) -> int:
+    """Per-neuron summaries of both directions of every compared pair."""
+    from universal_neurons.engine.layout import partner_range
+    from universal_neurons.engine.summary import summary_nbytes
+
+    total = 0
+    for a in range(len(shapes)):
+        for b in partner_range(a, len(shapes), mode):  # type: ignore[arg-type]
+            na, nb = shapes[a].n_neurons, shapes[b].n_neurons
+            total += (summary_nbytes(na, nb, k, bins, draws)
+                      + summary_nbytes(nb, na, k, bins, draws))
+    return total
+
+
+def finalize_bytes(shapes: Sequence[Any], mode: str) -> int:
+    """Temporaries of the largest summarised chunk."""
+    from universal_neurons.engine.finalize import CHUNK_ELEMENTS
+    from universal_neurons.engine.layout import partner_range
+
+    chunk = 0
+    for a in range(len(shapes)):
+        for b in partner_range(a, len(shapes), mode):  # type: ignore[arg-type]
+            da, db = shapes[a].d_mlp, shapes[b].d_mlp
+            group = max(1, min(shapes[b].n_layers, CHUNK_ELEMENTS // (da * db)))
+            chunk = max(chunk, da * db * group)
+    return FINALIZE_BYTES_PER_ELEMENT * chunk

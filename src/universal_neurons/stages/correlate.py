@@ -1,10 +1,9 @@
 """The correlate stage: models + tokens -> per-neuron universality and per-pair summaries.
 
-``run_correlate(CorrelateConfig(...))`` is what ``universal-neurons correlate`` runs:
-validate inputs, load the models, open the dataset, check the run directory, run the
-engine's correlate pass (``engine.correlate_pass``: plan memory, stream the tokens feeding
-the co-moments and any extra accumulators, summarise), then write
-``neurons/<model>.parquet``, ``correlations/<a>__<b>.safetensors`` and the manifest.
+``run_correlate(CorrelateConfig(...))`` is what ``universal-neurons correlate`` runs: load
+the models, open the dataset, check the run directory, run ``engine.correlate_pass`` (plan
+memory, stream the tokens into the co-moments and any extra accumulators, summarise), then
+write ``neurons/<model>.parquet``, ``correlations/<a>__<b>.safetensors`` and the manifest.
 """
 
 from __future__ import annotations
@@ -75,10 +74,9 @@ class CorrelateConfig:
     seed: int = 0
     """Seed of the baseline bases."""
     rotations: int = 1
-    """Baseline draws: K independent bases per layer give each neuron a K-draw null, with
-    ``baseline_std``, ``p_value`` ((1 + #draws >= observed) / (K + 1)) and the
-    Benjamini-Hochberg ``q_value`` (1 = the paper's single baseline; each draw costs two
-    GEMMs per summarised chunk, docs/engine.md)."""
+    """Baseline draws: K bases per layer give each neuron a K-draw null, ``baseline_std``,
+    ``p_value`` ((1 + #draws >= observed) / (K + 1)) and the Benjamini-Hochberg ``q_value``
+    (1 = the paper's single baseline; each draw costs two GEMMs per chunk, docs/engine.md)."""
     blocks: int = 1
     """Split the tokens into B >= 2 contiguous blocks for a delete-one-block jackknife:
     ``excess_ci_low/high`` (95%), ``excess_corr_block<j>``, ``split_half_agreement``
@@ -97,16 +95,14 @@ class CorrelateConfig:
     bins: int = 100
     """Histogram bins on [-1, 1]."""
     precision: PrecisionChoice = "auto"
-    """GEMM inputs (float32 accumulation, float64 merges). auto: the fastest precision native
-    on the device whose error bound is within --precision-tolerance (fp32 unless a tolerance
-    is given). bf16 is fast only on CUDA >= 8.0 and AVX512-BF16/AMX CPUs, tf32 only on CUDA
-    >= 8.0; elsewhere they fall back to fp32 with a warning (docs/engine.md). The manifest
-    records the precision used."""
+    """GEMM inputs (float32 accumulation). auto: the fastest precision native on the device
+    whose error bound is within --precision-tolerance (fp32 unless a tolerance is given).
+    bf16 is fast only on CUDA >= 8.0 and AVX512-BF16/AMX CPUs, tf32 only on CUDA >= 8.0;
+    elsewhere they fall back to fp32 with a warning (docs/engine.md; recorded in the manifest)."""
     sums: Literal["fp64", "fp32"] = "fp64"
-    """Dtype of the co-moment sums: fp64 (exact at any token count) or fp32 (half the
-    memory, so fewer passes: GPT-2 medium x 5 in 3 passes on an 80 GB GPU instead of 7;
-    adds a worst-case correlation error of ~2 x 2^-24 per rows-per-GEMM tokens, 2.9e-3 at
-    100M tokens and 4,096 rows, typically ~4e-5: docs/engine.md)."""
+    """Co-moment sums: fp64 (exact at any token count) or fp32 (half the memory, fewer
+    passes: GPT-2 medium x 5 in 3 on an 80 GB GPU instead of 7; worst-case correlation
+    error 3.4e-3 at 100M tokens and 4,096 rows, typically ~4e-5: docs/engine.md)."""
     precision_strict: bool = False
     """Refuse a precision the device does not run natively (instead of using fp32)."""
     precision_tolerance: float | None = opt(None, metavar="BOUND")
@@ -140,10 +136,10 @@ class CorrelateConfig:
         if self.precision_tolerance is not None and not self.precision_tolerance > 0:
             raise UserError("--precision-tolerance must be a positive error bound, e.g. 0.03, "
                             f"got {self.precision_tolerance}")
-        if self.sums not in ("fp64", "fp32"):
-            raise UserError(f"--sums must be fp64 or fp32, got {self.sums!r}")
-        if self.site not in ("post", "pre"):
-            raise UserError(f"--site must be post or pre, got {self.site!r}")
+        for name, allowed in (("sums", ("fp64", "fp32")), ("site", ("post", "pre"))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be {' or '.join(allowed)}, got "
+                                f"{getattr(self, name)!r}")
         if self.blocks < 1:
             raise UserError(f"--blocks must be 1 (off) or at least 2, got {self.blocks}")
         if self.blocks > 1 and self.checkpoint_every is not None:
@@ -152,11 +148,8 @@ class CorrelateConfig:
         if self.rotations > 1 and self.baseline == "none":
             raise UserError(f"--rotations {self.rotations} needs a baseline; drop "
                             "--baseline none or use --rotations 1")
-        for name in ("top_k", "bins", "batch_size", "rows_per_gemm", "rotations"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got "
-                                f"{getattr(self, name)}")
-        for name in ("max_tokens", "checkpoint_every", "n_ctx"):
+        for name in ("top_k", "bins", "batch_size", "rows_per_gemm", "rotations", "max_tokens",
+                     "checkpoint_every", "n_ctx"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
@@ -296,14 +289,9 @@ def _run(config: CorrelateConfig, extras: list[Any], models: list[Any], device: 
     result = CorrelateResult(out, [m.name for m in models], done.plan, extras=extras,
                              n_tokens=done.n_tokens, n_kept=done.n_kept, timings=timings)
     if ctx.is_main:
-        from universal_neurons.engine.moments import correlation_error_bound
-
-        precision = {**resolved.to_dict(), "sums": config.sums,
-                     "bound_with_sums": correlation_error_bound(
-                         resolved.precision, done.plan.rows_per_gemm,
-                         torch.device(device).type, config.sums, done.n_kept)}
         _write_outputs(config, result, shapes, mode, done, dataset, n_seq, t0,
-                       precision=precision)
+                       precision=resolved.record(config.sums, done.plan.rows_per_gemm,
+                                                 done.n_kept))
     ctx.barrier()
     if config.checkpoint_every is not None:
         ckpt.path.unlink(missing_ok=True)
