@@ -156,10 +156,11 @@ def correlate_figures(run: Path, peak: float) -> dict:
 
     m = json.loads((run / "manifest.json").read_text())["stages"]["correlate"]
     plan, t, kept = m["plan"], m["timings"], m["tokens"]["kept_tokens"]
-    shapes = [ModelShape(*s) for s in _shapes(m)]
+    dims = _dims(m)
+    shapes = [ModelShape(name, d.n_layers, d.d_mlp) for name, d in zip(m["models"], dims)]
     layout = Layout(shapes)
     rates, whole = [], []
-    fwd_per_token = sum(d.forward_flops_per_token for d in _dims(m))
+    fwd_per_token = sum(d.forward_flops_per_token for d in dims)
     for p, blocks in enumerate(plan["passes"]):
         elems = 0
         for b in blocks:
@@ -189,13 +190,6 @@ def _dims(manifest: dict) -> list:
     from universal_neurons.models.dims import model_dims
 
     return [model_dims(path) for path in manifest["config"]["models"]]
-
-
-def _shapes(manifest: dict) -> list[tuple[str, int, int]]:
-    from universal_neurons.models.dims import model_dims
-
-    return [(name, model_dims(path).n_layers, model_dims(path).d_mlp)
-            for name, path in zip(manifest["models"], manifest["config"]["models"])]
 
 
 def main() -> None:

@@ -240,39 +240,26 @@ def alphabet(files: RunFiles, info: RunInfo) -> Reading:
     """Letters whose best alphabet neuron among the universal neurons (the paper's count:
     GPT2-medium-a, 18 of 26) has VR above :data:`ALPHABET_VR`; with too few universal
     neurons, among the top 5% by excess correlation (labelled). All neurons in the text."""
-    from universal_neurons.analysis.selection import (
-        FALLBACK_PERCENT,
-        fallback_label,
-        needs_fallback,
-        threshold_label,
-        top_percent_mask,
-    )
+    from universal_neurons.analysis.selection import select_neurons
 
     cols = [c for c in files.columns(vr_file(info)) if c.startswith("current/alpha:")]
     if not cols:
         raise NotComputed(f"{vr_file(info)} has no current/alpha:* columns; rerun explain")
     vr = files.table(vr_file(info), ["layer", "neuron", *cols])
     table = files.table(neurons_file(info), ["layer", "neuron", "excess_corr", "is_universal"])
-    vr = vr.merge(table, on=["layer", "neuron"], how="left")
-    universal = vr["is_universal"].fillna(False).astype(bool).to_numpy()
-    n_univ = int(table["is_universal"].fillna(False).astype(bool).sum())
-    selection = threshold_label(n_univ, info.threshold)
-    if needs_fallback(n_univ):
-        top = top_percent_mask(table["excess_corr"].to_numpy(np.float64), FALLBACK_PERCENT)
-        keys = set(zip(table["layer"][top], table["neuron"][top]))
-        universal = np.array([k in keys for k in zip(vr["layer"], vr["neuron"])], dtype=bool)
-        selection = fallback_label(FALLBACK_PERCENT, int(top.sum()), n_univ, info.threshold)
-    m = np.nan_to_num(vr[cols].to_numpy(np.float64), nan=0.0)
+    mask, selection, fallback = select_neurons(table, info.threshold)
 
-    def letters(rows: np.ndarray) -> list[str]:
-        best = m[rows].max(axis=0) if rows.any() else np.zeros(len(cols))
+    def letters(rows: pd.DataFrame) -> list[str]:
+        best = np.nan_to_num(rows[cols].to_numpy(np.float64), nan=0.0).max(
+            axis=0, initial=0.0)
         return [c.split(":", 1)[1] for c, b in zip(cols, best) if b > ALPHABET_VR]
 
-    chosen, every = letters(universal), letters(np.ones(len(m), dtype=bool))
+    chosen = letters(vr.merge(table.loc[mask, ["layer", "neuron"]], on=["layer", "neuron"]))
+    every = letters(vr)
     text = (f"{len(chosen)} of {len(cols)} letters have a neuron with VR > {ALPHABET_VR:g} "
             f"among the {selection} ({''.join(chosen) or 'none'}); among all explained "
             f"neurons {len(every)}")
-    return Reading(len(chosen), text, selection if needs_fallback(n_univ) else None)
+    return Reading(len(chosen), text, selection if fallback else None)
 
 
 def position(files: RunFiles, info: RunInfo) -> Reading:

@@ -68,3 +68,16 @@ def recorded_threshold(manifest: dict) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def select_neurons(table: Any, threshold: float | None, percent: float | None = FALLBACK_PERCENT,
+                   min_universal: int = MIN_UNIVERSAL) -> tuple[np.ndarray, str, bool]:
+    """``(Bool[n] mask over the rows of a neuron table, its label, whether it is the
+    fallback)``: the ``is_universal`` rows, or, when fewer than ``min_universal`` pass and
+    ``percent`` is set, the top ``percent`` % by ``excess_corr``."""
+    universal = table["is_universal"].fillna(False).astype(bool).to_numpy()
+    n_universal = int(universal.sum())
+    if not percent or not needs_fallback(n_universal, min_universal):
+        return universal, threshold_label(n_universal, threshold), False
+    top = top_percent_mask(table["excess_corr"].to_numpy(np.float64), percent)
+    return top, fallback_label(percent, int(top.sum()), n_universal, threshold), True

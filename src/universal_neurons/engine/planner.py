@@ -306,7 +306,7 @@ def _pack(layout: Layout, mode: Mode, atoms: list[Atom], budget: int, rows: int,
                 hi = mid - 1
         passes.append(_blocks(layout, mode, atoms[i:i + lo]))
         i += lo
-    worst = max(passes[1:] or passes, key=lambda p: _cross_bytes(layout, p, 8))
+    worst = max(passes[1:] or passes, key=lambda p: _cross_bytes(layout, p, fixed["sum_bytes"]))
     plan = Plan(passes, rows, _gemm_rows(layout, worst + passes[0], fixed["temp_bytes"]),
                 budget)
     plan.bytes = _components(layout, worst, passes[0], rows, fixed, bf16_copy)

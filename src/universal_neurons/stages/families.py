@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from universal_neurons.analysis.families import (
@@ -160,25 +159,19 @@ def fallback_counts(counts: pd.DataFrame, vr: pd.DataFrame | None,
     the neuron table has ``excess_corr`` and fewer than ``config.min_universal`` neurons are
     universal: the families (the position family's candidates included) of the top
     ``config.fallback_percent`` % by excess correlation; else ``counts`` unchanged."""
-    from universal_neurons.analysis.selection import (
-        fallback_label,
-        needs_fallback,
-        top_percent_mask,
-    )
+    from universal_neurons.analysis.selection import select_neurons
 
-    if (not config.fallback_percent or neurons is None
-            or not {"excess_corr", "is_universal"} <= set(neurons.columns)):
+    if neurons is None or not {"excess_corr", "is_universal"} <= set(neurons.columns):
         return counts
-    n_universal = int(neurons["is_universal"].fillna(False).astype(bool).sum())
-    if not needs_fallback(n_universal, config.min_universal):
+    top, label, fallback = select_neurons(neurons, threshold, config.fallback_percent,
+                                          config.min_universal)
+    if not fallback:
         return counts
-    top = top_percent_mask(neurons["excess_corr"].to_numpy(np.float64), config.fallback_percent)
     alt = neurons.assign(is_universal=top)
     fam = assign_families(vr, alt, config.thresholds)
     considered = fam if vr is None else fam.merge(vr[["layer", "neuron"]])
     n_selected = family_counts(considered, alt)["n_universal"].to_numpy()
-    label = fallback_label(config.fallback_percent, int(top.sum()), n_universal, threshold)
-    log.info("only %d universal neurons; families also counted for the %s", n_universal, label)
+    log.info("too few universal neurons; families also counted for the %s", label)
     return counts.assign(n_selected=n_selected, frac_selected=n_selected / max(int(top.sum()), 1),
                          selection=label)
 

@@ -131,3 +131,22 @@ def test_families_no_fallback_with_enough_universal(tmp_path):
     run, _ = _family_run(tmp_path, n_universal=12)
     counts = run_families(FamiliesConfig(out=str(run), weights=False, plots=False))["m"]
     assert "selection" not in counts.columns and "n_selected" not in counts.columns
+
+
+def test_select_neurons_universal_or_top_percent():
+    import pandas as pd
+
+    from universal_neurons.analysis.selection import select_neurons
+
+    excess = np.random.default_rng(0).permutation(np.linspace(0.0, 0.6, 200))
+    table = pd.DataFrame({"excess_corr": excess, "is_universal": excess > 0.5})
+    n = int((excess > 0.5).sum())
+    mask, label, fallback = select_neurons(table, 0.5)
+    assert n >= 10 and not fallback and np.array_equal(mask, excess > 0.5)
+    assert label == f"excess correlation > 0.5: {n} neurons"
+    table["is_universal"] = excess >= np.sort(excess)[-4]  # 4 pass: the top 5% stand in
+    mask, label, fallback = select_neurons(table, 0.5)
+    assert fallback and np.array_equal(mask, excess >= np.sort(excess)[-10])  # 10 of 200
+    assert label == "top 5% by excess correlation: 10 neurons (only 4 pass 0.5)"
+    mask, _, fallback = select_neurons(table, 0.5, percent=0)  # fallback off
+    assert not fallback and mask.sum() == 4
